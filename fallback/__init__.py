@@ -1,0 +1,4 @@
+"""Local fallbacks: keyword index, answer cache, extractive answers. Knows nothing about HTTP."""
+from fallback.documents import Chunk
+
+__all__ = ["Chunk"]

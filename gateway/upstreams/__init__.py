@@ -1,0 +1,1 @@
+"""Upstream clients, one module per backend, behind the Protocols in ``base``."""

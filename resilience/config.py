@@ -1,0 +1,49 @@
+"""One config object per pattern, with named defaults (documented in the README's config table)."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BreakerConfig(_Cfg):
+    failure_threshold: int = Field(5, ge=1, description="consecutive failures that open the breaker")
+    failure_rate: float = Field(0.5, gt=0, le=1, description="failure share over the window that opens it")
+    window: int = Field(20, ge=1, description="calls in the sliding (count-based) window")
+    min_calls: int = Field(10, ge=1, description="calls needed in the window before rates are judged")
+    slow_call_s: float = Field(1.0, gt=0, description="a call slower than this counts as slow")
+    slow_call_rate: float = Field(0.8, gt=0, le=1, description="slow share over the window that opens it")
+    open_s: float = Field(30.0, gt=0, description="how long the breaker stays open before half-open")
+    half_open_permits: int = Field(1, ge=1, description="concurrent trial calls allowed while half-open")
+
+
+class RetryConfig(_Cfg):
+    max_attempts: int = Field(2, ge=1, description="attempts including the first")
+    base_s: float = Field(0.05, ge=0, description="backoff base; full jitter in [0, base*2^n]")
+    max_backoff_s: float = Field(1.0, ge=0)
+    retry_after_cap_s: float = Field(2.0, ge=0, description="longest Retry-After honoured")
+    budget_ratio: float = Field(0.2, ge=0, le=1, description="retries may be at most this share of calls")
+    budget_window_s: float = Field(10.0, gt=0)
+    budget_min_per_s: float = Field(1.0, ge=0, description="retries always allowed at this rate")
+
+
+class BulkheadConfig(_Cfg):
+    max_concurrent: int = Field(32, ge=1)
+    max_wait_s: float = Field(0.05, ge=0, description="queue wait before a call is shed")
+
+
+class GuardConfig(_Cfg):
+    timeout_s: float = Field(2.0, gt=0, description="per-attempt timeout (capped by the request deadline)")
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    bulkhead: BulkheadConfig = Field(default_factory=BulkheadConfig)
+
+
+class RateLimitConfig(_Cfg):
+    enabled: bool = False
+    rate_per_s: float = Field(20.0, gt=0, description="tokens refilled per second per client")
+    burst: int = Field(40, ge=1, description="bucket size")
+    client_header: str = Field("X-Client-Id", description="identifies the client when no API key is sent")
+    redis_url: str | None = Field(None, description="share buckets across replicas; None = in-process")
