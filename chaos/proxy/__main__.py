@@ -1,0 +1,3 @@
+from chaos.proxy.cli import main
+
+raise SystemExit(main())

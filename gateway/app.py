@@ -1,0 +1,173 @@
+"""The aiohttp application factory: builds the state, wires the middleware chain and the routes.
+
+Start-up never blocks the listener: /livez answers at once, /readyz is 503 until the KB is loaded
+(or the sample corpus ingested on a first run), and the KB poller swaps in newly activated versions
+without a restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.kb import KBError, KnowledgeBase
+from gateway.logs import setup_logging
+from gateway.middleware import CHAIN
+from gateway.pipeline import Pipeline
+from gateway.routes import admin, health, metrics, query
+from gateway.state import STATE, AppState
+from gateway.telemetry import Telemetry
+from gateway.upstreams.factory import build_embedder, build_llm, build_store
+from resilience import GuardRegistry
+from resilience.ratelimit import make_rate_limiter
+
+log = logging.getLogger("rag_sidecar.app")
+KB_POLL_S = 2.0
+
+
+def build_guards(settings: Settings, telemetry: Telemetry) -> GuardRegistry:
+    r = settings.resilience
+    return GuardRegistry({"embedder": r.embedder, "vector_db": r.vector_db, "llm": r.llm, "llm_fallback": r.llm},
+                         redis_url=r.redis_url, observer=telemetry)
+
+
+def create_app(settings: Settings, *, configure_logging: bool = True) -> web.Application:
+    """Build the gateway. Nothing touches the network or the disk until the app starts."""
+    if configure_logging:
+        setup_logging(settings.logging.level, settings.logging.format)
+    telemetry = Telemetry(settings.telemetry)
+    data_dir = Path(settings.server.data_dir)
+    state = AppState(settings=settings, telemetry=telemetry, guards=build_guards(settings, telemetry),
+                     kb_store=KnowledgeBase(data_dir / "kb", keep_versions=settings.kb.keep_versions))
+    state.api_keys = {k.get_secret_value(): f"…{k.get_secret_value()[-4:]}" for k in settings.auth.api_keys}
+    app = web.Application(middlewares=CHAIN, client_max_size=settings.server.max_body_bytes)
+    app[STATE] = state
+    for module in (query, health, admin, metrics):
+        module.setup(app)
+    telemetry.register_routes(r.canonical for r in app.router.resources())
+    telemetry.track_dependencies(g.name for g in state.guards)
+    app.on_startup.append(_on_startup)
+    app.on_cleanup.append(_on_cleanup)
+    return app
+
+
+async def _on_startup(app: web.Application) -> None:
+    state = app[STATE]
+    s = state.settings
+    state.started_at = time.monotonic()
+    data_dir = Path(s.server.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    state.embedder = build_embedder(s)
+    state.store = build_store(s)
+    state.llm = build_llm(s)
+    if s.cache.enabled and state.llm is not None:
+        from fallback.cache import AnswerCache
+
+        state.cache = AnswerCache(data_dir / "cache", fresh_ttl_s=s.cache.fresh_ttl_s,
+                                  stale_ttl_s=s.cache.stale_ttl_s, size_limit_bytes=s.cache.size_limit_mb << 20,
+                                  on_error=lambda exc: state.telemetry.cache_result("error"))
+    if s.rate_limit.enabled:
+        state.rate_limiter = make_rate_limiter(s.rate_limit)
+    await state.guards.start()
+    state.pipeline = Pipeline(s, state.guards, embedder=state.embedder, store=state.store, llm=state.llm,
+                              cache=state.cache, kb=lambda: state.kb, telemetry=state.telemetry)
+    state.tasks.append(asyncio.create_task(_load_kb(state), name="kb-load"))
+
+
+async def _load_kb(state: AppState) -> None:
+    """Load the active KB version (ingesting the sample corpus on a first embedded run), then poll."""
+    s = state.settings
+    kbs = state.kb_store
+    try:
+        connect = getattr(state.store, "connect", None)
+        if connect is not None:
+            state.startup_stage = "connecting vector store"
+            try:
+                await asyncio.wait_for(connect(), timeout=s.vector_store.weaviate.init_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - the guard degrades each call; start-up goes on
+                log.warning("vector store not reachable at start-up; retrieval will degrade",
+                            extra={"event": "vector_store_unreachable", "error": repr(exc)})
+        removed = kbs.clean_leftovers()
+        if removed:
+            log.warning("removed half-built KB versions", extra={"event": "kb_leftovers_removed", "versions": removed})
+        if kbs.active_version() is None and s.kb.auto_ingest_sample and s.vector_store.backend == "embedded":
+            state.startup_stage = "ingesting sample corpus"
+            log.info("no KB yet: ingesting the sample corpus", extra={"event": "kb_auto_ingest",
+                                                                       "path": str(s.kb.sample_corpus)})
+
+            def progress(stage: str, done: int, total: int) -> None:
+                state.startup_progress = {"stage": stage, "done": done, "total": total}
+
+            await kbs.ingest([s.kb.sample_corpus], embedder=state.embedder, chunk_chars=s.kb.chunk_chars,
+                             overlap=s.kb.chunk_overlap, batch_size=s.embedder.batch_size, progress=progress,
+                             label="sample corpus")
+        state.startup_stage = "loading KB"
+        await _activate_loaded(state)
+    except Exception as exc:  # noqa: BLE001 - reported on /readyz and /health, never kills the process
+        state.kb_error = f"{type(exc).__name__}: {exc}"
+        state.startup_stage = "failed"
+        log.error("KB load failed", extra={"event": "kb_load_failed", "error": state.kb_error})
+    if s.vector_store.backend != "embedded" and state.kb is None and state.kb_error is None:
+        # A Weaviate collection we did not ingest: serve it; the keyword fallback is missing (labelled).
+        state.ready.set()
+        state.startup_stage = "ready (no local KB version: keyword fallback unavailable)"
+    await _poll_kb(state)
+
+
+async def _activate_loaded(state: AppState) -> None:
+    kb = await asyncio.to_thread(state.kb_store.load)
+    if kb is None:
+        state.startup_stage = "no KB version: run `rag-sidecar ingest PATH`"
+        return
+    if state.settings.vector_store.backend == "embedded":
+        state.store.load(kb.version, kb.path, kb.chunks)
+    previous = state.kb.version if state.kb else None
+    state.kb, state.kb_error = kb, None
+    state.telemetry.kb_state(kb.version, len(kb.chunks), time.time() - kb.created_at)
+    state.ready.set()
+    state.startup_stage = "ready"
+    if previous != kb.version:
+        log.info("kb loaded", extra={"event": "kb_loaded", "kb_version": kb.version, "previous": previous,
+                                     "chunks": len(kb.chunks), "keyword_index": kb.keyword_index is not None})
+
+
+async def _poll_kb(state: AppState) -> None:
+    """Swap in a newly activated version (CLI ingest/activate/rollback) without a restart."""
+    stamp = state.kb_store.active_stamp()
+    while True:
+        await asyncio.sleep(KB_POLL_S)
+        new = state.kb_store.active_stamp()
+        if new is None or new == stamp:
+            continue
+        stamp = new
+        try:
+            await _activate_loaded(state)
+        except (KBError, OSError, ValueError) as exc:
+            state.kb_error = f"{type(exc).__name__}: {exc}"
+            log.error("KB reload failed; keeping the loaded version",
+                      extra={"event": "kb_reload_failed", "error": state.kb_error})
+
+
+async def reload_kb(state: AppState) -> None:
+    """Load whatever ACTIVE points at now (used by the admin API after activate/rollback)."""
+    await _activate_loaded(state)
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    state = app[STATE]
+    for task in state.tasks:
+        task.cancel()
+    await asyncio.gather(*state.tasks, return_exceptions=True)
+    for closer in (state.embedder, state.store, state.llm):
+        if closer is not None:
+            await closer.close()
+    if state.cache is not None:
+        state.cache.close()
+    if state.rate_limiter is not None:
+        await state.rate_limiter.close()
+    await state.guards.close()
+    await state.telemetry.close()

@@ -1,0 +1,216 @@
+"""``rag-sidecar`` command line: serve | ingest | query | config | kb | eval | chaos."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from gateway.config import ConfigError, Settings, load_settings, masked_dump
+
+
+def _progress_printer(prefix: str = ""):
+    """Progress on stderr: a rewritten line on a terminal, a line per 10% otherwise."""
+    tty = sys.stderr.isatty()
+    last: dict[str, int] = {}
+
+    def show(stage: str, done: int, total: int) -> None:
+        pct = int(100 * done / total) if total else 100
+        if tty:
+            print(f"\r{prefix}{stage}: {done}/{total} ({pct}%)", end="" if done < total else "\n",
+                  file=sys.stderr, flush=True)
+        elif pct // 10 != last.get(stage, -1) or done == total:
+            last[stage] = pct // 10
+            print(f"{prefix}{stage}: {done}/{total} ({pct}%)", file=sys.stderr, flush=True)
+    return show
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    ov = {k: v for k, v in overrides.items() if v is not None}
+    return load_settings(args.config, overrides=ov)
+
+
+# ---- commands -------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    settings = _settings(args, **{"server.host": args.host, "server.port": args.port})
+    app = create_app(settings)
+    print(f"rag-sidecar serving on http://{settings.server.host}:{settings.server.port} "
+          f"(llm={settings.llm.effective_backend}, vector_store={settings.vector_store.backend}, "
+          f"embedder={settings.embedder.backend}, data_dir={settings.server.data_dir})", file=sys.stderr, flush=True)
+    web.run_app(app, host=settings.server.host, port=settings.server.port, print=None,
+                shutdown_timeout=settings.server.shutdown_grace_s, access_log=None)
+    return 0
+
+
+async def _ingest(settings: Settings, paths: list[Path], activate: bool, label: str) -> str:
+    from gateway.kb import KnowledgeBase
+    from gateway.upstreams.factory import build_embedder, build_store
+
+    kb = KnowledgeBase(Path(settings.server.data_dir) / "kb", keep_versions=settings.kb.keep_versions)
+    embedder = build_embedder(settings)
+    store = build_store(settings)
+    upsert = None
+    try:
+        if settings.vector_store.backend != "embedded":
+            await store.connect()
+            await store.ensure_collection(vectorizer=settings.embedder.backend == "none")
+            upsert = store.upsert
+        t0 = time.perf_counter()
+        version = await kb.ingest(paths, embedder=embedder, chunk_chars=settings.kb.chunk_chars,
+                                  overlap=settings.kb.chunk_overlap, batch_size=settings.embedder.batch_size,
+                                  activate=activate, upsert=upsert, progress=_progress_printer(), label=label)
+        manifest = next(v for v in kb.list_versions() if v["version"] == version)
+        print(json.dumps({"version": version, "activated": activate, "chunks": manifest["chunk_count"],
+                          "documents": manifest["document_count"], "reused_vectors": manifest["reused_vectors"],
+                          "seconds": round(time.perf_counter() - t0, 2)}))
+        return version
+    finally:
+        if embedder is not None:
+            await embedder.close()
+        await store.close()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"error: no such path: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    asyncio.run(_ingest(settings, [Path(p) for p in args.paths], not args.no_activate, args.label or ""))
+    return 0
+
+
+async def _query_in_process(settings: Settings, question: str, top_k: int | None) -> dict[str, Any]:
+    from aiohttp import web
+
+    from gateway.app import create_app
+    from gateway.pipeline import LadderExhausted, QueryRequest
+    from gateway.state import STATE
+    from resilience import Deadline
+
+    app = create_app(settings, configure_logging=False)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        state = app[STATE]
+        await asyncio.wait_for(state.ready.wait(), timeout=600)
+        req = QueryRequest(query=question, top_k=top_k or settings.server.default_top_k, request_id="cli")
+        try:
+            result = await state.pipeline.answer(req, Deadline(settings.server.request_timeout_s))
+        except LadderExhausted as exc:
+            return {"answer": None, "mode": "unavailable", "degradations": exc.trace.degradations}
+        return result.contract()
+    finally:
+        await runner.cleanup()
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    if args.url:
+        import urllib.request
+
+        body = json.dumps({"query": args.question, **({"top_k": args.top_k} if args.top_k else {})}).encode()
+        req = urllib.request.Request(args.url.rstrip("/") + "/v1/query", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - operator-given URL
+            out = json.loads(resp.read())
+    else:
+        out = asyncio.run(_query_in_process(_settings(args), args.question, args.top_k))
+    if args.json:
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        print(out.get("answer"))
+        print(f"\nmode={out.get('mode')} degraded={out.get('degraded')} kb_version={out.get('kb_version')}")
+        for i, s in enumerate(out.get("sources", []), 1):
+            print(f"  [{i}] {s['source']} — {s['title']} (score {s['score']}, {s['retriever']})")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.print:
+        import yaml
+
+        print(yaml.safe_dump(masked_dump(settings), sort_keys=False))
+    else:
+        print("config OK", file=sys.stderr)
+    return 0
+
+
+def cmd_kb(args: argparse.Namespace) -> int:
+    from gateway.kb import KBError, KnowledgeBase
+
+    settings = _settings(args)
+    kb = KnowledgeBase(Path(settings.server.data_dir) / "kb", keep_versions=settings.kb.keep_versions)
+    try:
+        if args.kb_cmd == "list":
+            for v in kb.list_versions():
+                mark = "*" if v["active"] else " "
+                print(f"{mark} {v['version']}  chunks={v['chunk_count']:<6} docs={v['document_count']:<4} "
+                      f"created={time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(v['created_at']))}  {v.get('label', '')}")
+        elif args.kb_cmd == "activate":
+            print(json.dumps(kb.activate(args.version)))
+        elif args.kb_cmd == "rollback":
+            print(json.dumps(kb.rollback()))
+    except KBError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rag-sidecar", description=__doc__)
+    p.add_argument("--config", help="YAML config file (default: $RAG_SIDECAR_CONFIG, else built-in defaults)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="serve the gateway (default 127.0.0.1:8080)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("ingest", help="ingest documents (.md .txt .html) into a new KB version")
+    s.add_argument("paths", nargs="+", help="files or directories")
+    s.add_argument("--no-activate", action="store_true", help="build the version but keep the current one active")
+    s.add_argument("--label", help="free text stored in the version's manifest")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("query", help="ask a question (in-process, or against --url)")
+    s.add_argument("question")
+    s.add_argument("--top-k", type=int)
+    s.add_argument("--url", help="a running gateway, e.g. http://127.0.0.1:8080")
+    s.add_argument("--json", action="store_true", help="print the whole response contract")
+    s.set_defaults(func=cmd_query)
+
+    s = sub.add_parser("config", help="validate the config; --print shows the effective config, secrets masked")
+    s.add_argument("--print", action="store_true")
+    s.set_defaults(func=cmd_config)
+
+    s = sub.add_parser("kb", help="KB versions: list | activate VERSION | rollback")
+    kb_sub = s.add_subparsers(dest="kb_cmd", required=True)
+    kb_sub.add_parser("list", help="list versions (* = active)")
+    a = kb_sub.add_parser("activate", help="make VERSION active (atomic; a running gateway picks it up)")
+    a.add_argument("version")
+    kb_sub.add_parser("rollback", help="activate the version before the active one")
+    s.set_defaults(func=cmd_kb)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Knowledge-base versions on disk: ingest into a new version, activate atomically, roll back.
+
+Layout under ``<data_dir>/kb``::
+
+    versions/<version>/manifest.json   what went in (counts, embedder, chunking, parent version)
+    versions/<version>/chunks.jsonl    one Chunk record per line
+    versions/<version>/vectors.npy     float32 (n, dim), row i ↔ line i (embedded store only)
+    versions/<version>/keyword/        the BM25 index for this version
+    ACTIVE                             {"version": "..."} — replaced atomically (write tmp + os.replace)
+
+A version directory is built under ``.tmp-*`` and renamed into ``versions/`` only when complete, so a
+crash mid-ingest leaves the previous version active and usable; leftovers are removed at start-up.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from fallback.bm25 import KeywordIndex
+from fallback.chunking import chunk_document, load_documents
+from fallback.documents import Chunk
+
+log = logging.getLogger("rag_sidecar.kb")
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+class KBError(Exception):
+    """A KB operation failed (unknown version, nothing to ingest, corrupt version)."""
+
+
+@dataclass
+class KBVersion:
+    """One loaded, immutable KB version. The gateway swaps whole objects, never mutates one."""
+
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    chunks: list[Chunk]
+    keyword_index: KeywordIndex | None = None
+    keyword_error: str | None = None  # why the keyword index is unusable, if it is
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def created_at(self) -> float:
+        return float(self.manifest.get("created_at", 0.0))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class KnowledgeBase:
+    """Versions of one KB under ``root`` (``<data_dir>/kb``)."""
+
+    def __init__(self, root: Path, *, keep_versions: int = 5) -> None:
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.active_file = self.root / "ACTIVE"
+        self.keep_versions = keep_versions
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- listing / activation -------------------------------------------------------------
+    def clean_leftovers(self) -> list[str]:
+        """Remove half-built versions left by a crash. Returns their names."""
+        removed = []
+        for tmp in self.root.glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp.name)
+        return removed
+
+    def list_versions(self) -> list[dict[str, Any]]:
+        """Every complete version, oldest first, with its manifest and whether it is active."""
+        active = self.active_version()
+        out = []
+        for d in sorted(self.versions_dir.iterdir()):
+            manifest_path = d / "manifest.json"
+            if not manifest_path.exists():
+                continue
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except (OSError, ValueError):
+                continue
+            out.append({**manifest, "active": d.name == active})
+        out.sort(key=lambda m: (m.get("created_at", 0), m.get("version", "")))
+        return out
+
+    def active_version(self) -> str | None:
+        try:
+            return json.loads(self.active_file.read_text())["version"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError) as exc:
+            raise KBError(f"{self.active_file}: unreadable ({exc})") from exc
+
+    def active_stamp(self) -> float | None:
+        """mtime of the ACTIVE pointer, for cheap change polling by a running gateway."""
+        try:
+            return self.active_file.stat().st_mtime_ns / 1e9
+        except FileNotFoundError:
+            return None
+
+    def activate(self, version: str) -> dict[str, Any]:
+        """Point ACTIVE at ``version`` atomically. Raises KBError for an unknown/incomplete version."""
+        d = self.versions_dir / version
+        if not (d / "manifest.json").exists():
+            raise KBError(f"unknown KB version: {version}")
+        previous = self.active_version()
+        _atomic_write_text(self.active_file, json.dumps(
+            {"version": version, "previous": previous, "activated_at": time.time()}))
+        log.info("kb activated", extra={"event": "kb_activated", "kb_version": version, "previous": previous})
+        return {"version": version, "previous": previous}
+
+    def rollback(self) -> dict[str, Any]:
+        """Activate the version created before the active one."""
+        versions = [v["version"] for v in self.list_versions()]
+        active = self.active_version()
+        if active not in versions:
+            raise KBError("no active version to roll back from")
+        idx = versions.index(active)
+        if idx == 0:
+            raise KBError(f"{active} is the oldest version; nothing to roll back to")
+        return self.activate(versions[idx - 1])
+
+    def prune(self) -> list[str]:
+        """Delete the oldest inactive versions beyond ``keep_versions``."""
+        versions = self.list_versions()
+        removed = []
+        excess = len(versions) - self.keep_versions
+        for v in versions:
+            if excess <= 0:
+                break
+            if v["active"]:
+                continue
+            shutil.rmtree(self.versions_dir / v["version"], ignore_errors=True)
+            removed.append(v["version"])
+            excess -= 1
+        return removed
+
+    # ---- loading --------------------------------------------------------------------------
+    def load(self, version: str | None = None) -> KBVersion | None:
+        """Load ``version`` (default: the active one). None when there is no active version.
+
+        A missing or corrupt keyword index does not fail the load: it is reported in
+        ``keyword_error`` so the gateway can label the degradation.
+        """
+        version = version or self.active_version()
+        if version is None:
+            return None
+        d = self.versions_dir / version
+        try:
+            manifest = json.loads((d / "manifest.json").read_text())
+            chunks = [Chunk.from_record(json.loads(line))
+                      for line in (d / "chunks.jsonl").read_text(encoding="utf-8").splitlines() if line]
+        except (OSError, ValueError, TypeError) as exc:
+            raise KBError(f"KB version {version} is unreadable: {exc}") from exc
+        kb = KBVersion(version=version, path=d, manifest=manifest, chunks=chunks)
+        try:
+            kb.keyword_index = KeywordIndex.load(d / "keyword")
+        except Exception as exc:  # typed IndexMissing/IndexCorrupt and anything else: labelled, not fatal
+            kb.keyword_error = f"{type(exc).__name__}: {exc}"
+            log.warning("keyword index unusable", extra={"event": "keyword_index_unusable",
+                                                          "kb_version": version, "error": kb.keyword_error})
+        return kb
+
+    def cached_vectors(self) -> dict[str, np.ndarray]:
+        """Vectors of every chunk of the active version by chunk id (embeddings cache for re-ingest)."""
+        kb_version = self.active_version()
+        if kb_version is None:
+            return {}
+        d = self.versions_dir / kb_version
+        try:
+            vectors = np.load(d / "vectors.npy", mmap_mode="r")
+            ids = [json.loads(line)["id"] for line in (d / "chunks.jsonl").read_text().splitlines() if line]
+        except (OSError, ValueError, KeyError):
+            return {}
+        if len(ids) != vectors.shape[0]:
+            return {}
+        return {cid: vectors[i] for i, cid in enumerate(ids)}
+
+    # ---- ingest ---------------------------------------------------------------------------
+    def chunk_paths(self, paths: Iterable[Path], *, chunk_chars: int, overlap: int) -> list[Chunk]:
+        chunks: list[Chunk] = []
+        for source, title, text in load_documents([Path(p) for p in paths]):
+            chunks.extend(chunk_document(text, source=source, title=title, chunk_chars=chunk_chars,
+                                         overlap=overlap))
+        if not chunks:
+            raise KBError("nothing to ingest: no .md/.txt/.html documents with text under the given paths")
+        return chunks
+
+    async def ingest(self, paths: Sequence[Path], *, embedder: Any | None, chunk_chars: int, overlap: int,
+                     batch_size: int = 16, activate: bool = True, upsert: Callable | None = None,
+                     progress: Progress | None = None, label: str = "") -> str:
+        """Build a new version from documents under ``paths``; returns its name.
+
+        ``embedder`` None → no vectors (a store that vectorizes itself). ``upsert(chunks, vectors)``
+        is awaited per batch for an external store (Weaviate). Vectors of unchanged chunks are
+        reused from the active version (embeddings cached by chunk hash).
+        """
+        progress = progress or (lambda stage, done, total: None)
+        self.clean_leftovers()
+        chunks = self.chunk_paths(paths, chunk_chars=chunk_chars, overlap=overlap)
+        version = datetime.now(timezone.utc).strftime("v%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        tmp = self.root / f".tmp-{version}"
+        tmp.mkdir(parents=True)
+        try:
+            vectors = None
+            reused = 0
+            if embedder is not None:
+                cache = self.cached_vectors()
+                vectors_list: list[np.ndarray | None] = [cache.get(c.id) for c in chunks]
+                reused = sum(v is not None for v in vectors_list)
+                todo = [i for i, v in enumerate(vectors_list) if v is None]
+                progress("embed", 0, len(todo))
+                for start in range(0, len(todo), batch_size):
+                    idx = todo[start:start + batch_size]
+                    out = await embedder.embed_passages([chunks[i].text for i in idx])
+                    for j, i in enumerate(idx):
+                        vectors_list[i] = out[j]
+                    progress("embed", min(start + batch_size, len(todo)), len(todo))
+                vectors = np.vstack(vectors_list).astype(np.float32) if chunks else None
+                np.save(tmp / "vectors.npy", vectors)
+            if upsert is not None:
+                for start in range(0, len(chunks), 100):
+                    await upsert(chunks[start:start + 100],
+                                 None if vectors is None else vectors[start:start + 100])
+                    progress("upsert", min(start + 100, len(chunks)), len(chunks))
+            with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as fh:
+                for c in chunks:
+                    fh.write(json.dumps(c.to_record(), ensure_ascii=False) + "\n")
+            progress("keyword_index", 0, len(chunks))
+            index = KeywordIndex.build(chunks)
+            index.save(tmp / "keyword")
+            progress("keyword_index", len(chunks), len(chunks))
+            manifest = {
+                "version": version, "label": label, "created_at": time.time(),
+                "chunk_count": len(chunks), "document_count": len({c.source for c in chunks}),
+                "embedder": None if embedder is None else {"name": embedder.name, "dim": embedder.dim},
+                "chunk_chars": chunk_chars, "chunk_overlap": overlap, "reused_vectors": reused,
+                "parent": self.active_version(), "paths": [str(p) for p in paths],
+            }
+            _atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
+            os.replace(tmp, self.versions_dir / version)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if activate:
+            self.activate(version)
+            self.prune()
+        return version

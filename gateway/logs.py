@@ -1,0 +1,76 @@
+"""JSON logs: one object per line, the current request id attached to every record.
+
+Secrets never reach a record: config objects hold them as SecretStr, and ``redact`` scrubs any
+value that looks like an API key before a record is written.
+"""
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+_STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+# Anthropic keys (sk-ant-…), generic sk- keys, Bearer tokens.
+_SECRET_RE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9._\-]{8,})")
+
+
+def redact(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SECRET_RE.sub("[REDACTED]", value)
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        rid = request_id_var.get()
+        if rid:
+            out["request_id"] = rid
+        for key, value in record.__dict__.items():
+            if key not in _STD_ATTRS and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(redact(out), default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = {k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS and not k.startswith("_")}
+        rid = request_id_var.get()
+        base = f"{self.formatTime(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if rid:
+            base += f" request_id={rid}"
+        if extras:
+            base += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        return redact(base)
+
+
+def setup_logging(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
+    """Configure the root logger once (idempotent): JSON or text lines to ``stream`` (stderr)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_rag_sidecar", False):
+            root.removeHandler(h)
+    handler._rag_sidecar = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("aiohttp.access", "httpx", "httpx2", "grpc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

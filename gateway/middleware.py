@@ -1,0 +1,168 @@
+"""The middleware chain, in the order a request meets it (like Envoy's filter chain):
+
+    request_id → access_log → errors → auth → rate_limit → deadline → handler
+
+Body size/type/validation happen in the handlers (they know the schema); everything here is
+route-agnostic and does one thing each.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.errors import APIError, error_response
+from gateway.logs import request_id_var
+from gateway.state import ANSWER_TEXT, CLIENT_ID, DEADLINE, QUERY_TEXT, REQUEST_ID, STATE, TRACE, AppState
+from resilience import Deadline
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger("rag_sidecar.access")
+errlog = logging.getLogger("rag_sidecar.errors")
+
+_RID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Routes that skip auth, rate limiting and the access log's INFO level (probes are frequent).
+PROBES = frozenset({"/livez", "/readyz", "/metrics"})
+
+
+@web.middleware
+async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Honour a sane incoming X-Request-Id, else mint one; echo it on every response."""
+    rid = request.headers.get("X-Request-Id", "")
+    if not _RID_OK.match(rid):
+        rid = uuid.uuid4().hex
+    request[REQUEST_ID] = rid
+    token = request_id_var.set(rid)
+    try:
+        resp = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers["X-Request-Id"] = rid
+        raise
+    finally:
+        request_id_var.reset(token)
+    if not resp.prepared:
+        resp.headers["X-Request-Id"] = rid
+    return resp
+
+
+@web.middleware
+async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One JSON line per request with every decision the pipeline took (see Trace)."""
+    state: AppState = request.app[STATE]
+    t0 = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else request.path
+    state.telemetry.request_started(route)
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        ms = (time.perf_counter() - t0) * 1e3
+        trace = request.get(TRACE)
+        mode = trace.mode if trace is not None else None
+        degraded = bool(trace and trace.degraded)
+        state.telemetry.request_finished(route, status, mode, degraded, ms)
+        fields = {"event": "request", "method": request.method, "route": route, "path": request.path,
+                  "status": status, "duration_ms": round(ms, 3), "client": request.get(CLIENT_ID)}
+        if trace is not None:
+            fields.update(mode=mode, degraded=degraded, degradations=trace.degradations,
+                          timings_ms=trace.timings_ms, cache=trace.cache, retriever=trace.retriever,
+                          model=trace.model)
+        if state.settings.logging.log_prompts and QUERY_TEXT in request:
+            fields["query"] = request[QUERY_TEXT]
+            fields["answer"] = request.get(ANSWER_TEXT)
+        level = logging.DEBUG if request.path in PROBES and status < 500 else logging.INFO
+        log.log(level, "request", extra=fields)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON. Unexpected exceptions become a 500 without internals."""
+    try:
+        return await handler(request)
+    except APIError:
+        raise
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        type_ = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status, "http_error")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return error_response(exc.status, type_, exc.reason, headers=headers)
+    except Exception:  # noqa: BLE001 - last line of defence; logged with the stack, client gets no internals
+        errlog.exception("unhandled error", extra={"event": "unhandled_error", "path": request.path})
+        return error_response(500, "internal_error", "internal error; see the gateway log for this request id",
+                              request_id=request.get(REQUEST_ID))
+
+
+def _presented_key(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+@web.middleware
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """API keys on /v1/* when configured (Bearer or x-api-key). /admin/* has its own token check."""
+    state: AppState = request.app[STATE]
+    keys = state.api_keys
+    presented = _presented_key(request)
+    if request.path.startswith("/v1/") and keys:
+        if presented is None or presented not in keys:
+            raise APIError(401, "unauthorized", "missing or invalid API key (Authorization: Bearer … or x-api-key)",
+                           headers={"WWW-Authenticate": "Bearer"})
+        request[CLIENT_ID] = "key:" + keys[presented]
+    else:
+        request[CLIENT_ID] = request.headers.get(state.settings.rate_limit.client_header) \
+            or f"ip:{request.remote}"
+    return await handler(request)
+
+
+@web.middleware
+async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Token bucket per client on /v1/*: 429 + Retry-After + RateLimit-* when empty."""
+    state: AppState = request.app[STATE]
+    limiter = state.rate_limiter
+    if limiter is None or not request.path.startswith("/v1/"):
+        return await handler(request)
+    decision = await limiter.acquire(request[CLIENT_ID])
+    headers = decision.headers()
+    if not decision.allowed:
+        state.telemetry.rate_limited(request.path)
+        raise APIError(429, "rate_limited", "rate limit exceeded for this client; retry after the indicated delay",
+                       headers=headers)
+    resp = await handler(request)
+    if not resp.prepared:
+        resp.headers.update(headers)
+    return resp
+
+
+@web.middleware
+async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One budget per request: config default, or X-Request-Timeout (seconds) within the max."""
+    server = request.app[STATE].settings.server
+    raw = request.headers.get("X-Request-Timeout")
+    budget = server.request_timeout_s
+    if raw is not None:
+        try:
+            budget = float(raw)
+        except ValueError:
+            raise APIError(400, "invalid_header", "X-Request-Timeout must be a number of seconds",
+                           field="X-Request-Timeout") from None
+        if not 0 < budget <= server.max_request_timeout_s:
+            raise APIError(400, "invalid_header",
+                           f"X-Request-Timeout must be in (0, {server.max_request_timeout_s:g}] seconds",
+                           field="X-Request-Timeout")
+    request[DEADLINE] = Deadline(budget)
+    return await handler(request)
+
+
+CHAIN = [request_id, access_log, errors, auth, rate_limit, deadline]

@@ -1,0 +1,356 @@
+"""The RAG pipeline — the only place that knows the degradation ladder.
+
+    1. answer cache      fresh hit → mode=cached
+    2. retrieve          embedder ─guard─► vector store ─guard─►  chunks (retriever=vector)
+                         on DependencyUnavailable ─► keyword index (retriever=bm25, mode=keyword_fallback)
+    3. generate          LLM primary ─guard─► LLM fallback model ─guard─►
+                         on DependencyUnavailable ─► cached answer (stale ok) ─► extractive answer
+    4. store in cache; the route emits metrics and one log line with every decision (the Trace)
+
+Each rung that is skipped or fails is recorded as a degradation ``{component, reason}``; nothing is
+dropped silently. :class:`LadderExhausted` is raised only when not even the keyword index can answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterator
+
+from fallback.cache import AnswerCache, CacheEntry, CacheKey
+from fallback.documents import Chunk
+from fallback.extractive import NO_INFO_ANSWER, extractive_answer
+from gateway.config import Settings
+from gateway.kb import KBVersion
+from gateway.telemetry import Telemetry
+from gateway.upstreams.base import LLM, Embedder, VectorStore
+from resilience import Deadline, DependencyUnavailable, GuardRegistry, Reason
+
+MODES = ("full", "cached", "keyword_fallback", "extractive", "retrieval_only", "unavailable")
+
+
+@dataclass
+class QueryRequest:
+    query: str
+    top_k: int
+    filters: dict[str, Any] | None = None
+    stream: bool = False
+    request_id: str = ""
+
+
+@dataclass
+class Trace:
+    """Every decision taken for one request; rendered into the response contract and the log line."""
+
+    degradations: list[dict[str, Any]] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    retriever: str | None = None
+    generation: str | None = None  # full | cached | extractive | retrieval_only
+    cache: str = "off"  # off | miss | hit | stale | error
+    model: str | None = None
+    answer_age_s: float | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def degrade(self, component: str, reason: str | Reason, **extra: Any) -> None:
+        entry = {"component": component, "reason": Reason(reason).value if isinstance(reason, Reason) else reason}
+        entry.update({k: v for k, v in extra.items() if v is not None})
+        self.degradations.append(entry)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings_ms[stage] = round(self.timings_ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1e3, 3)
+
+    @property
+    def mode(self) -> str:
+        if self.generation in ("cached", "extractive", "retrieval_only"):
+            return self.generation
+        if self.retriever == "bm25":
+            return "keyword_fallback"
+        return "full"
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.degradations)
+
+    def finish(self) -> None:
+        self.timings_ms["total"] = round((time.perf_counter() - self.started) * 1e3, 3)
+
+
+@dataclass
+class QueryResult:
+    answer: str | None
+    sources: list[Chunk]
+    trace: Trace
+    kb_version: str | None
+    request_id: str
+
+    def contract(self) -> dict[str, Any]:
+        t = self.trace
+        body: dict[str, Any] = {
+            "answer": self.answer, "mode": t.mode, "degraded": t.degraded, "degradations": t.degradations,
+            "sources": [c.source_view() for c in self.sources], "kb_version": self.kb_version,
+            "request_id": self.request_id, "timings_ms": t.timings_ms,
+        }
+        if t.model:
+            body["model"] = t.model
+        if t.answer_age_s is not None:
+            body["answer_age_s"] = round(t.answer_age_s, 3)
+        return body
+
+
+class LadderExhausted(Exception):
+    """Not even the keyword index could answer: the route returns 503 + Retry-After."""
+
+    def __init__(self, trace: Trace, retry_after_s: float) -> None:
+        super().__init__("every rung of the retrieval ladder failed")
+        self.trace = trace
+        self.retry_after_s = retry_after_s
+
+
+class Pipeline:
+    """Runs one query down the ladder. Construct once per app; safe for concurrent requests."""
+
+    def __init__(self, settings: Settings, guards: GuardRegistry, *, embedder: Embedder | None,
+                 store: VectorStore, llm: LLM | None, cache: AnswerCache | None,
+                 kb: Callable[[], KBVersion | None], telemetry: Telemetry) -> None:
+        self.settings = settings
+        self.guards = guards
+        self.embedder = embedder
+        self.store = store
+        self.llm = llm
+        self.cache = cache
+        self._kb = kb
+        self.telemetry = telemetry
+        self.reserve_s = settings.server.fallback_reserve_s
+
+    # ---- retrieval ------------------------------------------------------------------------
+    async def retrieve(self, req: QueryRequest, deadline: Deadline, trace: Trace) -> list[Chunk]:
+        """Vector search under guards; on any DependencyUnavailable, the local keyword index."""
+        with trace.timed("retrieve"):
+            vector = None
+            try:
+                if self.embedder is not None:
+                    with trace.timed("embed"):
+                        vector = await self.guards["embedder"].call(
+                            lambda: self.embedder.embed_query(req.query), deadline, reserve_s=self.reserve_s)
+                with trace.timed("vector_search"):
+                    chunks = await self.guards["vector_db"].call(
+                        lambda: self.store.search(vector, req.top_k, query_text=req.query, filters=req.filters),
+                        deadline, reserve_s=self.reserve_s)
+                trace.retriever = "vector"
+                return chunks
+            except DependencyUnavailable as exc:
+                trace.degrade(exc.component, exc.reason)
+                self.telemetry.degradation(exc.component, exc.reason.value)
+            return self._keyword_search(req, trace)
+
+    def _keyword_search(self, req: QueryRequest, trace: Trace) -> list[Chunk]:
+        kb = self._kb()
+        index = kb.keyword_index if kb is not None else None
+        if index is None or not self.settings.fallback.keyword_index:
+            reason = "disabled" if not self.settings.fallback.keyword_index else "missing"
+            trace.degrade("keyword_index", reason)
+            self.telemetry.degradation("keyword_index", reason)
+            raise LadderExhausted(trace, self._retry_after())
+        t0 = time.perf_counter()
+        chunks = index.search(req.query, req.top_k, filters=req.filters)
+        elapsed_ms = (time.perf_counter() - t0) * 1e3
+        trace.timings_ms["keyword_search"] = round(elapsed_ms, 3)
+        self.telemetry.keyword_search(elapsed_ms, len(chunks))
+        trace.retriever = "bm25"
+        return chunks
+
+    def _retry_after(self) -> float:
+        """Seconds until the soonest open breaker of the retrieval path may half-open (≥ 1)."""
+        waits = []
+        for name in ("embedder", "vector_db"):
+            snap = self.guards[name].snapshot()
+            until = snap.get("breaker", {}).get("open_remaining_s") if isinstance(snap.get("breaker"), dict) else None
+            if until:
+                waits.append(float(until))
+        return max(1.0, min(waits)) if waits else 5.0
+
+    # ---- generation -----------------------------------------------------------------------
+    def _cache_key(self, req: QueryRequest, kb_version: str | None) -> CacheKey:
+        params = {"top_k": req.top_k, "filters": req.filters or {}, "model": self.settings.llm.model}
+        return CacheKey(req.query, kb_version or "", params)
+
+    def _llm_rungs(self) -> list[tuple[str, str]]:
+        rungs = [("llm", self.settings.llm.model)]
+        if self.settings.llm.fallback_model:
+            rungs.append(("llm_fallback", self.settings.llm.fallback_model))
+        return rungs
+
+    async def _cache_get(self, req: QueryRequest, kb_version: str | None, trace: Trace):
+        if self.cache is None or self.llm is None:
+            return None
+        with trace.timed("cache"):
+            hit = await self.cache.get(self._cache_key(req, kb_version))
+        return hit
+
+    async def answer(self, req: QueryRequest, deadline: Deadline) -> QueryResult:
+        """Run the whole ladder; raises :class:`LadderExhausted` only when retrieval is impossible."""
+        trace = Trace()
+        kb = self._kb()
+        kb_version = kb.version if kb is not None else None
+        hit = await self._cache_get(req, kb_version, trace)
+        if hit is not None and hit.fresh:
+            trace.cache, trace.generation = "hit", "cached"
+            trace.answer_age_s = hit.age_s
+            self.telemetry.cache_result("hit")
+            trace.finish()
+            return QueryResult(hit.entry.answer, [_source_chunk(s) for s in hit.entry.sources],
+                               trace, kb_version, req.request_id)
+        if self.cache is not None and self.llm is not None:
+            trace.cache = "miss"
+            self.telemetry.cache_result("miss")
+        chunks = await self.retrieve(req, deadline, trace)
+        text = await self._generate(req, chunks, deadline, trace, hit, kb_version)
+        trace.finish()
+        return QueryResult(text, chunks, trace, kb_version, req.request_id)
+
+    async def _generate(self, req: QueryRequest, chunks: list[Chunk], deadline: Deadline, trace: Trace,
+                        hit: Any, kb_version: str | None) -> str | None:
+        if not chunks:
+            trace.generation = "full" if self.llm is not None else "extractive"
+            return NO_INFO_ANSWER
+        if self.llm is not None:
+            with trace.timed("generate"):
+                for guard_name, model in self._llm_rungs():
+                    try:
+                        gen = await self.guards[guard_name].call(
+                            lambda m=model: self.llm.generate(req.query, chunks, model=m,
+                                                              request_id=req.request_id),
+                            deadline, reserve_s=self.reserve_s)
+                    except DependencyUnavailable as exc:
+                        trace.degrade(exc.component, exc.reason, model=model)
+                        self.telemetry.degradation(exc.component, exc.reason.value)
+                        continue
+                    trace.generation, trace.model = "full", gen.model
+                    await self._cache_put(req, kb_version, gen.text, chunks)
+                    return gen.text
+            return self._after_llm_failure(req, chunks, trace, hit)
+        return self._extractive(req, chunks, trace)
+
+    def _after_llm_failure(self, req: QueryRequest, chunks: list[Chunk], trace: Trace, hit: Any) -> str | None:
+        if hit is not None:  # stale-if-error: a fresh hit was served before reaching the LLM
+            trace.cache, trace.generation, trace.answer_age_s = "stale", "cached", hit.age_s
+            trace.degrade("answer_cache", "stale_answer", age_s=round(hit.age_s, 3))
+            self.telemetry.cache_result("stale_serve")
+            return hit.entry.answer
+        return self._extractive(req, chunks, trace)
+
+    def _extractive(self, req: QueryRequest, chunks: list[Chunk], trace: Trace) -> str | None:
+        with trace.timed("extractive"):
+            result = extractive_answer(req.query, chunks, max_sentences=self.settings.fallback.extractive_sentences)
+        trace.generation = "extractive"
+        return result.text
+
+    async def _cache_put(self, req: QueryRequest, kb_version: str | None, text: str, chunks: list[Chunk]) -> None:
+        if self.cache is None:
+            return
+        entry = CacheEntry(answer=text, sources=[c.source_view() for c in chunks], mode="full",
+                           kb_version=kb_version or "")
+        # The set runs in a worker thread inside the cache (~150 µs); awaiting keeps ordering simple.
+        await self.cache.put(self._cache_key(req, kb_version), entry)
+
+    # ---- streaming ------------------------------------------------------------------------
+    async def stream(self, req: QueryRequest, deadline: Deadline) -> AsyncIterator[tuple[str, Any]]:
+        """Yield ``("delta", text)``, ``("discard", {...})`` and finally ``("done", QueryResult)``.
+
+        A stream that fails after text was sent cannot be retried transparently: the client is told
+        to discard what it got (``discard`` event) and the next rung's answer follows.
+        """
+        trace = Trace()
+        kb = self._kb()
+        kb_version = kb.version if kb is not None else None
+        hit = await self._cache_get(req, kb_version, trace)
+        if hit is not None and hit.fresh:
+            trace.cache, trace.generation, trace.answer_age_s = "hit", "cached", hit.age_s
+            self.telemetry.cache_result("hit")
+            yield "delta", hit.entry.answer
+            trace.finish()
+            yield "done", QueryResult(hit.entry.answer, [_source_chunk(s) for s in hit.entry.sources],
+                                      trace, kb_version, req.request_id)
+            return
+        if self.cache is not None and self.llm is not None:
+            trace.cache = "miss"
+            self.telemetry.cache_result("miss")
+        chunks = await self.retrieve(req, deadline, trace)
+        if not chunks or self.llm is None:
+            text = await self._generate(req, chunks, deadline, trace, hit, kb_version)
+            if text:
+                yield "delta", text
+            trace.finish()
+            yield "done", QueryResult(text, chunks, trace, kb_version, req.request_id)
+            return
+        with trace.timed("generate"):
+            for guard_name, model in self._llm_rungs():
+                parts: list[str] = []
+                agen: Any = None
+
+                async def open_stream(m: str = model) -> tuple[Any, str | None]:
+                    # A fresh stream per attempt: a failed generator cannot be resumed by a retry.
+                    stream = self.llm.stream(req.query, chunks, model=m, request_id=req.request_id)
+                    try:
+                        return stream, await _first(stream)
+                    except BaseException:
+                        await stream.aclose()
+                        raise
+
+                try:
+                    # The guard covers time-to-first-token; the rest runs under the request deadline.
+                    agen, first = await self.guards[guard_name].call(open_stream, deadline, reserve_s=self.reserve_s)
+                    if first is not None:
+                        parts.append(first)
+                        yield "delta", first
+                    while True:
+                        timeout = deadline.stage_timeout(self.guards[guard_name].config.timeout_s, self.reserve_s)
+                        async with asyncio.timeout(timeout):
+                            nxt = await _first(agen)
+                        if nxt is None:
+                            break
+                        parts.append(nxt)
+                        yield "delta", nxt
+                except DependencyUnavailable as exc:
+                    trace.degrade(exc.component, exc.reason, model=model)
+                    self.telemetry.degradation(exc.component, exc.reason.value)
+                    continue
+                except (Exception, TimeoutError) as exc:  # mid-stream cut/stall after text was sent
+                    if agen is not None:
+                        await agen.aclose()
+                    reason = "timeout" if isinstance(exc, TimeoutError) else "stream_cut"
+                    trace.degrade(guard_name, reason, model=model)
+                    self.telemetry.degradation(guard_name, reason)
+                    yield "discard", {"reason": reason, "component": guard_name, "chars": sum(map(len, parts))}
+                    break
+                text = "".join(parts)
+                trace.generation, trace.model = "full", model
+                await self._cache_put(req, kb_version, text, chunks)
+                trace.finish()
+                yield "done", QueryResult(text, chunks, trace, kb_version, req.request_id)
+                return
+        text = self._after_llm_failure(req, chunks, trace, hit)
+        if text:
+            yield "delta", text
+        trace.finish()
+        yield "done", QueryResult(text, chunks, trace, kb_version, req.request_id)
+
+
+async def _first(agen: AsyncIterator[str]) -> str | None:
+    """Next item of an async iterator, None at its end."""
+    try:
+        return await agen.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+def _source_chunk(view: dict[str, Any]) -> Chunk:
+    """Rebuild a (text-less) Chunk from a cached ``sources[]`` entry."""
+    return Chunk(id=view.get("id", ""), text="", title=view.get("title", ""), source=view.get("source", ""),
+                 score=float(view.get("score", 0.0)), retriever=view.get("retriever", ""))

@@ -1,0 +1,76 @@
+"""Probes: /livez (process up), /readyz (KB loaded), /health (per-component status)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gateway.state import STATE, AppState
+
+
+async def livez(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state: AppState = request.app[STATE]
+    if state.ready.is_set():
+        return web.json_response({"status": "ready", "kb_version": state.kb.version if state.kb else None})
+    return web.json_response({"status": "not_ready", "stage": state.startup_stage,
+                              "progress": state.startup_progress, "error": state.kb_error},
+                             status=503, headers={"Retry-After": "2"})
+
+
+def health_report(state: AppState) -> dict[str, Any]:
+    """Every component's status; ``status`` is ok | degraded | starting."""
+    s = state.settings
+    kb = state.kb
+    now = time.time()
+    breakers = state.guards.snapshot()
+    components: dict[str, Any] = {
+        "embedder": {"backend": s.embedder.backend, "guard": breakers.get("embedder")},
+        "vector_db": {"backend": s.vector_store.backend, "guard": breakers.get("vector_db")},
+        "llm": {"backend": s.llm.effective_backend, "model": s.llm.model, "fallback_model": s.llm.fallback_model,
+                "guard": breakers.get("llm"), "fallback_guard": breakers.get("llm_fallback")},
+    }
+    keyword: dict[str, Any] = {"enabled": s.fallback.keyword_index}
+    if kb is not None:
+        idx = kb.keyword_index
+        keyword.update(kb_version=kb.version, status="ok" if idx is not None else "unavailable",
+                       error=kb.keyword_error, size=getattr(idx, "size", None) if idx else None,
+                       age_s=round(now - kb.created_at, 1))
+    components["keyword_index"] = keyword
+    components["kb"] = {"version": kb.version if kb else None, "chunks": len(kb.chunks) if kb else 0,
+                        "created_at": kb.created_at if kb else None,
+                        "age_s": round(now - kb.created_at, 1) if kb else None, "error": state.kb_error}
+    cache = state.cache
+    components["answer_cache"] = {"enabled": cache is not None,
+                                  "healthy": getattr(cache, "healthy", None) if cache else None,
+                                  "errors": getattr(cache, "errors", None) if cache else None}
+    limiter = state.rate_limiter
+    components["rate_limit"] = {"enabled": limiter is not None,
+                                **(limiter.snapshot() if limiter is not None and hasattr(limiter, "snapshot") else {})}
+    degraded = []
+    for name in ("embedder", "vector_db", "llm"):
+        g = components[name].get("guard") or {}
+        state_name = (g.get("breaker") or {}).get("state") if isinstance(g.get("breaker"), dict) else g.get("state")
+        if state_name not in (None, "closed"):
+            degraded.append(f"{name}:{state_name}")
+    if kb is not None and kb.keyword_index is None:
+        degraded.append("keyword_index:unavailable")
+    if cache is not None and getattr(cache, "healthy", True) is False:
+        degraded.append("answer_cache:unhealthy")
+    status = "starting" if not state.ready.is_set() else ("degraded" if degraded else "ok")
+    return {"status": status, "degraded_components": degraded, "components": components,
+            "uptime_s": round(time.monotonic() - state.started_at, 1) if state.started_at else 0.0}
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response(health_report(request.app[STATE]))
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/health", health)

@@ -1,0 +1,22 @@
+"""GET /metrics: the metric catalogue in Prometheus text format (0.0.4), for teams without Datadog.
+
+404 when ``telemetry.prometheus`` is off. Exempt from auth and rate limiting (a probe route).
+"""
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.errors import APIError
+from gateway.state import STATE
+from gateway.telemetry import PROMETHEUS_CONTENT_TYPE
+
+
+async def metrics(request: web.Request) -> web.Response:
+    telemetry = request.app[STATE].telemetry
+    if telemetry.registry is None:
+        raise APIError(404, "not_found", "Prometheus endpoint disabled (telemetry.prometheus: false)")
+    return web.Response(body=telemetry.prometheus_text(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,182 @@
+"""POST /v1/query and POST /v1/retrieve: validate, run the pipeline, render the response contract."""
+from __future__ import annotations
+
+import json
+from typing import Any, Union
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+
+from gateway.errors import APIError, error_response
+from gateway.pipeline import LadderExhausted, QueryRequest, QueryResult, Trace
+from gateway.state import ANSWER_TEXT, CLIENT_ID, DEADLINE, QUERY_TEXT, REQUEST_ID, STATE, TRACE, AppState
+from resilience import Deadline
+
+FilterValue = Union[StrictStr, StrictInt, StrictFloat, StrictBool, list[Union[StrictStr, StrictInt, StrictFloat]]]
+
+
+class QueryBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    query: StrictStr
+    top_k: StrictInt | None = None
+    filters: dict[StrictStr, FilterValue] | None = None
+    stream: StrictBool = False
+
+
+_ERROR_TYPES = {"extra_forbidden": "unknown_field", "missing": "missing_field"}
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON, enforcing size and content type. Raises APIError (413/415/400)."""
+    state: AppState = request.app[STATE]
+    limit = state.settings.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
+    ctype = request.content_type
+    # curl -d sends application/x-www-form-urlencoded; accept it when the body is JSON, like most APIs.
+    if ctype not in ("application/json", "application/x-www-form-urlencoded", "text/plain", ""):
+        raise APIError(415, "unsupported_media_type", f"expected application/json, got {ctype}",
+                       field="Content-Type")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
+    if not raw.strip():
+        raise APIError(400, "invalid_json", "request body is empty; expected a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise APIError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+
+
+def parse_query_body(data: Any, state: AppState) -> QueryBody:
+    if not isinstance(data, dict):
+        raise APIError(422, "invalid_type", "request body must be a JSON object")
+    try:
+        body = QueryBody.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        type_ = _ERROR_TYPES.get(err["type"], "invalid_value")
+        msg = "unknown field" if type_ == "unknown_field" else err["msg"]
+        raise APIError(422, type_, f"{field}: {msg}", field=field) from None
+    server = state.settings.server
+    if not body.query.strip():
+        raise APIError(422, "invalid_value", "query must not be empty", field="query")
+    if len(body.query) > server.max_query_chars:
+        raise APIError(413, "query_too_long", f"query exceeds {server.max_query_chars} characters", field="query")
+    if body.top_k is not None and not 1 <= body.top_k <= server.max_top_k:
+        raise APIError(422, "invalid_value", f"top_k must be between 1 and {server.max_top_k}", field="top_k")
+    return body
+
+
+def _require_ready(state: AppState) -> None:
+    if not state.ready.is_set() or state.pipeline is None:
+        raise APIError(503, "not_ready", f"the knowledge base is still loading ({state.startup_stage})",
+                       headers={"Retry-After": "2"})
+
+
+def contract_headers(result_trace: Trace, request_id: str) -> dict[str, str]:
+    timing = ", ".join(f"{k};dur={v:.1f}" for k, v in result_trace.timings_ms.items())
+    return {"X-Request-Id": request_id, "X-RAG-Mode": result_trace.mode,
+            "X-RAG-Degraded": "true" if result_trace.degraded else "false", "Server-Timing": timing}
+
+
+def unavailable_response(exc: LadderExhausted, request_id: str) -> web.Response:
+    trace = exc.trace
+    trace.generation = None
+    trace.finish()
+    body = {"answer": None, "mode": "unavailable", "degraded": True, "degradations": trace.degradations,
+            "sources": [], "kb_version": None, "request_id": request_id, "timings_ms": trace.timings_ms,
+            "error": {"type": "unavailable", "message": "every retrieval path failed; retry later", "field": None}}
+    headers = {"Retry-After": str(int(exc.retry_after_s + 0.999)), "X-RAG-Mode": "unavailable",
+               "X-RAG-Degraded": "true", "X-Request-Id": request_id}
+    return web.json_response(body, status=503, headers=headers)
+
+
+def _build_request(request: web.Request, body: QueryBody, state: AppState) -> QueryRequest:
+    return QueryRequest(query=body.query.strip(), top_k=body.top_k or state.settings.server.default_top_k,
+                        filters=body.filters or None, stream=body.stream, request_id=request[REQUEST_ID])
+
+
+async def query(request: web.Request) -> web.StreamResponse:
+    state: AppState = request.app[STATE]
+    body = parse_query_body(await read_json(request), state)
+    _require_ready(state)
+    req = _build_request(request, body, state)
+    request[QUERY_TEXT] = req.query
+    deadline: Deadline = request[DEADLINE]
+    if req.stream:
+        return await _stream(request, state, req, deadline)
+    try:
+        result = await state.pipeline.answer(req, deadline)
+    except LadderExhausted as exc:
+        request[TRACE] = exc.trace
+        return unavailable_response(exc, req.request_id)
+    request[TRACE] = result.trace
+    request[ANSWER_TEXT] = result.answer
+    return web.json_response(result.contract(), headers=contract_headers(result.trace, req.request_id))
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def _stream(request: web.Request, state: AppState, req: QueryRequest, deadline: Deadline) -> web.StreamResponse:
+    """SSE: ``delta`` events with text, maybe ``discard``, then ``done`` carrying the full contract."""
+    events = state.pipeline.stream(req, deadline)
+    try:
+        first = await events.__anext__()  # retrieval runs here, so a 503 can still be a plain response
+    except LadderExhausted as exc:
+        request[TRACE] = exc.trace
+        return unavailable_response(exc, req.request_id)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Request-Id": req.request_id, "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    result: QueryResult | None = None
+    try:
+        event = first
+        while True:
+            kind, payload = event
+            if kind == "done":
+                result = payload
+                await resp.write(_sse("done", result.contract()))
+                break
+            await resp.write(_sse(kind, {"text": payload} if kind == "delta" else payload))
+            event = await events.__anext__()
+    finally:
+        await events.aclose()
+    if result is not None:
+        request[TRACE] = result.trace
+        request[ANSWER_TEXT] = result.answer
+    await resp.write_eof()
+    return resp
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    state: AppState = request.app[STATE]
+    body = parse_query_body(await read_json(request), state)
+    if body.stream:
+        raise APIError(422, "invalid_value", "stream is not supported on /v1/retrieve", field="stream")
+    _require_ready(state)
+    req = _build_request(request, body, state)
+    request[QUERY_TEXT] = req.query
+    trace = Trace()
+    try:
+        chunks = await state.pipeline.retrieve(req, request[DEADLINE], trace)
+    except LadderExhausted as exc:
+        request[TRACE] = exc.trace
+        return unavailable_response(exc, req.request_id)
+    trace.generation = None
+    trace.finish()
+    request[TRACE] = trace
+    kb = state.kb
+    out = {"answer": None, "mode": trace.mode, "degraded": trace.degraded, "degradations": trace.degradations,
+           "sources": [c.source_view() for c in chunks],
+           "chunks": [{**c.source_view(), "text": c.text} for c in chunks],
+           "kb_version": kb.version if kb else None, "request_id": req.request_id, "timings_ms": trace.timings_ms}
+    return web.json_response(out, headers=contract_headers(trace, req.request_id))
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/query", query)
+    app.router.add_post("/v1/retrieve", retrieve)

@@ -1,0 +1,50 @@
+"""What one running gateway holds, stored on the aiohttp app under ``STATE``."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from fallback.cache import AnswerCache
+    from gateway.config import Settings
+    from gateway.kb import KBVersion, KnowledgeBase
+    from gateway.pipeline import Pipeline
+    from gateway.telemetry import Telemetry
+    from gateway.upstreams.base import LLM, Embedder, VectorStore
+    from resilience import GuardRegistry
+
+
+@dataclass
+class AppState:
+    settings: "Settings"
+    telemetry: "Telemetry"
+    guards: "GuardRegistry"
+    kb_store: "KnowledgeBase"
+    embedder: "Embedder | None" = None
+    store: "VectorStore | None" = None
+    llm: "LLM | None" = None
+    cache: "AnswerCache | None" = None
+    pipeline: "Pipeline | None" = None
+    rate_limiter: Any = None
+    kb: "KBVersion | None" = None
+    kb_error: str | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    startup_stage: str = "starting"
+    startup_progress: dict[str, Any] = field(default_factory=dict)
+    api_keys: dict[str, str] = field(default_factory=dict)  # presented key → short label for logs
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    started_at: float = 0.0
+
+
+STATE: web.AppKey[AppState] = web.AppKey("rag_sidecar_state", AppState)
+
+# Per-request storage (typed keys, as aiohttp recommends).
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+CLIENT_ID: web.RequestKey[str] = web.RequestKey("client_id", str)
+DEADLINE: web.RequestKey[Any] = web.RequestKey("deadline", object)
+TRACE: web.RequestKey[Any] = web.RequestKey("trace", object)
+QUERY_TEXT: web.RequestKey[str] = web.RequestKey("query_text", str)
+ANSWER_TEXT: web.RequestKey[Any] = web.RequestKey("answer_text", object)

@@ -1,0 +1,37 @@
+"""Pick the backend for each dependency from the config (imports are lazy: only what is used loads)."""
+from __future__ import annotations
+
+from gateway.config import Settings
+from gateway.upstreams.base import LLM, Embedder, VectorStore
+
+
+def build_embedder(settings: Settings) -> Embedder | None:
+    cfg = settings.embedder
+    if cfg.backend == "none":
+        return None
+    if cfg.backend == "openai":
+        from gateway.upstreams.openai_embedder import OpenAIEmbedder
+
+        return OpenAIEmbedder(cfg)
+    from gateway.upstreams.local_embedder import LocalEmbedder
+
+    return LocalEmbedder(batch_size=cfg.batch_size)
+
+
+def build_store(settings: Settings) -> VectorStore:
+    if settings.vector_store.backend == "weaviate":
+        from gateway.upstreams.weaviate import WeaviateStore
+
+        return WeaviateStore(settings.vector_store)
+    from gateway.upstreams.embedded_store import EmbeddedStore
+
+    return EmbeddedStore()
+
+
+def build_llm(settings: Settings) -> LLM | None:
+    """None means the configured generator is the extractive answerer (no model, no key)."""
+    if settings.llm.effective_backend == "anthropic":
+        from gateway.upstreams.anthropic_llm import AnthropicLLM
+
+        return AnthropicLLM(settings.llm)
+    return None

@@ -1,0 +1,366 @@
+"""Circuit breaker: an asyncio adapter over pybreaker plus what pybreaker lacks.
+
+pybreaker 1.4.1 supplies the state machine (closed → open → half-open), the consecutive-failure
+trip and listeners. It has no asyncio support and a few gaps, filled here:
+
+* **Outcomes are recorded after the call**, through ``with pybreaker.calling(): ...`` around a
+  no-op or a raise. We do not run the awaited op inside ``calling()`` because pybreaker treats an
+  *excluded* exception as a success (it resets the failure count and closes a half-open breaker):
+  a client disconnect would then close a breaker. Excluded outcomes are simply not recorded.
+* **Open interval on an injectable clock**: pybreaker checks ``datetime.now()``; we decide the
+  open → half-open move ourselves (``_refresh``), so pybreaker's open-state check is never reached.
+* **Half-open permits**: only ``half_open_permits`` trial calls run at once; the rest short-circuit.
+  The first probe to succeed closes the breaker, the first to fail re-opens it.
+* **Failure-rate and slow-call-rate** over a count-based window of the last ``window`` calls,
+  judged once ``min_calls`` are in it (resilience4j semantics). The window is cleared on every
+  state change. A slow *successful* probe in half-open still closes the breaker.
+* **Exclusions**: ``asyncio.CancelledError`` (the client went away) and ``UpstreamError`` with
+  ``caller_fault=True`` (a 4xx caused by the caller's input) never count, in any state.
+* **Admin drills**: :meth:`open` / :meth:`force_open` hold the breaker open until :meth:`close`
+  or :meth:`reset` (no half-open); :meth:`trip` opens it for the normal ``open_s``.
+* **Stale outcomes**: a call admitted before a state change reports into a newer state; its result
+  is dropped (e.g. late failures of calls started while closed don't re-open a half-open breaker).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, TypeVar
+
+import pybreaker
+
+from resilience.config import BreakerConfig
+from resilience.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from resilience.shared import SharedBreakerState
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Clock = Callable[[], float]
+StateListener = Callable[[str, str, str], None]
+"""``listener(breaker_name, old_state, new_state)``; states are ``closed | open | half_open``."""
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+_FROM_PYBREAKER = {pybreaker.STATE_CLOSED: CLOSED, pybreaker.STATE_OPEN: OPEN,
+                   pybreaker.STATE_HALF_OPEN: HALF_OPEN}
+
+
+class CircuitOpenError(Exception):
+    """Raised by :meth:`CircuitBreaker.call` when the breaker short-circuits a call."""
+
+    def __init__(self, name: str, retry_after_s: float | None) -> None:
+        self.name = name
+        self.retry_after_s = retry_after_s
+        super().__init__(f"circuit breaker {name!r} is open")
+
+
+def counts_as_failure(exc: BaseException) -> bool:
+    """Whether an exception from the guarded call is held against the dependency."""
+    if isinstance(exc, asyncio.CancelledError):
+        return False
+    if isinstance(exc, UpstreamError) and exc.caller_fault:
+        return False
+    return isinstance(exc, Exception)
+
+
+def _iso(wall: float | None) -> str | None:
+    return None if wall is None else datetime.fromtimestamp(wall, timezone.utc).isoformat()
+
+
+class _RecordedFailure(Exception):
+    """Raised inside ``pybreaker.calling()`` to make pybreaker count one failure."""
+
+
+@dataclass
+class _PendingOpen:
+    duration_s: float | None  # None = held open (forced)
+    source: str  # "local" | "remote"
+    opened_at_wall: float | None = None
+
+
+class Permit:
+    """Admission to make one call. Report exactly one outcome: success, failure or ignore."""
+
+    __slots__ = ("_breaker", "generation", "half_open", "_done")
+
+    def __init__(self, breaker: CircuitBreaker, generation: int, half_open: bool) -> None:
+        self._breaker = breaker
+        self.generation = generation
+        self.half_open = half_open
+        self._done = False
+
+    def success(self, duration_s: float) -> None:
+        """The call succeeded after ``duration_s`` seconds (slow if > ``slow_call_s``)."""
+        self._finish("success", duration_s)
+
+    def failure(self, duration_s: float) -> None:
+        """The call failed in a way that counts against the dependency."""
+        self._finish("failure", duration_s)
+
+    def ignore(self) -> None:
+        """The call ended without a verdict (cancelled, caller's fault, shed before starting)."""
+        self._finish("ignore", 0.0)
+
+    def _finish(self, outcome: str, duration_s: float) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._breaker._complete(self, outcome, duration_s)
+
+
+class _Bridge(pybreaker.CircuitBreakerListener):
+    def __init__(self, owner: CircuitBreaker) -> None:
+        self.owner = owner
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        old = _FROM_PYBREAKER.get(old_state.name, CLOSED) if old_state is not None else CLOSED
+        self.owner._on_transition(old, _FROM_PYBREAKER[new_state.name])
+
+
+class CircuitBreaker:
+    """One dependency's breaker. Not thread-safe: use it from one event loop.
+
+    ``clock`` (monotonic seconds) times the open interval and is injectable for tests;
+    ``wall_clock`` only feeds the ISO timestamps of :meth:`snapshot`.
+    """
+
+    def __init__(self, name: str, config: BreakerConfig | None = None, *, clock: Clock = time.monotonic,
+                 wall_clock: Clock = time.time, listeners: Iterable[StateListener] = ()) -> None:
+        self.name = name
+        self.config = config or BreakerConfig()
+        self._clock = clock
+        self._wall = wall_clock
+        self._listeners: list[StateListener] = list(listeners)
+        self._pb = pybreaker.CircuitBreaker(
+            fail_max=self.config.failure_threshold, reset_timeout=self.config.open_s, success_threshold=1,
+            listeners=[_Bridge(self)], name=name, throw_new_error_on_trip=False)
+        self._window: deque[tuple[bool, bool]] = deque(maxlen=self.config.window)  # (failed, slow)
+        self._generation = 0
+        self._half_open_in_flight = 0
+        self._pending: _PendingOpen | None = None
+        self._forced = False
+        self._source = "local"
+        self._opened_at: float | None = None
+        self._opened_at_wall: float | None = None
+        self._open_until: float | None = None  # None while open = held open (forced)
+        self._shared: SharedBreakerState | None = None
+        self._totals = dict.fromkeys(
+            ("calls", "successes", "failures", "slow", "ignored", "stale", "short_circuits", "opened"), 0)
+
+    # ---- state -------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` or ``half_open`` (moves open → half_open once ``open_s`` has passed)."""
+        self._refresh()
+        return _FROM_PYBREAKER[self._pb.current_state]
+
+    @property
+    def forced(self) -> bool:
+        return self._forced
+
+    def open_remaining_s(self) -> float | None:
+        """Seconds until an open breaker may half-open; None when not open or held open."""
+        if self.state != OPEN or self._open_until is None:
+            return None
+        return max(0.0, self._open_until - self._clock())
+
+    def add_listener(self, listener: StateListener) -> None:
+        self._listeners.append(listener)
+
+    def _refresh(self) -> None:
+        if (self._pb.current_state == pybreaker.STATE_OPEN and self._open_until is not None
+                and self._clock() >= self._open_until):
+            self._pb.half_open()
+
+    # ---- admission ---------------------------------------------------------------------------
+    def acquire(self) -> Permit | None:
+        """Admit a call (return a :class:`Permit`) or short-circuit it (return None). Never blocks."""
+        state = self.state
+        if state == CLOSED:
+            return Permit(self, self._generation, half_open=False)
+        if state == HALF_OPEN and self._half_open_in_flight < self.config.half_open_permits:
+            self._half_open_in_flight += 1
+            return Permit(self, self._generation, half_open=True)
+        self._totals["short_circuits"] += 1
+        return None
+
+    def would_admit(self) -> bool:
+        """Whether :meth:`acquire` would admit a call now (no side effects on permits or counts)."""
+        state = self.state
+        return state == CLOSED or (state == HALF_OPEN
+                                   and self._half_open_in_flight < self.config.half_open_permits)
+
+    async def call(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run ``op()`` under the breaker. Raises :class:`CircuitOpenError` when short-circuited,
+        else whatever ``op`` raises (recorded as a failure unless excluded, see module doc)."""
+        permit = self.acquire()
+        if permit is None:
+            raise CircuitOpenError(self.name, self.open_remaining_s())
+        start = self._clock()
+        try:
+            result = await op()
+        except BaseException as exc:
+            if counts_as_failure(exc):
+                permit.failure(self._clock() - start)
+            else:
+                permit.ignore()
+            raise
+        permit.success(self._clock() - start)
+        return result
+
+    def _complete(self, permit: Permit, outcome: str, duration_s: float) -> None:
+        current = permit.generation == self._generation
+        if permit.half_open and current:
+            self._half_open_in_flight -= 1
+        if outcome == "ignore":
+            self._totals["ignored"] += 1
+            return
+        slow = duration_s > self.config.slow_call_s
+        self._totals["calls"] += 1
+        self._totals["successes" if outcome == "success" else "failures"] += 1
+        self._totals["slow"] += int(slow)
+        if not current or self._pb.current_state == pybreaker.STATE_OPEN:
+            self._totals["stale"] += 1
+            return
+        try:
+            with self._pb.calling():
+                if outcome == "failure":
+                    raise _RecordedFailure
+        except _RecordedFailure:
+            pass
+        if self._generation != permit.generation or self._pb.current_state != pybreaker.STATE_CLOSED:
+            return  # pybreaker changed state (consecutive failures, or a probe's verdict)
+        self._window.append((outcome == "failure", slow))
+        if len(self._window) >= self.config.min_calls:
+            failures = sum(1 for failed, _ in self._window if failed)
+            slows = sum(1 for _, s in self._window if s)
+            if (failures / len(self._window) >= self.config.failure_rate
+                    or slows / len(self._window) >= self.config.slow_call_rate):
+                self.trip()
+
+    # ---- transitions -------------------------------------------------------------------------
+    def trip(self, duration_s: float | None = None) -> None:
+        """Open now for ``duration_s`` (default ``open_s``), then half-open as usual."""
+        self._open(_PendingOpen(duration_s if duration_s is not None else self.config.open_s, "local"))
+
+    def open(self) -> None:
+        """Admin drill: open and *hold* open (no half-open) until :meth:`close` or :meth:`reset`."""
+        self._open(_PendingOpen(None, "local"))
+
+    force_open = open
+
+    def close(self) -> None:
+        """Close now (also ends a forced open) and tell other replicas when state is shared."""
+        self._forced = False
+        self._pb.close()
+        if self._shared is not None:
+            self._shared.publish_closed(self.name)
+
+    def reset(self) -> None:
+        """:meth:`close` and zero every counter (totals, window, consecutive failures)."""
+        self.close()
+        self._window.clear()
+        self._totals = dict.fromkeys(self._totals, 0)
+
+    def _open(self, pending: _PendingOpen) -> None:
+        self._pending = pending
+        try:
+            self._pb.open()
+        finally:
+            self._pending = None
+
+    def _on_transition(self, old: str, new: str) -> None:
+        pending, self._pending = self._pending, None
+        if new == OPEN:
+            pending = pending or _PendingOpen(self.config.open_s, "local")
+            now = self._clock()
+            self._forced = pending.duration_s is None
+            self._source = pending.source
+            self._opened_at = now
+            self._opened_at_wall = pending.opened_at_wall or self._wall()
+            self._open_until = None if pending.duration_s is None else now + pending.duration_s
+            if old != OPEN:
+                self._totals["opened"] += 1
+            if self._shared is not None and pending.source == "local":
+                self._shared.publish_open(self.name, pending.duration_s, self._opened_at_wall)
+        else:
+            self._forced = False
+        if old == new:
+            return  # re-opened while open: new timing, same state, no event
+        self._generation += 1
+        self._half_open_in_flight = 0
+        self._window.clear()
+        if new == CLOSED:
+            self._source = "local"
+        for listener in list(self._listeners):
+            try:
+                listener(self.name, old, new)
+            except Exception:  # a listener's bug must not break the state machine
+                log.exception("breaker %s: state listener failed", self.name)
+
+    # ---- shared state (called by SharedBreakerState) -------------------------------------------
+    def attach_shared(self, shared: SharedBreakerState | None) -> None:
+        self._shared = shared
+
+    @property
+    def shared_status(self) -> str:
+        return "off" if self._shared is None else self._shared.status
+
+    def local_open_lease(self) -> tuple[float | None, float | None] | None:
+        """(remaining_s or None if held, opened_at_wall) when this replica opened it; else None."""
+        if self.state != OPEN or self._source != "local":
+            return None
+        remaining = None if self._open_until is None else max(0.0, self._open_until - self._clock())
+        return remaining, self._opened_at_wall
+
+    def apply_remote_open(self, remaining_s: float, opened_at_wall: float | None = None) -> None:
+        """Another replica opened this breaker; stay open at least ``remaining_s`` seconds."""
+        if remaining_s <= 0:
+            return
+        state = self.state
+        if state == OPEN:
+            if self._open_until is not None:
+                self._open_until = max(self._open_until, self._clock() + remaining_s)
+            return
+        self._open(_PendingOpen(remaining_s, "remote", opened_at_wall))
+
+    def apply_remote_close(self) -> None:
+        """An operator closed this breaker on another replica: close here too (unless held here)."""
+        if self._forced or self.state == CLOSED:
+            return
+        self._pb.close()
+
+    # ---- reporting ---------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able state for /admin/breakers and /health."""
+        state = self.state
+        failures = sum(1 for failed, _ in self._window if failed)
+        slows = sum(1 for _, slow in self._window if slow)
+        n = len(self._window)
+        is_open = state == OPEN
+        open_until_wall = None
+        if is_open and self._open_until is not None and self._opened_at is not None:
+            open_until_wall = self._opened_at_wall + (self._open_until - self._opened_at)
+        return {
+            "name": self.name,
+            "state": state,
+            "forced": self._forced,
+            "source": self._source if state != CLOSED else None,
+            "opened_at": _iso(self._opened_at_wall) if state != CLOSED else None,
+            "open_until": _iso(open_until_wall),
+            "open_remaining_s": self.open_remaining_s(),
+            "consecutive_failures": self._pb.fail_counter,
+            "half_open_in_flight": self._half_open_in_flight if state == HALF_OPEN else 0,
+            "window": {"calls": n, "failures": failures, "slow": slows,
+                       "failure_rate": failures / n if n else None,
+                       "slow_call_rate": slows / n if n else None},
+            "totals": dict(self._totals),
+            "shared": self.shared_status,
+            "config": self.config.model_dump(),
+        }

@@ -1,0 +1,113 @@
+"""Shared fixtures: settings in a temp data dir, a KB ingested once per session, a running gateway."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import create_app
+from gateway.config import Settings, load_settings
+from gateway.kb import KnowledgeBase
+from gateway.state import STATE, AppState
+
+TESTS = Path(__file__).parent
+TINY_CORPUS = TESTS / "data" / "corpus"
+
+
+def make_settings(data_dir: Path, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings isolated from the caller's environment, data in ``data_dir``, tiny corpus by default."""
+    base = {"server.data_dir": str(data_dir), "kb.sample_corpus": str(TINY_CORPUS),
+            "telemetry.statsd_enabled": False, "logging.level": "WARNING"}
+    base.update(overrides)
+    return load_settings(None, env=env or {}, overrides=base)
+
+
+@pytest.fixture(scope="session")
+def ingested_kb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir whose KB holds the tiny corpus, embedded once per session with the local embedder."""
+    from gateway.upstreams.local_embedder import LocalEmbedder
+
+    data = tmp_path_factory.mktemp("kb-template")
+
+    async def build() -> None:
+        emb = LocalEmbedder()
+        try:
+            await KnowledgeBase(data / "kb").ingest([TINY_CORPUS], embedder=emb, chunk_chars=400, overlap=80,
+                                                    label="tiny")
+        finally:
+            await emb.close()
+
+    asyncio.run(build())
+    return data
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, ingested_kb: Path) -> Path:
+    """A private copy of the session KB (tests may write to it)."""
+    dest = tmp_path / "data"
+    shutil.copytree(ingested_kb, dest)
+    return dest
+
+
+GatewayFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def gateway_factory() -> AsyncIterator[GatewayFactory]:
+    """Start gateways over real sockets; ``await factory(settings, wait_ready=True)`` → TestClient."""
+    clients: list[TestClient] = []
+
+    async def start(settings: Settings, *, wait_ready: bool = True) -> TestClient:
+        app = create_app(settings, configure_logging=False)
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        if wait_ready:
+            await asyncio.wait_for(state_of(client).ready.wait(), timeout=120)
+        return client
+
+    yield start
+    for c in clients:
+        await c.close()
+
+
+def state_of(client: TestClient) -> AppState:
+    return client.server.app[STATE]
+
+
+@pytest.fixture
+async def gateway(gateway_factory: GatewayFactory, data_dir: Path) -> TestClient:
+    """The default gateway: embedded store + local embedder + extractive answers, tiny KB loaded."""
+    return await gateway_factory(make_settings(data_dir))
+
+
+# ---- stand-ins over real sockets -----------------------------------------------------------
+@pytest.fixture
+async def fake_anthropic() -> AsyncIterator[Any]:
+    from chaos.stubs.anthropic import FakeAnthropic
+
+    server = FakeAnthropic()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def fake_embeddings() -> AsyncIterator[Any]:
+    from chaos.stubs.embeddings import FakeEmbeddings
+
+    server = FakeEmbeddings()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def anthropic_overrides(server: Any, **extra: Any) -> dict[str, Any]:
+    """Settings overrides that point the gateway's LLM at the fake Anthropic."""
+    return {"llm.backend": "anthropic", "llm.api_key": "sk-ant-test-key-0123456789", "llm.base_url": server.url,
+            "llm.model": "claude-sonnet-4-6", "llm.fallback_model": "claude-haiku-4-5", **extra}
