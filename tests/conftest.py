@@ -111,3 +111,26 @@ def anthropic_overrides(server: Any, **extra: Any) -> dict[str, Any]:
     """Settings overrides that point the gateway's LLM at the fake Anthropic."""
     return {"llm.backend": "anthropic", "llm.api_key": "sk-ant-test-key-0123456789", "llm.base_url": server.url,
             "llm.model": "claude-sonnet-4-6", "llm.fallback_model": "claude-haiku-4-5", **extra}
+
+
+@pytest.fixture
+async def fake_weaviate() -> AsyncIterator[Any]:
+    from chaos.stubs.weaviate import FakeWeaviate, hashing_vectorizer
+
+    server = FakeWeaviate(vectorizer=hashing_vectorizer(1024), seed=1)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def weaviate_overrides(server: Any, **extra: Any) -> dict[str, Any]:
+    """Settings overrides that point the gateway's vector store at the fake Weaviate."""
+    return {"vector_store.backend": "weaviate", "vector_store.weaviate.http_port": server.http_port,
+            "vector_store.weaviate.grpc_port": server.grpc_port, "vector_store.weaviate.collection": "Kb", **extra}
+
+
+async def ingest_into(settings: Settings) -> str:
+    """Run the CLI's ingest (new KB version + upsert into the configured store); returns the version."""
+    from gateway.cli import _ingest
+
+    return await _ingest(settings, [TINY_CORPUS], True, "test")

@@ -116,8 +116,8 @@ def all_of(*conds: Callable[[list[Sample]], bool]) -> Callable[[list[Sample]], b
     return lambda samples: all(c(samples) for c in conds)
 
 
-def telemetry_for(url: str, **kw) -> Telemetry:
-    return Telemetry(TelemetryConfig(dogstatsd_url=url, **CONSTANT, **kw))
+def telemetry_for(url: str, gauge_interval_s: float = 0) -> Telemetry:
+    return Telemetry(TelemetryConfig(dogstatsd_url=url, **CONSTANT), gauge_interval_s=gauge_interval_s)
 
 
 def drive_every_method(t: Telemetry) -> None:
@@ -368,15 +368,16 @@ async def test_gateway_requests_on_normal_and_degraded_paths(transport, gateway_
         "embedder": 0, "vector_db": 0, "llm": 0, "llm_fallback": 0}
     assert totals(normal, "rag.degradation.count") == 0
 
-    # degraded path: vector DB breaker held open → keyword fallback
+    # degraded path: vector DB breaker held open → keyword fallback (still an extractive answer)
     state.guards["vector_db"].breaker.force_open()
     resp = await client.post("/v1/query", json={"query": "How long should green tea steep?"})
     body = await resp.json()
-    assert resp.status == 200 and body["mode"] == "keyword_fallback" and body["degraded"] is True
+    assert resp.status == 200 and body["mode"] == "extractive" and body["degraded"] is True
+    assert body["sources"][0]["retriever"] == "bm25"
     assert body["degradations"][0] == {"component": "vector_db", "reason": "breaker_open"}
     assert state.telemetry.flush()
     agent.collect(all_of(
-        having("rag.request.count", route="/v1/query", mode="keyword_fallback", degraded="true"),
+        having("rag.request.count", route="/v1/query", mode="extractive", degraded="true"),
         having("rag.degradation.count", component="vector_db", reason="breaker_open"),
         having("rag.dependency.short_circuits", dependency="vector_db"),
         having("rag.breaker.transitions", dependency="vector_db", to="open"),
@@ -397,7 +398,7 @@ async def test_gateway_requests_on_normal_and_degraded_paths(transport, gateway_
     assert resp.status == 200 and resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     prom = prometheus_series(await resp.text())
     queries = prom["rag.request.count"]
-    assert queries[(("degraded", "true"), ("mode", "keyword_fallback"), ("route", "/v1/query"), ("status", "200"),
+    assert queries[(("degraded", "true"), ("mode", "extractive"), ("route", "/v1/query"), ("status", "200"),
                     ("status_class", "2xx"))] == 1
     assert prom["rag.breaker.state"][(("dependency", "vector_db"),)] == 2
     assert prom["rag.kb.info"] == {(("kb_version", kb_version),): 1}

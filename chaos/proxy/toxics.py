@@ -341,7 +341,8 @@ class ResetPeerToxic(ToxicStub):
         if not self._armed:
             self._armed = True
             await self.pause(self.attr("timeout") / 1000)
-            self.link.reset_connection()
+            if self.attached:
+                self.link.reset_connection()
 
 
 class SlicerToxic(ToxicStub):
@@ -393,7 +394,7 @@ class LimitDataToxic(ToxicStub):
             self._sent += len(data)
             await emit(Chunk(data, chunk.ts))
         if limit - self._sent <= 0:
-            self.link.close_from(self)
+            pass
 
 
 TOXIC_TYPES: dict[str, type[ToxicStub]] = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +30,7 @@ from chaos.proxy import (
     ToxiproxyNotFound,
     main,
 )
+from chaos.proxy.toxics import SlicerToxic, Toxic
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(20)]
 
@@ -92,6 +94,24 @@ async def serve_tcp() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
 @pytest.fixture
 async def echo_upstream(serve_tcp: Callable[[Handler], Awaitable[str]]) -> str:
     return await serve_tcp(echo)
+
+
+@pytest.fixture
+async def aiohttp_upstream() -> AsyncIterator[str]:
+    """A tiny HTTP service, as the embedder / vector DB / LLM stand-ins will be."""
+    app = web.Application()
+
+    async def meta(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app.router.add_get("/v1/meta", meta)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    yield f"{host}:{port}"
+    await runner.cleanup()
 
 
 @pytest.fixture
@@ -211,16 +231,17 @@ async def test_latency_delays_responses_until_removed(toxiproxy: Toxiproxy, echo
     assert await echo_once(proxy.listen) < FAST_S
 
 
-async def test_timeout_zero_blackholes_until_removed(toxiproxy: Toxiproxy, echo_upstream: str) -> None:
+@pytest.mark.parametrize("stream", ["downstream", "upstream"])
+async def test_timeout_zero_blackholes_until_removed(toxiproxy: Toxiproxy, echo_upstream: str, stream: str) -> None:
     proxy = await lib(toxiproxy.create, upstream=echo_upstream, name="vector_db")
-    await lib(proxy.add_toxic, type="timeout", attributes={"timeout": 0})
+    await lib(proxy.add_toxic, type="timeout", stream=stream, attributes={"timeout": 0})
     reader, writer = await connect(proxy.listen)
 
     writer.write(b"ping")
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(reader.read(4), 0.3)
 
-    await lib(proxy.destroy_toxic, "timeout_downstream")
+    await lib(proxy.destroy_toxic, f"timeout_{stream}")
     # Like Toxiproxy, removal closes the connections whose data it dropped; new ones flow.
     assert await read_to_eof(reader) == b""
     writer.close()
@@ -280,6 +301,20 @@ async def test_slicer_delivers_every_byte_in_several_pieces(toxiproxy: Toxiproxy
     assert received == payload
     assert reads >= 3
     writer.close()
+
+
+def test_slicer_cuts_cover_the_chunk_in_bounded_pieces() -> None:
+    toxic = Toxic("slicer_downstream", "slicer", "downstream", attributes={
+        "average_size": 100, "size_variation": 20, "delay": 0,
+    })
+    stub = SlicerToxic(toxic, link=None, rng=random.Random(3))  # type: ignore[arg-type]
+
+    cuts = stub.cuts(10_000)
+
+    assert cuts[0][0] == 0 and cuts[-1][1] == 10_000
+    assert all(a[1] == b[0] for a, b in zip(cuts, cuts[1:]))  # contiguous: no byte lost or repeated
+    assert all(0 < end - start <= 120 for start, end in cuts)
+    assert len(cuts) >= 10_000 // 120
 
 
 async def test_limit_data_closes_after_n_bytes(toxiproxy: Toxiproxy, echo_upstream: str) -> None:
@@ -467,9 +502,7 @@ async def test_toxics_change_live_connections(client: ToxiproxyClient, echo_upst
     conn[1].close()
 
 
-async def test_latency_on_an_http_upstream(
-    client: ToxiproxyClient, aiohttp_upstream: str
-) -> None:
+async def test_latency_on_an_http_upstream(client: ToxiproxyClient, aiohttp_upstream: str) -> None:
     proxy = await client.create_proxy("llm", aiohttp_upstream)
     await client.add_toxic("llm", "latency", attributes={"latency": 200})
     loop = asyncio.get_running_loop()
@@ -479,23 +512,6 @@ async def test_latency_on_an_http_upstream(
         async with http.get(f"http://{proxy['listen']}/v1/meta") as r:
             assert (r.status, await r.json()) == (200, {"ok": True})
         assert loop.time() - started >= 0.18
-
-
-@pytest.fixture
-async def aiohttp_upstream() -> AsyncIterator[str]:
-    app = web.Application()
-
-    async def meta(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
-    app.router.add_get("/v1/meta", meta)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    yield f"{host}:{port}"
-    await runner.cleanup()
 
 
 async def test_populate_keeps_unchanged_and_replaces_changed(
