@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import time
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -105,7 +106,9 @@ class AnswerCache:
         self._cache: diskcache.Cache | None = None
         try:
             self.dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            os.chmod(self.dir, DIR_MODE)  # mkdir's mode is masked by the umask, and the dir may pre-exist
+            mode = stat.S_IMODE(self.dir.stat().st_mode)
+            if mode & 0o077:  # a pre-existing dir open to others: cached answers are for the service only
+                os.chmod(self.dir, mode & DIR_MODE)  # (owner bits kept: a read-only dir stays read-only)
             self._cache = diskcache.Cache(
                 str(self.dir), disk=diskcache.JSONDisk, size_limit=size_limit_bytes,
                 eviction_policy="least-recently-stored", timeout=_SQLITE_TIMEOUT_S)

@@ -18,7 +18,7 @@ from gateway.kb import KBError, KnowledgeBase
 from gateway.logs import setup_logging
 from gateway.middleware import CHAIN
 from gateway.pipeline import Pipeline
-from gateway.routes import admin, health, metrics, query
+from gateway.routes import admin, health, messages, metrics, query
 from gateway.state import STATE, AppState
 from gateway.telemetry import Telemetry
 from gateway.upstreams.factory import build_embedder, build_llm, build_store
@@ -46,7 +46,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> web.App
     state.api_keys = {k.get_secret_value(): f"…{k.get_secret_value()[-4:]}" for k in settings.auth.api_keys}
     app = web.Application(middlewares=CHAIN, client_max_size=settings.server.max_body_bytes)
     app[STATE] = state
-    for module in (query, health, admin, metrics):
+    for module in (query, messages, health, admin, metrics):
         module.setup(app)
     telemetry.register_routes(r.canonical for r in app.router.resources())
     telemetry.track_dependencies(g.name for g in state.guards)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -150,16 +151,22 @@ _DOGSTATSD_METHOD = {"count": "increment", "gauge": "gauge", "distribution": "di
                      "histogram": "histogram"}
 
 
+# Datadog's tag charset (datadog.util.format): anything else becomes "_". Applied here so that
+# Prometheus labels carry exactly the values Datadog shows.
+_TAG_INVALID = re.compile(r"[^\w\-:/.]")
+
+
 def _tag_value(value: Any) -> str:
     if value is None:
         return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = str(value)
-    # DogStatsD separators would corrupt the datagram.
-    for ch in ",|#\n":
-        text = text.replace(ch, "_")
-    return text
+    return _TAG_INVALID.sub("_", str(value))
+
+
+def route_tag(canonical: str) -> str:
+    """``/admin/breakers/{name}/{action}`` → ``/admin/breakers/:name/:action`` (braces are not tag-safe)."""
+    return re.sub(r"\{([^}:]+)(?::[^}]*)?\}", r":\1", canonical)
 
 
 class _Metric:
@@ -231,6 +238,29 @@ class _Metric:
                 pass
 
 
+class _OncePer(logging.Filter):
+    """Let one record per message template through every ``interval_s`` (a missing agent makes
+    DogStatsd warn on every flush, ~3 lines a second; one line per 5 minutes says the same)."""
+
+    def __init__(self, interval_s: float = 300.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = time.monotonic()
+        key = str(record.msg)
+        if now - self._last.get(key, -math.inf) < self.interval_s:
+            return False
+        self._last[key] = now
+        return True
+
+
+_DOGSTATSD_LOG_FILTER = _OncePer()
+
+
 def _make_statsd(config: "TelemetryConfig") -> Any:
     """A buffered, aggregating DogStatsd with a background sender; raises ConfigError on a bad URL."""
     from datadog.dogstatsd.base import DogStatsd
@@ -256,6 +286,9 @@ def _make_statsd(config: "TelemetryConfig") -> Any:
         ours.insert(0, f"env:{config.env}")
     if config.version:
         ours.append(f"version:{config.version}")
+    dd_log = logging.getLogger("datadog.dogstatsd")
+    if _DOGSTATSD_LOG_FILTER not in dd_log.filters:
+        dd_log.addFilter(_DOGSTATSD_LOG_FILTER)
     statsd = DogStatsd(host=host, port=port, socket_path=socket_path, namespace=config.namespace or None,
                        constant_tags=list(ours), disable_buffering=False, disable_aggregation=False,
                        disable_background_sender=False, sender_queue_size=4096, sender_queue_timeout=0)
@@ -288,7 +321,7 @@ class Telemetry:
         self.statsd: Any = _make_statsd(config) if config is not None and config.statsd_enabled else None
         self._m = {spec.name: _Metric(spec, self.statsd, self.registry, self.namespace) for spec in CATALOGUE}
         self._routes: frozenset[str] | None = None
-        self._seen_routes: set[str] = set()
+        self._route_tags: dict[str, str] = {}
         self.breakers: dict[str, str] = {}
         self.kb_version: str | None = None
         self.kb_chunks: int | None = None
@@ -306,6 +339,7 @@ class Telemetry:
     def register_routes(self, routes: Iterable[str]) -> None:
         """The canonical route patterns the app serves; any other route is tagged ``unmatched``."""
         self._routes = frozenset(routes)
+        self._route_tags.clear()
 
     def track_dependencies(self, names: Iterable[str]) -> None:
         """Report ``breaker.state`` = closed for these dependencies before their first call."""
@@ -313,13 +347,14 @@ class Telemetry:
             self._dependency_seen(name)
 
     def _route(self, route: str) -> str:
-        if self._routes is not None:
-            return route if route in self._routes else UNMATCHED_ROUTE
-        # Not wired to a router (tests, tools): accept a bounded number of distinct values.
-        if route in self._seen_routes or len(self._seen_routes) < 64:
-            self._seen_routes.add(route)
-            return route
-        return UNMATCHED_ROUTE
+        tag = self._route_tags.get(route)
+        if tag is None:
+            known = route in self._routes if self._routes is not None else len(self._route_tags) < 64
+            # Not wired to a router (tests, tools): a bounded number of distinct values.
+            tag = route_tag(route) if known else UNMATCHED_ROUTE
+            if len(self._route_tags) < 1024:
+                self._route_tags[route] = tag
+        return tag
 
     def _dependency_seen(self, dependency: str) -> None:
         if dependency not in self.breakers:

@@ -288,7 +288,7 @@ def test_route_tags_are_canonical_patterns_only(udp_agent):
         t.request_started("/admin/breakers/{name}/{action}")
         t.request_finished("/admin/breakers/{name}/{action}", 200, None, False, 1.0)
         assert t.flush()
-        udp_agent.collect(having("rag.request.count", route="/admin/breakers/{name}/{action}"))
+        udp_agent.collect(having("rag.request.count", route="/admin/breakers/:name/:action"))
         udp_agent.collect(having("rag.request.count", route="unmatched", status="404", mode="none"))
     finally:
         t.close_sync()

@@ -7,7 +7,7 @@ import random
 import socket
 from typing import Any
 
-from chaos.proxy.errors import ApiError, listen_failed, toxic_not_found
+from chaos.proxy.errors import listen_failed, toxic_not_found
 from chaos.proxy.link import Connection
 from chaos.proxy.toxics import STREAMS, Toxic
 
@@ -195,4 +195,4 @@ class Proxy:
             self.remove_toxic(name)
 
 
-__all__ = ["ApiError", "Proxy", "join_host_port", "split_host_port"]
+__all__ = ["Proxy", "join_host_port", "split_host_port"]

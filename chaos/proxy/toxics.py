@@ -394,7 +394,7 @@ class LimitDataToxic(ToxicStub):
             self._sent += len(data)
             await emit(Chunk(data, chunk.ts))
         if limit - self._sent <= 0:
-            pass
+            self.link.close_from(self)
 
 
 TOXIC_TYPES: dict[str, type[ToxicStub]] = {

@@ -1,0 +1,77 @@
+"""/v1/messages: the real anthropic SDK pointed at the sidecar (ANTHROPIC_BASE_URL), the sidecar
+pointed at the fake Anthropic. Failover to the fallback model is labelled in headers."""
+from __future__ import annotations
+
+import anthropic
+import pytest
+
+from tests.conftest import anthropic_overrides, make_settings
+
+
+@pytest.fixture
+async def proxy(gateway_factory, data_dir, fake_anthropic):
+    client = await gateway_factory(make_settings(data_dir, **anthropic_overrides(
+        fake_anthropic, **{"resilience.llm.retry.max_attempts": 1})))
+    sdk = anthropic.AsyncAnthropic(api_key="sk-ant-client-key-000000", base_url=str(client.make_url("")).rstrip("/"),
+                                   max_retries=0)
+    yield client, sdk, fake_anthropic
+    await sdk.close()
+
+
+async def test_sdk_through_the_sidecar(proxy):
+    _, sdk, fake = proxy
+    raw = await sdk.messages.with_raw_response.create(
+        model="claude-sonnet-4-6", max_tokens=64,
+        messages=[{"role": "user", "content": "[1] Tea is brewed at 70 degrees. Question: how hot?"}])
+    msg = await raw.parse()
+    assert msg.content[0].text.startswith("Tea is brewed at 70 degrees")
+    assert raw.headers["x-rag-mode"] == "full" and raw.headers["x-rag-degraded"] == "false"
+    sent = fake.requests[-1]
+    assert sent.model == "claude-sonnet-4-6"
+    # The configured key is used upstream, never the client's.
+    assert sent.headers.get("x-api-key") == "sk-ant-test-key-0123456789"
+
+
+async def test_streaming_passes_through(proxy):
+    _, sdk, _ = proxy
+    async with sdk.messages.stream(model="claude-sonnet-4-6", max_tokens=64,
+                                   messages=[{"role": "user", "content": "[1] Lava is hot. Why?"}]) as stream:
+        text = "".join([t async for t in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text.startswith("Lava is hot") and final.stop_reason == "end_turn"
+
+
+async def test_overloaded_primary_fails_over_to_the_fallback_model(proxy):
+    _, sdk, fake = proxy
+    fake.set_faults(status=529, models=["claude-sonnet-4-6"])
+    raw = await sdk.messages.with_raw_response.create(
+        model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "hello"}])
+    assert (await raw.parse()).model == "claude-haiku-4-5"
+    assert raw.headers["x-rag-degraded"] == "true" and raw.headers["x-rag-mode"] == "fallback_model"
+    assert '"reason": "overloaded"' in raw.headers["x-rag-degradations"]
+
+
+async def test_everything_down_is_an_anthropic_error_the_sdk_understands(proxy):
+    _, sdk, fake = proxy
+    fake.set_faults(status=500)
+    with pytest.raises(anthropic.APIStatusError) as err:
+        await sdk.messages.create(model="claude-sonnet-4-6", max_tokens=64,
+                                  messages=[{"role": "user", "content": "hello"}])
+    assert err.value.status_code == 529
+    assert err.value.response.headers["retry-after"]
+    assert err.value.body["error"]["type"] == "overloaded_error"
+
+
+async def test_client_errors_are_relayed_not_degraded(proxy):
+    client, _, fake = proxy
+    resp = await client.post("/v1/messages", json={"model": "claude-sonnet-4-6", "messages": []})
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["error"]["type"] == "invalid_request_error"
+    assert fake.model_counts.get("claude-haiku-4-5", 0) == 0
+
+
+async def test_missing_model_is_a_422_naming_the_field(proxy):
+    client, _, _ = proxy
+    resp = await client.post("/v1/messages", json={"max_tokens": 5, "messages": []})
+    assert resp.status == 422 and (await resp.json())["error"]["field"] == "model"
