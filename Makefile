@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test install bench drill lock clean
+.PHONY: serve test install bench drill lock clean sample-embeddings
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -37,3 +37,10 @@ lock:
 
 clean:
 	rm -rf $(VENV) data
+
+## Re-embed the sample corpus and refresh corpus/embeddings.local.npz (after changing the corpus or chunking).
+sample-embeddings: $(STAMP)
+	rm -rf /tmp/rag-sidecar-seed
+	RAG_SIDECAR__SERVER__DATA_DIR=/tmp/rag-sidecar-seed RAG_SIDECAR__KB__SAMPLE_EMBEDDINGS=/nonexistent \
+	  $(BIN)/python -c "import asyncio; from gateway.cli import _in_process; from gateway.config import load_settings; asyncio.run(_in_process(load_settings(), lambda s: asyncio.sleep(0)))"
+	$(BIN)/python -c "from pathlib import Path; from gateway.kb import KnowledgeBase, save_seed_vectors; kb = KnowledgeBase(Path('/tmp/rag-sidecar-seed/kb')); print(save_seed_vectors(kb.versions_dir / kb.active_version(), Path('corpus/embeddings.local.npz')), 'vectors')"

@@ -21,48 +21,52 @@ OUT = Path(__file__).resolve().parent / "python-stdlib"
 # shortened where the docstring has none or the sentence runs on; members are the main public API.
 MODULES: dict[str, tuple[str, list[str]]] = {
     "json": ("JSON encoder and decoder", [
-        "dump", "dumps", "load", "loads", "JSONEncoder", "JSONEncoder.default",
-        "JSONDecoder", "JSONDecodeError"]),
+        "dump", "dumps", "load", "loads", "JSONEncoder", "JSONEncoder.default", "JSONDecoder",
+        "JSONDecodeError"]),
     "pathlib": ("Object-oriented filesystem paths", [
         "PurePath", "Path", "Path.cwd", "Path.home", "Path.glob", "Path.rglob", "Path.iterdir",
-        "Path.mkdir", "Path.read_text", "Path.write_text", "Path.resolve", "Path.exists", "Path.unlink", "PurePath.relative_to", "PurePath.with_suffix", "PurePath.is_relative_to"]),
+        "Path.mkdir", "Path.read_text", "Path.write_text", "Path.resolve", "Path.exists", "Path.unlink",
+        "PurePath.relative_to", "PurePath.with_suffix", "PurePath.is_relative_to"]),
     "functools": ("Tools for working with functions and callable objects", [
         "reduce", "partial", "partialmethod", "lru_cache", "cache", "cached_property", "wraps",
         "update_wrapper", "total_ordering", "cmp_to_key", "singledispatch", "singledispatchmethod"]),
     "itertools": ("Functional tools for creating and using iterators", [
-        "count", "cycle", "repeat", "accumulate", "chain", "chain.from_iterable", "dropwhile",
-        "takewhile", "groupby", "islice", "pairwise", "tee", "zip_longest",
-        "product", "permutations", "combinations", "combinations_with_replacement"]),
+        "count", "cycle", "repeat", "accumulate", "chain", "chain.from_iterable", "dropwhile", "takewhile",
+        "groupby", "islice", "pairwise", "tee", "zip_longest", "product", "permutations", "combinations",
+        "combinations_with_replacement"]),
     "collections": ("Specialized container datatypes", [
         "namedtuple", "deque", "deque.rotate", "Counter", "Counter.most_common", "OrderedDict",
         "OrderedDict.move_to_end", "defaultdict", "ChainMap", "ChainMap.new_child"]),
     "contextlib": ("Utilities for with-statement contexts", [
-        "contextmanager", "asynccontextmanager", "closing", "suppress", "redirect_stdout", "nullcontext", "chdir", "ExitStack", "ExitStack.enter_context",
-        "ExitStack.callback", "AsyncExitStack", "AbstractContextManager"]),
+        "contextmanager", "asynccontextmanager", "closing", "suppress", "redirect_stdout", "nullcontext",
+        "chdir", "ExitStack", "ExitStack.enter_context", "ExitStack.callback", "AsyncExitStack",
+        "AbstractContextManager"]),
     "argparse": ("Command-line parsing library", [
         "ArgumentParser", "ArgumentParser.add_argument", "ArgumentParser.parse_args",
         "ArgumentParser.parse_known_args", "ArgumentParser.add_subparsers",
         "ArgumentParser.add_mutually_exclusive_group", "Action", "FileType", "Namespace", "ArgumentError"]),
     "logging": ("Logging package for Python, based on PEP 282", [
-        "basicConfig", "getLogger", "Logger", "Logger.setLevel", "Logger.debug",
-        "Logger.info", "Logger.warning", "Logger.error", "Logger.exception", "Logger.addHandler", "Handler", "Handler.setFormatter", "StreamHandler", "FileHandler", "NullHandler", "Formatter", "Formatter.format", "Filter", "LogRecord", "LoggerAdapter",
-        "captureWarnings", "disable"]),
+        "basicConfig", "getLogger", "Logger", "Logger.setLevel", "Logger.debug", "Logger.info",
+        "Logger.warning", "Logger.error", "Logger.exception", "Logger.addHandler", "Handler",
+        "Handler.setFormatter", "StreamHandler", "FileHandler", "NullHandler", "Formatter",
+        "Formatter.format", "Filter", "LogRecord", "LoggerAdapter", "captureWarnings", "disable"]),
     "sqlite3": ("DB-API 2.0 interface for SQLite databases", [
-        "connect", "Connection", "Connection.execute", "Connection.executemany", "Connection.commit", "Connection.cursor",
-        "Connection.create_function", "Cursor", "Cursor.execute",
-        "Cursor.executemany", "Cursor.fetchone", "Cursor.fetchmany", "Cursor.fetchall", "Row", "register_adapter", "register_converter"]),
+        "connect", "Connection", "Connection.execute", "Connection.executemany", "Connection.commit",
+        "Connection.cursor", "Connection.create_function", "Cursor", "Cursor.execute", "Cursor.executemany",
+        "Cursor.fetchone", "Cursor.fetchmany", "Cursor.fetchall", "Row", "register_adapter",
+        "register_converter"]),
     "datetime": ("Basic date and time types", [
         "date", "date.today", "date.fromisoformat", "time", "datetime", "datetime.now",
         "datetime.fromtimestamp", "datetime.timestamp", "datetime.strptime", "datetime.strftime",
         "datetime.fromisoformat", "datetime.isoformat", "datetime.astimezone", "datetime.replace",
         "timedelta", "timedelta.total_seconds", "timezone", "tzinfo"]),
     "heapq": ("Heap queue algorithm (a.k.a. priority queue)", [
-        "heappush", "heappop", "heapify", "heapreplace", "heappushpop", "merge", "nlargest",
-        "nsmallest"]),
+        "heappush", "heappop", "heapify", "heapreplace", "heappushpop", "merge", "nlargest", "nsmallest"]),
     "bisect": ("Bisection algorithms for sorted lists", [
         "bisect_left", "bisect_right", "insort_left", "insort_right"]),
-    "shutil": ("Utility functions for copying and archiving files and directory trees", [ "copyfile", "copy", "copy2", "copytree",
-        "rmtree", "move", "disk_usage", "which", "make_archive", "unpack_archive", "get_terminal_size"]),
+    "shutil": ("Utility functions for copying and archiving files and directory trees", [
+        "copyfile", "copy", "copy2", "copytree", "rmtree", "move", "disk_usage", "which", "make_archive",
+        "unpack_archive", "get_terminal_size"]),
     "subprocess": ("Subprocesses with accessible I/O streams", [
         "run", "Popen", "Popen.communicate", "Popen.wait", "Popen.kill", "call", "check_output",
         "CompletedProcess", "CompletedProcess.check_returncode", "CalledProcessError", "TimeoutExpired"]),
@@ -73,36 +77,34 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "wrap", "fill", "shorten", "dedent", "indent", "TextWrapper", "TextWrapper.wrap",
         "TextWrapper.fill"]),
     "unittest": ("Python unit testing framework, based on JUnit", [
-        "TestCase", "TestCase.setUp", "TestCase.subTest",
-        "TestCase.assertEqual", "TestCase.assertIn",
-        "TestCase.assertRaises", "TestCase.assertAlmostEqual",
-        "TestCase.assertLogs", "TestCase.assertCountEqual", "TestCase.addCleanup",
-        "IsolatedAsyncioTestCase", "TestSuite", "TestLoader", "TestLoader.discover", "TextTestRunner", "skip", "skipIf", "expectedFailure", "main"]),
+        "TestCase", "TestCase.setUp", "TestCase.subTest", "TestCase.assertEqual", "TestCase.assertIn",
+        "TestCase.assertRaises", "TestCase.assertAlmostEqual", "TestCase.assertLogs",
+        "TestCase.assertCountEqual", "TestCase.addCleanup", "IsolatedAsyncioTestCase", "TestSuite",
+        "TestLoader", "TestLoader.discover", "TextTestRunner", "skip", "skipIf", "expectedFailure",
+        "main"]),
     "statistics": ("Basic statistics: averages, spread and relations of numeric data", [
-        "mean", "fmean", "geometric_mean", "median", "mode", "multimode", "quantiles", "pstdev", "stdev", "variance",
-        "correlation", "covariance", "linear_regression", "NormalDist", "NormalDist.from_samples", "NormalDist.inv_cdf", "StatisticsError"]),
+        "mean", "fmean", "geometric_mean", "median", "mode", "multimode", "quantiles", "pstdev", "stdev",
+        "variance", "correlation", "covariance", "linear_regression", "NormalDist",
+        "NormalDist.from_samples", "NormalDist.inv_cdf", "StatisticsError"]),
     "secrets": ("Cryptographically strong random numbers for managing secrets", [
-        "token_bytes", "token_hex", "token_urlsafe", "choice", "randbelow", "randbits",
-        "compare_digest", "SystemRandom"]),
+        "token_bytes", "token_hex", "token_urlsafe", "choice", "randbelow", "randbits", "compare_digest",
+        "SystemRandom"]),
     "hashlib": ("A common interface to many hash functions", [
         "new", "sha256", "blake2b", "pbkdf2_hmac", "scrypt", "file_digest"]),
     "zipfile": ("Read and write ZIP files", [
-        "ZipFile", "ZipFile.open", "ZipFile.write", "ZipFile.writestr", "ZipFile.read",
-        "ZipFile.extract", "ZipFile.extractall", "ZipFile.namelist", "ZipInfo", "is_zipfile", "Path",
-        "BadZipFile"]),
+        "ZipFile", "ZipFile.open", "ZipFile.write", "ZipFile.writestr", "ZipFile.read", "ZipFile.extract",
+        "ZipFile.extractall", "ZipFile.namelist", "ZipInfo", "is_zipfile", "Path", "BadZipFile"]),
     "csv": ("CSV parsing and writing", [
         "reader", "writer", "DictReader", "DictWriter", "DictWriter.writeheader", "Sniffer",
-        "Sniffer.sniff", "Sniffer.has_header", "register_dialect",
-        "Dialect"]),
+        "Sniffer.sniff", "Sniffer.has_header", "register_dialect", "Dialect"]),
     "re": ("Support for regular expressions", [
-        "compile", "search", "match", "fullmatch", "split", "findall", "finditer", "sub", "subn",
-        "escape", "purge", "error"]),
+        "compile", "search", "match", "fullmatch", "split", "findall", "finditer", "sub", "subn", "escape",
+        "purge", "error"]),
     "dataclasses": ("Generate special methods for classes from field annotations", [
         "dataclass", "field", "Field", "fields", "asdict", "astuple", "make_dataclass", "replace",
         "is_dataclass", "InitVar", "FrozenInstanceError"]),
     "queue": ("A multi-producer, multi-consumer queue", [
-        "Queue", "Queue.put", "Queue.get", "Queue.task_done",
-        "Queue.join", "LifoQueue", "PriorityQueue",
+        "Queue", "Queue.put", "Queue.get", "Queue.task_done", "Queue.join", "LifoQueue", "PriorityQueue",
         "SimpleQueue", "Empty", "Full"]),
 }
 

@@ -1,10 +1,12 @@
 """Documents → chunks: load Markdown/text/HTML files and split them into overlapping passages.
 
 Splitting follows the document's own structure: headings and paragraphs (and fenced code blocks) are
-the units; a unit longer than a chunk is split at sentence, then line, then word boundaries, never
-inside a word. Units are packed greedily up to ``chunk_chars``; a new chunk repeats the last sentences
-(or, failing that, words) of the previous one, up to ``overlap`` characters, except when it starts at a
-heading. Chunk ids hash (source, position, text), so re-ingesting unchanged text yields the same ids.
+the units; a unit that does not fit is split at sentence, then line, then word boundaries (only a
+"word" longer than a chunk is ever cut). Units are packed greedily up to ``chunk_chars`` — a hard
+bound; a section heading starts a new chunk once the current one is half full, and a chunk never ends
+on a heading. A new chunk repeats the last sentences (or, failing that, words) of the previous one, up
+to ``overlap`` characters, except when it starts at a heading. Chunk ids hash (source, position,
+text), so re-ingesting unchanged text yields the same ids.
 """
 from __future__ import annotations
 
@@ -108,6 +110,15 @@ def _pack(parts: list[str], limit: int, sep: str) -> list[str]:
     return out
 
 
+def _words(text: str, limit: int) -> list[str]:
+    """Whole words packed into parts of at most ``limit`` chars. A single "word" longer than that (a
+    base64 blob, minified code) is the one thing cut, at ``limit``: the size bound wins."""
+    words: list[str] = []
+    for w in text.split():
+        words.extend(w[i:i + limit] for i in range(0, len(w), limit))
+    return _pack(words, limit, " ")
+
+
 def _parts(text: str, limit: int, kind: str) -> tuple[list[str], str]:
     """Split a unit into parts of at most ``limit`` chars, and the separator that rejoins them.
 
@@ -124,7 +135,7 @@ def _parts(text: str, limit: int, kind: str) -> tuple[list[str], str]:
         if len(part) <= limit:
             out.append(part)
         else:
-            out.extend(_pack(part.split(), limit, " "))
+            out.extend(_words(part, limit))
     return out, sep
 
 
@@ -174,28 +185,59 @@ class _Packer:
 
     @property
     def has_content(self) -> bool:
-        return any(p.kind != "overlap" for p in self.cur)
+        return any(p.kind not in ("overlap", "heading") for p in self.cur)
 
-    def fits(self, text: str, sep: str) -> bool:
-        return not self.cur or self.length + len(sep) + len(text) <= self.chunk_chars
+    def fits(self, piece: _Piece) -> bool:
+        return not self.cur or self.length + len(piece.sep) + len(piece.text) <= self.chunk_chars
+
+    def _emit(self) -> None:
+        self.groups.append(("".join((p.sep if i else "") + p.text for i, p in enumerate(self.cur)),
+                            self.section))
 
     def flush(self, *, overlap: bool) -> None:
+        """Close the current chunk. Trailing headings move to the next chunk (a chunk never ends on a
+        heading); otherwise the next chunk starts with this one's overlap tail if ``overlap``."""
         carried: list[_Piece] = []
-        while self.cur and self.cur[-1].kind == "heading":  # never end a chunk on a heading
+        while self.cur and self.cur[-1].kind == "heading":
             carried.insert(0, self.cur.pop())
         tail = ""
         if self.has_content:
-            self.groups.append(("".join((p.sep if i else "") + p.text for i, p in enumerate(self.cur)),
-                                self.section))
+            self._emit()
             if overlap and not carried:
                 tail = _overlap_tail([p for p in self.cur if p.kind != "overlap"], self.overlap)
         self.cur = ([_Piece(tail, "overlap", "", "")] if tail else []) + carried
         self.section = carried[0].section if carried else ""
 
-    def add(self, piece: _Piece) -> None:
+    def finish(self) -> None:
+        """Emit what is left: content (with any headings the document ends on), else bare headings."""
         if not self.has_content:
+            self.cur = [p for p in self.cur if p.kind == "heading"]  # no chunk of just an overlap tail
+        if self.cur:
+            self._emit()
+        self.cur = []
+
+    def add(self, piece: _Piece) -> None:
+        if not self.has_content and not (self.cur and self.cur[-1].kind == "heading"):
             self.section = piece.section
         self.cur.append(piece)
+
+    def place(self, piece: _Piece) -> None:
+        """Add ``piece`` (≤ chunk_chars - overlap - 2), starting a new chunk if it does not fit."""
+        if not self.fits(piece):
+            self.flush(overlap=True)
+        while not self.fits(piece):  # only headings carried over are left, and they are long
+            room = self.chunk_chars - self.length - len(piece.sep)
+            words = piece.text.split()
+            n = 0
+            while n < len(words) and len(" ".join(words[:n + 1])) <= room:
+                n += 1
+            if n == 0:  # not one word fits under the headings: emit them alone
+                self.finish()
+                break
+            self.add(_Piece(" ".join(words[:n]), piece.kind, piece.section, piece.sep))
+            self.flush(overlap=True)
+            piece = _Piece(" ".join(words[n:]), piece.kind, piece.section, " ")
+        self.add(piece)
 
 
 def chunk_document(text: str, *, source: str, title: str | None = None, chunk_chars: int = 900,
@@ -214,22 +256,23 @@ def chunk_document(text: str, *, source: str, title: str | None = None, chunk_ch
     limit = chunk_chars - overlap - 2  # a part must fit after an overlap tail and its separator
     packer = _Packer(chunk_chars, overlap)
     for block in _blocks(text):
-        if block.kind == "heading" and packer.length >= chunk_chars // 2:
-            packer.flush(overlap=False)  # a new section starts a new chunk unless this one is small
-        if packer.fits(block.text, block.sep) and len(block.text) <= chunk_chars:
+        if block.kind == "heading" and len(block.text) > limit:
+            block = _Piece(block.text, "para", block.section, block.sep)  # a "heading" that is a paragraph
+        if block.kind == "heading":  # a new section starts a new chunk unless this one is small
+            if packer.length >= chunk_chars // 2 or not packer.fits(block):
+                packer.flush(overlap=False)
+            if not packer.fits(block):  # headings carried over leave no room: emit them bare
+                packer.finish()
             packer.add(block)
-            continue
-        if len(block.text) <= limit and packer.length >= chunk_chars // 2:
-            packer.flush(overlap=True)  # keep the paragraph whole in the next chunk
+        elif len(block.text) <= limit and packer.fits(block):
             packer.add(block)
-            continue
-        parts, sep = _parts(block.text, limit, block.kind)  # fill this chunk, continue in the next
-        for i, part in enumerate(parts):
-            piece = _Piece(part, block.kind, block.section, block.sep if i == 0 else sep)
-            if not packer.fits(piece.text, piece.sep):
-                packer.flush(overlap=True)
-            packer.add(piece)
-    packer.flush(overlap=False)
+        elif len(block.text) <= limit and packer.length >= chunk_chars // 2:
+            packer.place(block)  # keep the paragraph whole in the next chunk
+        else:  # fill this chunk, continue in the next
+            parts, sep = _parts(block.text, limit, block.kind)
+            for i, part in enumerate(parts):
+                packer.place(_Piece(part, block.kind, block.section, block.sep if i == 0 else sep))
+    packer.finish()
 
     doc_id = doc_id_for(source)
     return [Chunk(id=stable_id(source, i, body), text=body, title=title, source=source, doc_id=doc_id,

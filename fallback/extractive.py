@@ -7,9 +7,9 @@ Scoring, per prose sentence (code blocks, doctest lines and headings are skipped
 share of the question's terms it contains (terms found only in its section heading count half), idf
 computed over the retrieved chunks (a term in every chunk says little), plus a small prior for
 earlier chunks and earlier sentences. A sentence must share a term itself, or be the first sentence
-under a heading that does (``## statistics.stdev`` → "Return the square root of the sample variance."). The best sentences
-(within ``_MIN_RELATIVE_SCORE`` of the top one, near-duplicates from chunk overlaps dropped) are
-returned in reading order: by chunk rank, then position in the chunk.
+under a heading that does (``## statistics.stdev`` → "Return the square root of the sample
+variance."). The best sentences (within ``_MIN_RELATIVE_SCORE`` of the top one, near-duplicates from
+chunk overlaps dropped) are returned in reading order: by chunk rank, then position in the chunk.
 """
 from __future__ import annotations
 

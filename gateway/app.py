@@ -7,14 +7,17 @@ without a restart.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 from aiohttp import web
 
 from gateway.config import Settings
-from gateway.kb import KBError, KnowledgeBase
+from gateway.kb import KBError, KnowledgeBase, load_seed_vectors
 from gateway.logs import setup_logging
 from gateway.middleware import CHAIN
 from gateway.pipeline import Pipeline
@@ -27,23 +30,38 @@ from resilience.ratelimit import make_rate_limiter
 
 log = logging.getLogger("rag_sidecar.app")
 KB_POLL_S = 2.0
+Clock = Callable[[], float]
 
 
-def build_guards(settings: Settings, telemetry: Telemetry) -> GuardRegistry:
+def build_guards(settings: Settings, telemetry: Telemetry, clock: Clock = time.monotonic) -> GuardRegistry:
     r = settings.resilience
     return GuardRegistry({"embedder": r.embedder, "vector_db": r.vector_db, "llm": r.llm, "llm_fallback": r.llm},
-                         redis_url=r.redis_url, observer=telemetry)
+                         redis_url=r.redis_url, observer=telemetry, clock=clock)
 
 
-def create_app(settings: Settings, *, configure_logging: bool = True) -> web.Application:
-    """Build the gateway. Nothing touches the network or the disk until the app starts."""
+def key_labels(keys: list[str]) -> dict[str, str]:
+    """API key → the client's name in logs and its rate-limit bucket: the key's last 4 characters, plus a
+    digest when two keys end alike (else they would share one bucket)."""
+    ends = Counter(k[-4:] for k in keys)
+    return {k: f"…{k[-4:]}" if ends[k[-4:]] == 1 else f"…{k[-4:]}:{hashlib.sha256(k.encode()).hexdigest()[:8]}"
+            for k in keys}
+
+
+def create_app(settings: Settings, *, configure_logging: bool = True,
+               clock: Clock | None = None) -> web.Application:
+    """Build the gateway. Nothing touches the network or the disk until the app starts.
+
+    ``clock`` (monotonic seconds, default ``time.monotonic``) times the breakers' open interval, retry
+    budgets, slow calls and the in-process rate limiter; tests inject one to skip ahead without sleeping.
+    """
     if configure_logging:
         setup_logging(settings.logging.level, settings.logging.format)
     telemetry = Telemetry(settings.telemetry)
     data_dir = Path(settings.server.data_dir)
-    state = AppState(settings=settings, telemetry=telemetry, guards=build_guards(settings, telemetry),
-                     kb_store=KnowledgeBase(data_dir / "kb", keep_versions=settings.kb.keep_versions))
-    state.api_keys = {k.get_secret_value(): f"…{k.get_secret_value()[-4:]}" for k in settings.auth.api_keys}
+    clock = clock or time.monotonic
+    state = AppState(settings=settings, telemetry=telemetry, guards=build_guards(settings, telemetry, clock),
+                     kb_store=KnowledgeBase(data_dir / "kb", keep_versions=settings.kb.keep_versions), clock=clock)
+    state.api_keys = key_labels([k.get_secret_value() for k in settings.auth.api_keys])
     app = web.Application(middlewares=CHAIN, client_max_size=settings.server.max_body_bytes)
     app[STATE] = state
     for module in (query, messages, health, admin, metrics):
@@ -64,6 +82,11 @@ async def _on_startup(app: web.Application) -> None:
     state.embedder = build_embedder(s)
     state.store = build_store(s)
     state.llm = build_llm(s)
+    if s.chaos.allow_fault_injection:  # admin-switchable faults inside the clients (drills), off by default
+        from gateway.upstreams.faultinject import FaultRegistry
+
+        state.faults = FaultRegistry(max_duration_s=s.chaos.max_fault_duration_s)
+        state.embedder, state.store, state.llm = state.faults.wrap(state.embedder, state.store, state.llm)
     if s.cache.enabled and state.llm is not None:
         from fallback.cache import AnswerCache
 
@@ -71,7 +94,7 @@ async def _on_startup(app: web.Application) -> None:
                                   stale_ttl_s=s.cache.stale_ttl_s, size_limit_bytes=s.cache.size_limit_mb << 20,
                                   on_error=lambda exc: state.telemetry.cache_result("error"))
     if s.rate_limit.enabled:
-        state.rate_limiter = make_rate_limiter(s.rate_limit)
+        state.rate_limiter = make_rate_limiter(s.rate_limit, clock=state.clock)
     await state.guards.start()
     state.pipeline = Pipeline(s, state.guards, embedder=state.embedder, store=state.store, llm=state.llm,
                               cache=state.cache, kb=lambda: state.kb, telemetry=state.telemetry)
@@ -102,9 +125,10 @@ async def _load_kb(state: AppState) -> None:
             def progress(stage: str, done: int, total: int) -> None:
                 state.startup_progress = {"stage": stage, "done": done, "total": total}
 
+            seed = load_seed_vectors(s.kb.sample_embeddings, state.embedder) if state.embedder else {}
             await kbs.ingest([s.kb.sample_corpus], embedder=state.embedder, chunk_chars=s.kb.chunk_chars,
                              overlap=s.kb.chunk_overlap, batch_size=s.embedder.batch_size, progress=progress,
-                             label="sample corpus")
+                             label="sample corpus", root=Path(s.kb.sample_corpus).parent, seed_vectors=seed)
         state.startup_stage = "loading KB"
         await _activate_loaded(state)
     except Exception as exc:  # noqa: BLE001 - reported on /readyz and /health, never kills the process
@@ -115,7 +139,25 @@ async def _load_kb(state: AppState) -> None:
         # A Weaviate collection we did not ingest: serve it; the keyword fallback is missing (labelled).
         state.ready.set()
         state.startup_stage = "ready (no local KB version: keyword fallback unavailable)"
+    if s.vector_store.backend != "embedded" and s.kb.sync_interval_s > 0:
+        state.tasks.append(asyncio.create_task(_sync_kb_periodically(state), name="kb-sync"))
     await _poll_kb(state)
+
+
+async def _sync_kb_periodically(state: AppState) -> None:
+    """Weaviate backend: mirror the collection into a fresh keyword-index version on a schedule."""
+    interval = state.settings.kb.sync_interval_s
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            version = await state.kb_store.sync_from(state.store)
+        except Exception as exc:  # noqa: BLE001 - the old index keeps serving; the failure is logged and visible
+            state.kb_error = f"sync failed: {type(exc).__name__}: {exc}"
+            log.warning("keyword index sync failed; keeping the current version",
+                        extra={"event": "kb_sync_failed", "error": state.kb_error})
+            continue
+        log.info("keyword index synced", extra={"event": "kb_synced", "kb_version": version})
+        await _activate_loaded(state)
 
 
 async def _activate_loaded(state: AppState) -> None:

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from gateway.config import ConfigError, Settings, load_settings, masked_dump
 
@@ -44,8 +44,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"rag-sidecar serving on http://{settings.server.host}:{settings.server.port} "
           f"(llm={settings.llm.effective_backend}, vector_store={settings.vector_store.backend}, "
           f"embedder={settings.embedder.backend}, data_dir={settings.server.data_dir})", file=sys.stderr, flush=True)
+    # aiohttp ≥ 3.9 no longer cancels a handler whose client went away (handler_cancellation defaults to
+    # False): without this, a disconnected client's upstream calls would run on to their timeouts.
     web.run_app(app, host=settings.server.host, port=settings.server.port, print=None,
-                shutdown_timeout=settings.server.shutdown_grace_s, access_log=None)
+                shutdown_timeout=settings.server.shutdown_grace_s, access_log=None, handler_cancellation=True)
     return 0
 
 
@@ -87,13 +89,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _query_in_process(settings: Settings, question: str, top_k: int | None) -> dict[str, Any]:
+async def _in_process(settings: Settings, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Start the gateway's state without a listener, wait until ready, run ``fn(state)``, clean up."""
     from aiohttp import web
 
     from gateway.app import create_app
-    from gateway.pipeline import LadderExhausted, QueryRequest
     from gateway.state import STATE
-    from resilience import Deadline
 
     app = create_app(settings, configure_logging=False)
     runner = web.AppRunner(app)
@@ -101,14 +102,68 @@ async def _query_in_process(settings: Settings, question: str, top_k: int | None
     try:
         state = app[STATE]
         await asyncio.wait_for(state.ready.wait(), timeout=600)
+        return await fn(state)
+    finally:
+        await runner.cleanup()
+
+
+async def _query_in_process(settings: Settings, question: str, top_k: int | None) -> dict[str, Any]:
+    from gateway.pipeline import LadderExhausted, QueryRequest
+    from resilience import Deadline
+
+    async def ask(state: Any) -> dict[str, Any]:
         req = QueryRequest(query=question, top_k=top_k or settings.server.default_top_k, request_id="cli")
         try:
             result = await state.pipeline.answer(req, Deadline(settings.server.request_timeout_s))
         except LadderExhausted as exc:
             return {"answer": None, "mode": "unavailable", "degradations": exc.trace.degradations}
         return result.contract()
-    finally:
-        await runner.cleanup()
+
+    return await _in_process(settings, ask)
+
+
+async def _evaluate(settings: Settings, golden_path: Path, depth: int) -> dict[str, Any]:
+    """Retrieval metrics for the normal path and the forced keyword fallback over a golden set."""
+    from fallback.evaluation import evaluate, load_golden, qrels_of, ranked_sources
+    from gateway.pipeline import QueryRequest, Trace
+    from resilience import Deadline
+
+    golden = load_golden(golden_path)
+    qrels = qrels_of(golden)
+
+    async def run(state: Any) -> dict[str, Any]:
+        normal: dict[str, list[str]] = {}
+        keyword: dict[str, list[str]] = {}
+        modes: dict[str, int] = {}
+        show = _progress_printer("eval ")
+        for n, q in enumerate(golden, 1):
+            trace = Trace()
+            req = QueryRequest(query=q.query, top_k=depth, request_id=f"eval-{q.id}")
+            chunks = await state.pipeline.retrieve(req, Deadline(settings.server.request_timeout_s), trace)
+            normal[q.id] = ranked_sources(chunks)
+            modes[trace.mode] = modes.get(trace.mode, 0) + 1
+            index = state.kb.keyword_index
+            keyword[q.id] = ranked_sources(index.search(q.query, depth)) if index is not None else []
+            show("queries", n, len(golden))
+        return {"normal": evaluate(normal, qrels), "keyword_fallback": evaluate(keyword, qrels),
+                "normal_path_modes": modes, "kb_version": state.kb.version if state.kb else None}
+
+    return await _in_process(settings, run)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fallback.evaluation import format_table
+
+    settings = _settings(args)
+    out = asyncio.run(_evaluate(settings, Path(args.golden), args.depth))
+    results = {k: {m: v for m, v in out[k].items() if m != "per_query"} for k in ("normal", "keyword_fallback")}
+    if args.json:
+        print(json.dumps({**out, **({} if args.per_query else {k: results[k] for k in results})}, indent=2))
+    else:
+        print(f"golden set: {args.golden}  kb_version: {out['kb_version']}  "
+              f"normal path modes: {out['normal_path_modes']}\n")
+        print(format_table(results))
+    return 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -143,6 +198,18 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _sync(settings: Settings, kb: Any, activate: bool) -> str:
+    from gateway.upstreams.factory import build_store
+
+    store = build_store(settings)
+    try:
+        if hasattr(store, "connect"):
+            await store.connect()
+        return await kb.sync_from(store, activate=activate, progress=_progress_printer())
+    finally:
+        await store.close()
+
+
 def cmd_kb(args: argparse.Namespace) -> int:
     from gateway.kb import KBError, KnowledgeBase
 
@@ -158,6 +225,8 @@ def cmd_kb(args: argparse.Namespace) -> int:
             print(json.dumps(kb.activate(args.version)))
         elif args.kb_cmd == "rollback":
             print(json.dumps(kb.rollback()))
+        elif args.kb_cmd == "sync":
+            print(json.dumps({"version": asyncio.run(_sync(settings, kb, not args.no_activate))}))
     except KBError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -165,9 +234,18 @@ def cmd_kb(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rag-sidecar", description=__doc__)
-    p.add_argument("--config", help="YAML config file (default: $RAG_SIDECAR_CONFIG, else built-in defaults)")
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: `--config` works before or after the command without one overwriting the other.
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="YAML config file (default: $RAG_SIDECAR_CONFIG, else built-in defaults)")
+    p = argparse.ArgumentParser(prog="rag-sidecar", description=__doc__, parents=[common])
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     s = sub.add_parser("serve", help="serve the gateway (default 127.0.0.1:8080)")
     s.add_argument("--host")
@@ -197,12 +275,31 @@ def build_parser() -> argparse.ArgumentParser:
     a = kb_sub.add_parser("activate", help="make VERSION active (atomic; a running gateway picks it up)")
     a.add_argument("version")
     kb_sub.add_parser("rollback", help="activate the version before the active one")
+    a = kb_sub.add_parser("sync", help="rebuild the keyword index from the vector store's collection (cursor)")
+    a.add_argument("--no-activate", action="store_true")
     s.set_defaults(func=cmd_kb)
+
+    s = sub.add_parser("eval", help="retrieval metrics (P@5, R@5, nDCG@10, MRR) over a golden set, "
+                                    "normal path and forced keyword fallback")
+    s.add_argument("golden", help="JSON lines: {id, query, relevant: {source: grade}}")
+    s.add_argument("--depth", type=int, default=10, help="chunks retrieved per query")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--per-query", action="store_true", help="with --json: include per-query scores")
+    s.set_defaults(func=cmd_eval)
+
+    try:
+        from chaos.cli import register as register_chaos
+    except ImportError:  # the chaos package is optional at run time
+        pass
+    else:
+        register_chaos(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
     try:
         return args.func(args)
     except ConfigError as exc:

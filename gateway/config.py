@@ -48,11 +48,18 @@ class AuthConfig(_Section):
 
 
 class KBConfig(_Section):
-    sample_corpus: Path = Field(REPO_ROOT / "corpus", description="ingested on first start when no KB exists")
+    sample_corpus: Path = Field(REPO_ROOT / "corpus" / "python-stdlib", description=(
+        "ingested on first start when no KB exists (sources are named relative to its parent)"))
+    sample_embeddings: Path = Field(REPO_ROOT / "corpus" / "embeddings.local.npz", description=(
+        "precomputed vectors for the sample corpus (used when made by the configured embedder)"))
     auto_ingest_sample: bool = Field(True, description="ingest the sample corpus when no KB version exists")
     chunk_chars: int = Field(900, ge=100, description="target chunk size in characters")
     chunk_overlap: int = Field(150, ge=0, description="characters shared by neighbouring chunks")
     keep_versions: int = Field(5, ge=1, description="older inactive KB versions are pruned after ingest")
+    sync_interval_s: float = Field(0.0, ge=0, description=(
+        "weaviate backend: rebuild the keyword index from the collection this often (0 = only `kb sync`)"))
+    stale_after_s: float = Field(7 * 86400.0, gt=0, description=(
+        "a keyword index synced from Weaviate longer ago than this is labelled `stale` when it answers"))
 
     @model_validator(mode="after")
     def _overlap_lt_chunk(self) -> "KBConfig":
@@ -120,6 +127,28 @@ class ResilienceConfig(_Section):
         timeout_s=8.0, breaker=BreakerConfig(slow_call_s=6.0), bulkhead=BulkheadConfig(max_concurrent=16)))
     redis_url: str | None = Field(None, description="share breaker state across replicas; None = local")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_dependency_defaults(cls, data: Any) -> Any:
+        # A partial section (say only llm.timeout_s) must keep that dependency's other defaults: without
+        # this, llm.breaker.slow_call_s fell back to the generic 1.0 s and normal answers tripped the breaker.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, given in data.items():
+            field = cls.model_fields.get(name)
+            if isinstance(given, dict) and field is not None and field.default_factory is not None:
+                data[name] = _merged_defaults(field.default_factory().model_dump(), given)
+        return data
+
+
+def _merged_defaults(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(defaults)
+    for key, value in given.items():
+        out[key] = _merged_defaults(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
+
 
 class CacheConfig(_Section):
     enabled: bool = Field(True, description="answer cache for LLM answers (off for the extractive backend)")
@@ -151,6 +180,13 @@ class LoggingConfig(_Section):
     log_prompts: bool = Field(False, description="include queries and answers in request logs")
 
 
+class ChaosConfig(_Section):
+    allow_fault_injection: bool = Field(
+        False, description="allow PUT /admin/faults/{dependency} to inject delay/abort/hang into the upstream "
+        "clients (drills against real dependencies); off = clients are not even wrapped")
+    max_fault_duration_s: float = Field(600.0, gt=0, description="an injected fault expires after this long at most")
+
+
 class Settings(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
@@ -164,6 +200,7 @@ class Settings(_Section):
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    chaos: ChaosConfig = Field(default_factory=ChaosConfig)
 
 
 # Vendor variables honoured as-is → dotted config path.

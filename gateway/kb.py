@@ -13,6 +13,7 @@ crash mid-ingest leaves the previous version active and usable; leftovers are re
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -33,6 +34,34 @@ from fallback.documents import Chunk
 log = logging.getLogger("rag_sidecar.kb")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def embedder_id(embedder: Any) -> str:
+    """What makes vectors interchangeable: backend + model (cached vectors are reused only on a match)."""
+    return getattr(embedder, "model_id", None) or embedder.name
+
+
+def save_seed_vectors(version_dir: Path, out: Path) -> int:
+    """Export a version's vectors as a seed cache (``ids`` + ``vectors`` + ``embedder``). Returns rows."""
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    ids = [json.loads(line)["id"] for line in (version_dir / "chunks.jsonl").read_text().splitlines() if line]
+    vectors = np.load(version_dir / "vectors.npy")
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez_compressed(tmp, ids=np.array(ids), vectors=vectors.astype(np.float32),
+                        embedder=np.array((manifest.get("embedder") or {}).get("name", "")))
+    os.replace(tmp, out)
+    return len(ids)
+
+
+def load_seed_vectors(path: Path, embedder: Any) -> dict[str, np.ndarray]:
+    """Vectors by chunk id from a seed cache made by the same embedder; {} when absent or for another."""
+    try:
+        with np.load(path) as data:
+            if str(data["embedder"]) != embedder_id(embedder):
+                return {}
+            return {str(i): v for i, v in zip(data["ids"], data["vectors"])}
+    except (OSError, KeyError, ValueError):
+        return {}
 
 
 class KBError(Exception):
@@ -178,12 +207,18 @@ class KnowledgeBase:
                                                           "kb_version": version, "error": kb.keyword_error})
         return kb
 
-    def cached_vectors(self) -> dict[str, np.ndarray]:
-        """Vectors of every chunk of the active version by chunk id (embeddings cache for re-ingest)."""
+    def cached_vectors(self, embedder_name: str, dim: int | None) -> dict[str, np.ndarray]:
+        """Vectors of the active version by chunk id, if made by the same embedder (re-ingest cache)."""
         kb_version = self.active_version()
         if kb_version is None:
             return {}
         d = self.versions_dir / kb_version
+        try:
+            made_by = json.loads((d / "manifest.json").read_text()).get("embedder") or {}
+        except (OSError, ValueError):
+            return {}
+        if made_by.get("name") != embedder_name or (dim and made_by.get("dim") not in (None, dim)):
+            return {}
         try:
             vectors = np.load(d / "vectors.npy", mmap_mode="r")
             ids = [json.loads(line)["id"] for line in (d / "chunks.jsonl").read_text().splitlines() if line]
@@ -194,9 +229,10 @@ class KnowledgeBase:
         return {cid: vectors[i] for i, cid in enumerate(ids)}
 
     # ---- ingest ---------------------------------------------------------------------------
-    def chunk_paths(self, paths: Iterable[Path], *, chunk_chars: int, overlap: int) -> list[Chunk]:
+    def chunk_paths(self, paths: Iterable[Path], *, chunk_chars: int, overlap: int,
+                    root: Path | None = None) -> list[Chunk]:
         chunks: list[Chunk] = []
-        for source, title, text in load_documents([Path(p) for p in paths]):
+        for source, title, text in load_documents([Path(p) for p in paths], root=root):
             chunks.extend(chunk_document(text, source=source, title=title, chunk_chars=chunk_chars,
                                          overlap=overlap))
         if not chunks:
@@ -205,16 +241,51 @@ class KnowledgeBase:
 
     async def ingest(self, paths: Sequence[Path], *, embedder: Any | None, chunk_chars: int, overlap: int,
                      batch_size: int = 16, activate: bool = True, upsert: Callable | None = None,
-                     progress: Progress | None = None, label: str = "") -> str:
+                     progress: Progress | None = None, label: str = "", root: Path | None = None,
+                     seed_vectors: dict[str, np.ndarray] | None = None) -> str:
         """Build a new version from documents under ``paths``; returns its name.
 
         ``embedder`` None → no vectors (a store that vectorizes itself). ``upsert(chunks, vectors)``
         is awaited per batch for an external store (Weaviate). Vectors of unchanged chunks are
         reused from the active version (embeddings cached by chunk hash).
         """
+        chunks = self.chunk_paths(paths, chunk_chars=chunk_chars, overlap=overlap, root=root)
+        return await self.create_version(
+            chunks, embedder=embedder, batch_size=batch_size, activate=activate, upsert=upsert,
+            progress=progress, label=label, seed_vectors=seed_vectors,
+            extra={"chunk_chars": chunk_chars, "chunk_overlap": overlap, "paths": [str(p) for p in paths]})
+
+    async def sync_from(self, store: Any, *, activate: bool = True, progress: Progress | None = None,
+                        label: str = "synced from vector store") -> str:
+        """A new version mirroring every chunk ``store.iterate()`` yields (cursor over the collection).
+
+        For a Weaviate collection this project did not ingest: the keyword index then matches what the
+        vector DB holds. No vectors are stored locally.
+        """
+        progress = progress or (lambda stage, done, total: None)
+        chunks: list[Chunk] = []
+        async for chunk in store.iterate():
+            chunks.append(chunk)
+            if len(chunks) % 500 == 0:
+                progress("sync", len(chunks), 0)
+        if not chunks:
+            raise KBError("the vector store returned no objects to sync")
+        progress("sync", len(chunks), len(chunks))
+        return await self.create_version(chunks, embedder=None, activate=activate, progress=progress, label=label,
+                                         extra={"synced_from": getattr(store, "name", "vector_store")})
+
+    async def create_version(self, chunks: list[Chunk], *, embedder: Any | None, batch_size: int = 16,
+                             activate: bool = True, upsert: Callable | None = None,
+                             progress: Progress | None = None, label: str = "",
+                             extra: dict[str, Any] | None = None,
+                             seed_vectors: dict[str, np.ndarray] | None = None) -> str:
+        """Write ``chunks`` (+ vectors, + keyword index) as a new version, atomically; returns its name.
+
+        Vectors are reused, by chunk id, from the active version (same embedder only) and from
+        ``seed_vectors``; only the rest are embedded.
+        """
         progress = progress or (lambda stage, done, total: None)
         self.clean_leftovers()
-        chunks = self.chunk_paths(paths, chunk_chars=chunk_chars, overlap=overlap)
         version = datetime.now(timezone.utc).strftime("v%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         tmp = self.root / f".tmp-{version}"
         tmp.mkdir(parents=True)
@@ -222,7 +293,7 @@ class KnowledgeBase:
             vectors = None
             reused = 0
             if embedder is not None:
-                cache = self.cached_vectors()
+                cache = {**(seed_vectors or {}), **self.cached_vectors(embedder_id(embedder), embedder.dim)}
                 vectors_list: list[np.ndarray | None] = [cache.get(c.id) for c in chunks]
                 reused = sum(v is not None for v in vectors_list)
                 todo = [i for i, v in enumerate(vectors_list) if v is None]
@@ -233,7 +304,7 @@ class KnowledgeBase:
                     for j, i in enumerate(idx):
                         vectors_list[i] = out[j]
                     progress("embed", min(start + batch_size, len(todo)), len(todo))
-                vectors = np.vstack(vectors_list).astype(np.float32) if chunks else None
+                vectors = np.vstack(vectors_list).astype(np.float32)
                 np.save(tmp / "vectors.npy", vectors)
             if upsert is not None:
                 for start in range(0, len(chunks), 100):
@@ -244,15 +315,15 @@ class KnowledgeBase:
                 for c in chunks:
                     fh.write(json.dumps(c.to_record(), ensure_ascii=False) + "\n")
             progress("keyword_index", 0, len(chunks))
-            index = KeywordIndex.build(chunks)
-            index.save(tmp / "keyword")
+            # tantivy's writer is native and releases the GIL: keep the loop free while it builds.
+            index = await asyncio.to_thread(KeywordIndex.build, chunks)
+            await asyncio.to_thread(index.save, tmp / "keyword")
             progress("keyword_index", len(chunks), len(chunks))
             manifest = {
                 "version": version, "label": label, "created_at": time.time(),
                 "chunk_count": len(chunks), "document_count": len({c.source for c in chunks}),
-                "embedder": None if embedder is None else {"name": embedder.name, "dim": embedder.dim},
-                "chunk_chars": chunk_chars, "chunk_overlap": overlap, "reused_vectors": reused,
-                "parent": self.active_version(), "paths": [str(p) for p in paths],
+                "embedder": None if embedder is None else {"name": embedder_id(embedder), "dim": embedder.dim},
+                "reused_vectors": reused, "parent": self.active_version(), **(extra or {}),
             }
             _atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
             os.replace(tmp, self.versions_dir / version)

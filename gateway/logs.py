@@ -61,6 +61,11 @@ class TextFormatter(logging.Formatter):
         return redact(base)
 
 
+# Pinned at WARNING even when the level is DEBUG: chatty, and at DEBUG the HTTP clients (anthropic
+# logs "Request options" with the whole prompt) dump request bodies that logging.log_prompts must control.
+QUIET_LOGGERS = ("aiohttp.access", "httpx", "httpx2", "httpcore", "grpc", "anthropic", "openai")
+
+
 def setup_logging(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
     """Configure the root logger once (idempotent): JSON or text lines to ``stream`` (stderr)."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -72,5 +77,5 @@ def setup_logging(level: str = "INFO", fmt: str = "json", stream: Any = None) ->
     handler._rag_sidecar = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("aiohttp.access", "httpx", "httpx2", "grpc"):
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -157,6 +157,11 @@ class Pipeline:
             trace.degrade("keyword_index", reason)
             self.telemetry.degradation("keyword_index", reason)
             raise LadderExhausted(trace, self._retry_after())
+        if kb.manifest.get("synced_from"):
+            age = time.time() - kb.created_at
+            if age > self.settings.kb.stale_after_s:
+                trace.degrade("keyword_index", "stale", age_s=round(age, 1))
+                self.telemetry.degradation("keyword_index", "stale")
         t0 = time.perf_counter()
         chunks = index.search(req.query, req.top_k, filters=req.filters)
         elapsed_ms = (time.perf_counter() - t0) * 1e3

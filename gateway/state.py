@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
 
@@ -29,6 +30,7 @@ class AppState:
     cache: "AnswerCache | None" = None
     pipeline: "Pipeline | None" = None
     rate_limiter: Any = None
+    faults: Any = None  # gateway.upstreams.faultinject.FaultRegistry when chaos.allow_fault_injection
     kb: "KBVersion | None" = None
     kb_error: str | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -37,6 +39,7 @@ class AppState:
     api_keys: dict[str, str] = field(default_factory=dict)  # presented key → short label for logs
     tasks: list[asyncio.Task] = field(default_factory=list)
     started_at: float = 0.0
+    clock: Callable[[], float] = time.monotonic  # monotonic seconds for guards and the rate limiter
 
 
 STATE: web.AppKey[AppState] = web.AppKey("rag_sidecar_state", AppState)

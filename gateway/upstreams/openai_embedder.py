@@ -71,6 +71,7 @@ class OpenAIEmbedder:
 
     def __init__(self, config: EmbedderConfig, *, session: aiohttp.ClientSession | None = None) -> None:
         self.config = config
+        self.model_id = f"openai:{config.url.rstrip('/')}#{config.model}"
         self.dim: int | None = None
         self._session = session
         self._owns_session = session is None

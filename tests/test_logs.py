@@ -1,0 +1,138 @@
+"""Logs as an SRE reads them: one JSON line per request carrying every decision, state-change events,
+and never a secret; prompts and answers only when ``logging.log_prompts`` is on."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any, Iterator
+
+import pytest
+
+from gateway.logs import QUIET_LOGGERS, TextFormatter, setup_logging
+from tests.conftest import anthropic_overrides, make_settings, state_of
+
+# Shaped like real keys; the client key deliberately does NOT look like "sk-…", so the test proves it
+# is never logged at all rather than relying on redact()'s pattern.
+CLIENT_KEY = "rsk_live_Q7vX2mN9pL4tY8wZ"
+ANTHROPIC_KEY = "sk-ant-api03-Zq8Xw2Lm5Nv7Bc1Df4Gh6Jk9Pr3St0Uy"
+MARKER = "zebra-marker-31337"
+QUESTION = f"What temperature should water be for green tea? {MARKER}"
+
+
+class Captured:
+    def __init__(self) -> None:
+        self.json_stream, self.text_stream = io.StringIO(), io.StringIO()
+
+    @property
+    def output(self) -> str:
+        """Everything both formatters wrote."""
+        return self.json_stream.getvalue() + self.text_stream.getvalue()
+
+    def records(self, **match: Any) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self.json_stream.getvalue().splitlines()]
+        return [r for r in lines if match.items() <= r.items()]
+
+
+@pytest.fixture
+def logs() -> Iterator[Captured]:
+    """The gateway's own logging set-up (setup_logging, JSON, at DEBUG: the most verbose) writing to a
+    buffer, plus a second root handler with the text formatter; global logging state restored after."""
+    captured = Captured()
+    root = logging.getLogger()
+    saved = {name: logging.getLogger(name).level for name in ("", *QUIET_LOGGERS)}
+    setup_logging("DEBUG", "json", stream=captured.json_stream)
+    text = logging.StreamHandler(captured.text_stream)
+    text.setFormatter(TextFormatter())
+    root.addHandler(text)
+    yield captured
+    for h in list(root.handlers):
+        if h is text or getattr(h, "_rag_sidecar", False):
+            root.removeHandler(h)
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def _settings(data_dir, fake_anthropic, **extra: Any):
+    """Auth on, the Anthropic key from ANTHROPIC_API_KEY (as deployed), the LLM at the stand-in."""
+    overrides = {k: v for k, v in anthropic_overrides(fake_anthropic).items() if k != "llm.api_key"}
+    # A generous embedder timeout: the degradations asserted below must be the forced ones only.
+    overrides.update({"auth.api_keys": [CLIENT_KEY], "resilience.embedder.timeout_s": 20.0, **extra})
+    return make_settings(data_dir, env={"ANTHROPIC_API_KEY": ANTHROPIC_KEY}, **overrides)
+
+
+async def _degraded_queries(client, fake_anthropic) -> list[tuple[Any, dict[str, Any]]]:
+    """Vector DB breaker held open and the LLM failing: keyword fallback + extractive answer."""
+    state_of(client).guards["vector_db"].breaker.force_open()
+    fake_anthropic.set_faults(status=500)
+    out = []
+    for headers in ({"Authorization": f"Bearer {CLIENT_KEY}"}, {"x-api-key": CLIENT_KEY}):
+        resp = await client.post("/v1/query", json={"query": QUESTION}, headers=headers)
+        out.append((resp, await resp.json()))
+    return out
+
+
+async def test_degraded_request_line_has_every_decision(gateway_factory, data_dir, fake_anthropic, logs):
+    client = await gateway_factory(_settings(data_dir, fake_anthropic))
+    (resp, body), _ = await _degraded_queries(client, fake_anthropic)
+    assert resp.status == 200 and body["degraded"] is True and body["mode"] == "extractive"
+
+    [line] = logs.records(event="request", request_id=resp.headers["X-Request-Id"])
+    assert line["logger"] == "rag_sidecar.access" and line["level"] == "info"
+    assert line["route"] == "/v1/query" and line["method"] == "POST" and line["status"] == 200
+    assert line["mode"] == "extractive" and line["degraded"] is True and line["retriever"] == "bm25"
+    assert line["degradations"] == body["degradations"]
+    assert [(d["component"], d["reason"]) for d in line["degradations"]] == [
+        ("vector_db", "breaker_open"), ("llm", "error"), ("llm_fallback", "error")]
+    assert line["timings_ms"] == body["timings_ms"] and line["timings_ms"]["total"] > 0
+    assert line["cache"] == "miss"
+    assert line["client"] == "key:…" + CLIENT_KEY[-4:]
+    assert line["duration_ms"] >= line["timings_ms"]["total"]
+    assert "query" not in line and "answer" not in line
+
+
+async def test_secrets_never_reach_any_log_output(gateway_factory, data_dir, fake_anthropic, logs):
+    client = await gateway_factory(_settings(data_dir, fake_anthropic))
+    for resp, _ in await _degraded_queries(client, fake_anthropic):
+        assert resp.status == 200
+    # and a rejected key, an admin call without a token, a probe, a 404
+    await client.post("/v1/query", json={"query": "tea"}, headers={"Authorization": f"Bearer {CLIENT_KEY}x"})
+    await client.get("/health")
+    await client.get("/nope", headers={"x-api-key": CLIENT_KEY})
+    assert logs.records(event="request", status=401)
+    assert len(logs.records(event="request")) >= 5 and logs.records(event="breaker_state_change")
+    assert logs.output  # the handlers really captured something
+    for secret in (CLIENT_KEY, ANTHROPIC_KEY, ANTHROPIC_KEY[len("sk-ant-"):]):
+        assert secret not in logs.output
+
+
+async def test_prompts_and_answers_are_not_logged_by_default(gateway_factory, data_dir, fake_anthropic, logs):
+    client = await gateway_factory(_settings(data_dir, fake_anthropic))
+    fake_anthropic_ok = await client.post("/v1/query", json={"query": QUESTION},
+                                          headers={"x-api-key": CLIENT_KEY})
+    answer = (await fake_anthropic_ok.json())["answer"]
+    (resp, body), _ = await _degraded_queries(client, fake_anthropic)
+    assert fake_anthropic_ok.status == 200 and answer
+    for line in logs.records(event="request"):
+        assert "query" not in line and "answer" not in line
+    assert MARKER not in logs.output
+    assert answer not in logs.output and body["answer"] not in logs.output
+
+
+async def test_prompts_and_answers_are_logged_when_configured(gateway_factory, data_dir, fake_anthropic, logs):
+    client = await gateway_factory(_settings(data_dir, fake_anthropic, **{"logging.log_prompts": True}))
+    (resp, body), _ = await _degraded_queries(client, fake_anthropic)
+    [line] = logs.records(event="request", request_id=resp.headers["X-Request-Id"])
+    assert line["query"] == QUESTION and line["answer"] == body["answer"]
+    assert CLIENT_KEY not in logs.output and ANTHROPIC_KEY not in logs.output
+
+
+async def test_breaker_transitions_are_logged_as_events(gateway_factory, data_dir, logs):
+    client = await gateway_factory(make_settings(data_dir))
+    breaker = state_of(client).guards["embedder"].breaker
+    breaker.force_open()
+    breaker.close()
+    events = logs.records(event="breaker_state_change", dependency="embedder")
+    assert [(e["from"], e["to"], e["level"]) for e in events] == [("closed", "open", "warning"),
+                                                                  ("open", "closed", "info")]
+    assert events[0]["logger"] == "rag_sidecar.events"
