@@ -117,7 +117,7 @@ def extractive_answer(question: str, chunks: Sequence[Chunk], *, max_sentences: 
             for k, sentence in enumerate(split_sentences(para)):
                 # "Pretty printing:" introduces an example we do not quote: useless on its own
                 if (_MIN_SENTENCE_CHARS <= len(sentence) <= _MAX_SENTENCE_CHARS
-                        and not sentence.endswith(":")):
+                        and not sentence.endswith(":") and not _looks_like_code(sentence)):
                     candidates.append(_Candidate(ci, si, sentence, frozenset(tokenize(sentence)),
                                                  heading_terms, lead and k == 0))
                 si += 1
@@ -155,6 +155,18 @@ def extractive_answer(question: str, chunks: Sequence[Chunk], *, max_sentences: 
             citations.append(c.chunk_index + 1)
     text = " ".join(f"{c.text} [{c.chunk_index + 1}]" for c in picked)
     return ExtractiveAnswer(text, citations, [chunks[i - 1].id for i in citations])
+
+
+_CODE_CHARS = frozenset("=()[]{}_<>|\\")
+_ASSIGNMENT = re.compile(r"^\s*[A-Za-z_][\w.]*(\[[^\]]*\])?\s*=[^=]")
+
+
+def _looks_like_code(sentence: str) -> bool:
+    """Docstrings mix unfenced code into prose (``w = csv.writer(f) …``); quoting it reads badly."""
+    if _ASSIGNMENT.match(sentence):
+        return True
+    symbols = sum(ch in _CODE_CHARS for ch in sentence)
+    return symbols / max(len(sentence), 1) > 0.08
 
 
 def _near_duplicate(a: _Candidate, b: _Candidate) -> bool:

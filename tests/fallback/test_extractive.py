@@ -91,3 +91,12 @@ def test_on_the_shipped_corpus_the_answer_quotes_the_retrieved_doc(corpus_index:
 
     assert "Recursively delete a directory tree." in answer.text
     assert chunks[answer.citations[0] - 1].source == "python-stdlib/shutil.md"
+
+
+def test_unfenced_code_is_not_quoted_as_an_answer():
+    chunk = Chunk(id="c1", source="csv.md", title="csv", text=(
+        "csv_writer = csv.writer(fileobj [, dialect='excel']) for row in sequence: csv_writer.writerow(row)\n\n"
+        "The writer object converts the user's data into delimited strings on the given file-like object."))
+    answer = extractive_answer("how does the csv writer convert data", [chunk])
+    assert "csv_writer =" not in answer.text
+    assert answer.text.startswith("The writer object converts")
