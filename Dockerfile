@@ -20,7 +20,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     RAG_SIDECAR__SERVER__HOST=0.0.0.0 \
     RAG_SIDECAR__SERVER__DATA_DIR=/data \
-    RAG_SIDECAR__KB__SAMPLE_CORPUS=/app/corpus
+    RAG_SIDECAR__KB__SAMPLE_CORPUS=/app/corpus/python-stdlib \
+    RAG_SIDECAR__KB__SAMPLE_EMBEDDINGS=/app/corpus/embeddings.local.npz
 RUN mkdir /data && chown rag /data && chmod 0700 /data
 VOLUME ["/data"]
 USER rag

@@ -163,7 +163,7 @@ def plot_timeline(journal: dict[str, Any], path: Path) -> None:
     heights = [3, 2, 3, max(1.2, 0.45 * len(guards))] if guards else [3, 2, 3]
     axes = fig.subplots(len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights})
     ax_lat, ax_av, ax_mode = axes[:3]
-    fig.suptitle(f"{journal['title']} — {VERDICT_BADGE.get(journal['verdict'], journal['verdict'])}  "
+    fig.suptitle(f"{journal['title']} — {journal['verdict'].upper()}  "
                  f"({journal['load']['sent']} requests, {journal['load']['rate_per_s']:g}/s)", fontsize=13)
 
     # Latency

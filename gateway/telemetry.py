@@ -156,10 +156,14 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     BREAKER_STATE, BREAKER_TRANSITIONS, CACHE_RESULTS, KEYWORD_DURATION, KEYWORD_SEARCHES,
     KB_INFO, KB_AGE, KB_CHUNKS,
 )
-_INDEX = {spec.name: i for i, spec in enumerate(CATALOGUE)}
-(_REQ_COUNT, _REQ_DURATION, _IN_FLIGHT, _RATE_LIMITED, _DEGRADATION, _DEP_ATTEMPTS, _DEP_DURATION, _DEP_RETRIES,
- _DEP_SHED, _DEP_SHORT, _BREAKER_STATE, _BREAKER_TRANSITIONS, _CACHE, _KW_DURATION, _KW_SEARCHES, _KB_INFO,
- _KB_AGE, _KB_CHUNKS) = range(len(CATALOGUE))
+# Slot of each metric in the per-catalogue lists below (the request path indexes, never looks up).
+_REQ_COUNT, _REQ_DURATION, _IN_FLIGHT, _RATE_LIMITED, _DEGRADATION = map(CATALOGUE.index, (
+    REQUEST_COUNT, REQUEST_DURATION, REQUEST_IN_FLIGHT, RATE_LIMITED, DEGRADATION_COUNT))
+_DEP_ATTEMPTS, _DEP_DURATION, _DEP_RETRIES, _DEP_SHED, _DEP_SHORT = map(CATALOGUE.index, (
+    DEPENDENCY_ATTEMPTS, DEPENDENCY_DURATION, DEPENDENCY_RETRIES, DEPENDENCY_SHED, DEPENDENCY_SHORT_CIRCUITS))
+_BREAKER_STATE, _BREAKER_TRANSITIONS, _CACHE, _KW_DURATION, _KW_SEARCHES = map(CATALOGUE.index, (
+    BREAKER_STATE, BREAKER_TRANSITIONS, CACHE_RESULTS, KEYWORD_DURATION, KEYWORD_SEARCHES))
+_KB_INFO, _KB_AGE, _KB_CHUNKS = map(CATALOGUE.index, (KB_INFO, KB_AGE, KB_CHUNKS))
 _SAMPLED = frozenset(i for i, s in enumerate(CATALOGUE) if s.type in ("distribution", "histogram"))
 _COUNTED = frozenset(i for i, s in enumerate(CATALOGUE) if s.type == "count")
 # Every count slot records a list per key (its length is the count); in these the values are
@@ -276,12 +280,11 @@ def _make_statsd(config: "TelemetryConfig") -> Any:
 
 
 class _Histogram:
-    __slots__ = ("buckets", "sum", "count")
+    __slots__ = ("buckets", "sum")
 
     def __init__(self) -> None:
         self.buckets = [0] * (len(MS_BUCKETS) + 1)  # per bucket, not cumulative; last = +Inf
         self.sum = 0.0
-        self.count = 0
 
 
 class _PrometheusView:
@@ -496,7 +499,6 @@ class Telemetry:
                     for bucket in map(_bucket_of, values):
                         buckets[bucket] += 1
                     hist.sum += sum(values)
-                    hist.count += len(values)
         if self.statsd is not None:
             self._outbox.append(pending)
 
@@ -548,9 +550,9 @@ class Telemetry:
             except Exception:  # noqa: BLE001 - a metrics bug must not kill the exporter silently
                 log.exception("metrics export failed")
 
-    def flush(self, timeout_s: float = 2.0) -> bool:
+    def flush(self) -> bool:
         """Export now: every pending metric and gauge is sent before this returns (non-blocking
-        socket: a full socket drops). Blocking CPU work: tests, benchmarks, shutdown."""
+        socket: a full socket drops). CPU work off the request path: tests, benchmarks, shutdown."""
         self._drain()
         self._send()
         return True

@@ -361,7 +361,7 @@ async def test_slow_calls_at_the_configured_rate_open_the_breaker(start_gateway,
 async def test_llm_retry_after_within_the_cap_is_honoured(start_gateway, anthropic):
     client = await start_gateway()  # retry_after_cap_s 2.0
     anthropic.set_faults(status=429, retry_after_s=0.3, models=[PRIMARY])
-    _, body, elapsed = await ask(client)
+    _, body, _ = await ask(client)
     primary = anthropic.arrival_times(PRIMARY)
     assert len(primary) == 2, "the primary model was not retried"
     gap = primary[1] - primary[0]
