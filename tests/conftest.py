@@ -59,11 +59,13 @@ GatewayFactory = Callable[..., Awaitable[TestClient]]
 
 @pytest.fixture
 async def gateway_factory() -> AsyncIterator[GatewayFactory]:
-    """Start gateways over real sockets; ``await factory(settings, wait_ready=True)`` → TestClient."""
+    """Start gateways over real sockets: ``await factory(settings, clock=None, wait_ready=True)`` →
+    TestClient. ``clock`` (monotonic seconds) replaces time for the guards and the rate limiter."""
     clients: list[TestClient] = []
 
-    async def start(settings: Settings, *, wait_ready: bool = True) -> TestClient:
-        app = create_app(settings, configure_logging=False)
+    async def start(settings: Settings, clock: Callable[[], float] | None = None, *,
+                    wait_ready: bool = True) -> TestClient:
+        app = create_app(settings, configure_logging=False, clock=clock)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
@@ -151,25 +153,6 @@ class JumpClock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
-
-
-@pytest.fixture
-async def clocked_gateway_factory() -> AsyncIterator[Callable[..., Awaitable[TestClient]]]:
-    """Like ``gateway_factory``, with a clock: ``await factory(settings, clock)`` → TestClient whose
-    guards (and in-process rate limiter) read ``clock`` instead of ``time.monotonic``."""
-    clients: list[TestClient] = []
-
-    async def start(settings: Settings, clock: Callable[[], float], *, wait_ready: bool = True) -> TestClient:
-        client = TestClient(TestServer(create_app(settings, configure_logging=False, clock=clock), host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        if wait_ready:
-            await asyncio.wait_for(state_of(client).ready.wait(), timeout=120)
-        return client
-
-    yield start
-    for c in clients:
-        await c.close()
 
 
 # ---- a real Redis on loopback -----------------------------------------------------------------

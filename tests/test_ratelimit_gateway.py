@@ -26,14 +26,14 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def start_gateway(tmp_path, clocked_gateway_factory, fake_weaviate, fake_anthropic, fake_embeddings, clock):
+def start_gateway(tmp_path, gateway_factory, fake_weaviate, fake_anthropic, fake_embeddings, clock):
     """``await start_gateway(**overrides)`` → a rate-limited gateway in front of the three stand-ins."""
 
     async def start(**overrides: Any):
         settings = make_settings(tmp_path / "data", **stack_overrides(
             fake_weaviate, fake_anthropic, fake_embeddings, **{**LIMITED, **overrides}))
         await ingest_into(settings)
-        return await clocked_gateway_factory(settings, clock)
+        return await gateway_factory(settings, clock)
 
     return start
 

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import ConfigError, TelemetryConfig, load_settings
+from gateway.pipeline import MODES as PIPELINE_MODES
 from gateway.telemetry import CATALOGUE, MODES, Telemetry, catalogue_markdown, render_doc
 from tests.conftest import make_settings, state_of
 
@@ -62,6 +63,7 @@ class FakeAgent:
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.bind(address)
         self.samples: list[Sample] = []
+        self.lines: list[str] = []  # raw, for wire-format assertions
 
     @property
     def udp_url(self) -> str:
@@ -81,6 +83,7 @@ class FakeAgent:
                 payload = self.sock.recv(65535)
             except socket.timeout:
                 continue
+            self.lines.extend(payload.decode().splitlines())
             self.samples.extend(s for s in parse_datagram(payload) if s.name.startswith("rag."))
         return self.samples
 
@@ -149,7 +152,7 @@ def test_catalogue_is_consistent():
         assert s.plotted or s.unplotted_reason, f"{s.name}: unplotted without a reason"
         if s.type in ("distribution", "histogram"):
             assert s.unit == "ms", f"{s.name}: latency metrics are in ms"
-    assert set(MODES) - {"none"} == set(__import__("gateway.pipeline", fromlist=["MODES"]).MODES)
+    assert set(MODES) - {"none"} == set(PIPELINE_MODES), "the mode tag's values must follow the pipeline"
 
 
 def test_observability_doc_has_the_current_catalogue():
@@ -215,15 +218,14 @@ def test_counts_are_summed_and_distribution_values_packed_per_line(udp_agent):
             t.on_attempt("llm", "timeout", ms / 1e3)
         assert t.flush()
         udp_agent.collect(lambda got: sum(s.name == "rag.dependency.duration" for s in got) == len(durations))
-        lines = []
-        udp_agent.sock.settimeout(0.2)
     finally:
         t.close_sync()
     degradations = [s for s in udp_agent.samples if s.name == "rag.degradation.count"]
     assert [(s.value, s.type) for s in degradations] == [(120.0, "c")]  # one line: summed over the flush
     received = sorted(s.value for s in udp_agent.samples if s.name == "rag.dependency.duration")
     assert received == pytest.approx(durations, abs=1e-3)  # every value, in ms
-    del lines
+    packed = [line for line in udp_agent.lines if line.startswith("rag.dependency.duration:")]
+    assert [line.split("|")[0].count(":") for line in packed] == [50, 50, 20]  # values per line
 
 
 def test_settings_from_dd_env_vars_reach_the_agent(udp_agent, monkeypatch):
