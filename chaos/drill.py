@@ -863,6 +863,7 @@ class Drill:
                      "by_status": _status_counts(records), "streams": sum(r.stream for r in records),
                      "rate_per_s": sc.load.rate_per_s, "concurrency": sc.load.concurrency},
             "samples": self._per_second(records),
+            "requests": [_compact(r) for r in records],
         }
 
     def _per_second(self, records: list[RequestRecord]) -> list[dict[str, Any]]:
@@ -916,6 +917,20 @@ def _guard_sum(mark: dict[str, Any], dependency: str, key: str, *, first_only: b
         guards = guards[:1]
     values = [breakers[g][key] for g in guards if g in breakers]
     return sum(values) if values else None
+
+
+def _compact(r: RequestRecord) -> dict[str, Any]:
+    """One request in the journal: start (s), latency (ms), outcome, and its labels."""
+    out: dict[str, Any] = {"i": r.i, "t": round(r.t, 3), "ms": _round(r.latency_ms, 1), "status": r.status,
+                           "mode": r.mode, "degraded": r.degraded,
+                           "degradations": [f"{d.get('component')}:{d.get('reason')}" for d in r.degradations]}
+    if r.stream:
+        out["stream"] = True
+    if r.discarded:
+        out["discard"] = True
+    if r.error:
+        out["error"] = r.error
+    return out
 
 
 def _status_counts(records: Sequence[RequestRecord]) -> dict[str, int]:

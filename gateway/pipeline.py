@@ -246,6 +246,7 @@ class Pipeline:
         if hit is not None:  # stale-if-error: a fresh hit was served before reaching the LLM
             trace.cache, trace.generation, trace.answer_age_s = "stale", "cached", hit.age_s
             trace.degrade("answer_cache", "stale_answer", age_s=round(hit.age_s, 3))
+            self.telemetry.degradation("answer_cache", "stale_answer")
             self.telemetry.cache_result("stale_serve")
             return hit.entry.answer
         return self._extractive(req, chunks, trace)

@@ -108,7 +108,7 @@ RATE_LIMITED = MetricSpec(
 DEGRADATION_COUNT = MetricSpec(
     "degradation.count", "count", "events", ("component", "reason"),
     "Rungs of the ladder that failed or were skipped, by component and reason (a stale cached answer "
-    "is counted as `rag.cache.results{result:stale_serve}` instead).")
+    "is answer_cache/stale_answer here and also `rag.cache.results{result:stale_serve}`).")
 DEPENDENCY_ATTEMPTS = MetricSpec(
     "dependency.attempts", "count", "attempts", ("dependency", "outcome"),
     "Upstream attempts made by a guard, by how each ended.", values={"outcome": OUTCOMES})

@@ -1,0 +1,1 @@
+"""rag-sidecar's performance suite: ``make bench`` → ``python -m bench`` (see bench/__main__.py, docs/benchmarks.md)."""
