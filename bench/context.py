@@ -16,7 +16,7 @@ import psutil
 
 from bench import synthetic
 from bench.loadgen import LoadGenerator, LoadSpec
-from bench.procs import ServerProcess, log
+from bench.procs import ServerProcess, http_json, log
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CORPUS = ROOT / "corpus"
@@ -131,6 +131,8 @@ class Context:
 
     def gateway(self, name: str, overrides: dict[str, Any], *, env_extra: dict[str, str] | None = None,
                 ready_timeout_s: float = 300.0) -> ServerProcess:
+        """A gateway child process; the admin API is always on (breaker drills, state snapshots)."""
+        overrides = {"auth.admin_token": ADMIN_TOKEN, **overrides}
         env = {**os.environ, **(env_extra or {})}
         for var in [k for k in env if k.startswith("RAG_SIDECAR") or k.startswith("ANTHROPIC_") or k.startswith("DD_")]:
             env.pop(var)  # settings come only from --overrides
@@ -186,6 +188,42 @@ class Context:
             shutil.rmtree(cached, ignore_errors=True)
             tmp.rename(cached)
         return cached
+
+
+def admin(proc: ServerProcess, path: str, method: str = "POST") -> Any:
+    """Call the gateway's admin API (breaker drills); raises RuntimeError on a non-200."""
+    status, body, _ = http_json(method, f"http://127.0.0.1:{proc.info['port']}{path}",
+                                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    if status != 200:
+        raise RuntimeError(f"{method} {path} → {status}: {body}")
+    return body
+
+
+def reset_breakers(proc: ServerProcess, force_open: tuple[str, ...] = ()) -> None:
+    """Every breaker closed with fresh counts (one point's failures must not leak into the next), then
+    the ``force_open`` ones forced open."""
+    for name in admin(proc, "/admin/breakers", "GET"):
+        admin(proc, f"/admin/breakers/{name}/reset")
+    for name in force_open:
+        admin(proc, f"/admin/breakers/{name}/open")
+
+
+def breaker_states(proc: ServerProcess) -> dict[str, Any]:
+    """Per dependency: breaker state and what the guard saw (for the report's honesty, not for timing)."""
+    out = {}
+    for name, g in admin(proc, "/admin/breakers", "GET").items():
+        stats = g.get("stats", {})
+        out[name] = {"state": g.get("state"), "forced": g.get("breaker", {}).get("forced"),
+                     "calls": stats.get("calls"), "short_circuits": stats.get("short_circuits"),
+                     "failures_by_reason": stats.get("failures_by_reason")}
+    return out
+
+
+def warm(url: str, bodies: list[Any], n: int = 3, suffix: str = " (warm-up)") -> None:
+    """A few sequential requests before a point: lazy model loads and first-touch costs stay out of it."""
+    for body in bodies[:n]:
+        b = {**body, "query": body["query"] + suffix} if isinstance(body, dict) and "query" in body else body
+        http_json("POST", url, b, timeout_s=60)
 
 
 def _cpu_s(pid: int) -> float:

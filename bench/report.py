@@ -46,14 +46,15 @@ def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_target("Gateway throughput ≥ 0.7× the Python floor (/v1/query)", None, 0.7, ">=", "× floor",
                            "section overhead"))
 
-    ff = ((sections.get("costs") or {}).get("fast_fail") or {}).get("variants")
+    fast = (sections.get("costs") or {}).get("fast_fail") or {}
+    ff = fast.get("variants")
     if ff:
         vo, eo = ff["vector_db_open"], ff["embedder_open"]
         why = (f"the pipeline embeds the query before it consults the vector_db breaker: with the embedder's "
                f"breaker open instead (no embedding) the added p99 is {_f(eo['added_p99_ms'])} ms, so the cost is "
                f"the wasted embedding (normal-path embed+search p50 {_f(ff['normal']['p50_ms'])} ms)")
         out.append(_target("Breaker-open fast-fail added p99 ≤ 5 ms", vo["added_p99_ms"], 5.0, "<=", "ms",
-                           f"retrieve with vector_db open vs direct BM25, {ff.get('kb_chunks', '?')} chunks, in-process",
+                           f"retrieve with vector_db open vs direct BM25, {fast.get('kb_chunks', '?')} chunks, in-process",
                            why))
     else:
         out.append(_target("Breaker-open fast-fail added p99 ≤ 5 ms", None, 5.0, "<=", "ms", "section costs"))
@@ -163,15 +164,28 @@ def _timing(r: dict) -> str:
     return "; ".join(f"{k} {_f(v['p50_ms'], 1)}/{_f(v['p99_ms'], 1)}" for k, v in st.items() if v.get("count")) or "—"
 
 
+def _breakers(r: dict) -> str:
+    """Guards that failed or opened during a point (forced-open ones are the drill, not news)."""
+    out = []
+    for name, b in (r.get("breakers_after") or {}).items():
+        fails = b.get("failures_by_reason") or {}
+        if b.get("forced"):
+            continue
+        if b.get("state") != "closed" or fails:
+            out.append(f"{name} {b.get('state')}" + (f" ({', '.join(f'{k} {v}' for k, v in fails.items())})" if fails else ""))
+    return "; ".join(out) or "—"
+
+
 def _rag_md(rag: dict) -> list[str]:
     lines = [f"c={rag['concurrency']}, corpus `{rag.get('corpus')}`.", "",
-             "| path | modes seen | req/s | p50 ms | p99 ms | gateway CPU ms/req | stages p50/p99 ms (Server-Timing) |",
-             "|---|---|---:|---:|---:|---:|---|"]
+             "| path | modes seen | req/s | p50 ms | p99 ms | gateway CPU ms/req | stages p50/p99 ms (Server-Timing) | "
+             "guard failures during the point |",
+             "|---|---|---:|---:|---:|---:|---|---|"]
     for r in rag["rows"]:
         modes = ", ".join(f"{k} {v}" for k, v in r.get("modes", {}).items()) or "—"
         flag = "" if r.get("mode_ok") else " ⚠️ unexpected"
         lines.append(f"| {r['path']} | {modes}{flag} | {_f(r['rps'], 1)} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} | "
-                     f"{_f(r['cpu_ms_per_req']['server'])} | {_timing(r)} |")
+                     f"{_f(r['cpu_ms_per_req']['server'])} | {_timing(r)} | {_breakers(r)} |")
     lines.append("")
     lines += [f"- {n}" for n in rag.get("notes", [])]
     return lines
@@ -237,16 +251,17 @@ def _scale_md(sc: dict) -> list[str]:
 def _memory_md(mem: dict) -> list[str]:
     lines = [f"KB: {mem['chunks']:,} chunks, {mem['kb']['disk_mb']} MB on disk (built in {mem['kb']['seconds']} s); "
              f"gateway start → ready {mem['start_to_ready_s']} s.", "",
-             "| state | RSS MB | USS MB | req/s | p50 ms | p99 ms | stages p50/p99 ms |", "|---|---:|---:|---:|---:|---:|---|"]
-    lines.append(f"| idle, after ready | {_f(mem['idle_after_ready']['rss_mb'], 0)} | {_f(mem['idle_after_ready']['uss_mb'], 0)} | | | | |")
-    lines.append(f"| idle, after the first query | {_f(mem['idle_after_first_query']['rss_mb'], 0)} | "
-                 f"{_f(mem['idle_after_first_query']['uss_mb'], 0)} | | | | |")
+             "| state | RSS MB | USS MB | req/s | p50 ms | p99 ms | stages p50/p99 ms | guard failures |",
+             "|---|---:|---:|---:|---:|---:|---|---|"]
+    lines.append(f"| idle, after ready | {_f(mem['idle_after_ready']['rss_mb'], 0)} | {_f(mem['idle_after_ready']['uss_mb'], 0)} | | | | | |")
+    lines.append(f"| idle, after 3 warm-up queries | {_f(mem['idle_after_first_query']['rss_mb'], 0)} | "
+                 f"{_f(mem['idle_after_first_query']['uss_mb'], 0)} | | | | | |")
     for key, label in (("load_vector", "under load: normal path (peak)"), ("load_keyword", "under load: keyword fallback (peak)")):
         r = mem.get(key)
         if r:
             lines.append(f"| {label}, c={r['concurrency']} | {_f(r['peak_rss_mb'], 0)} | | {_f(r['rps'], 1)} | "
-                         f"{_f(r['p50_ms'])} | {_f(r['p99_ms'])} | {_timing(r)} |")
-    lines.append(f"| after load | {_f(mem['after_load']['rss_mb'], 0)} | {_f(mem['after_load']['uss_mb'], 0)} | | | | |")
+                         f"{_f(r['p50_ms'])} | {_f(r['p99_ms'])} | {_timing(r)} | {_breakers(r)} |")
+    lines.append(f"| after load | {_f(mem['after_load']['rss_mb'], 0)} | {_f(mem['after_load']['uss_mb'], 0)} | | | | | |")
     lines += ["", "RSS counts the memory-mapped vector file's resident pages (clean, file-backed, reclaimable); "
                   "USS is the process's private memory. Timeline: `memory.png`."]
     return lines

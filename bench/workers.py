@@ -6,7 +6,7 @@
     python -m bench.workers kw-query INDEX_DIR N           KeywordIndex.load + queries
     python -m bench.workers vec CORPUS N WORK_DIR          embedded vector store: write, load, queries
     python -m bench.workers make-kb CORPUS N DATA_DIR      a KB version (chunks + vectors + keyword index)
-    python -m bench.workers fastfail DATA_DIR ROUNDS       pipeline retrieve with a breaker open vs BM25
+    python -m bench.workers fastfail DATA_DIR ROUNDS N     pipeline retrieve with a breaker open vs BM25
 
 Each prints one JSON object as its last stdout line.
 """
@@ -189,7 +189,7 @@ def golden_queries() -> list[str]:
     return [json.loads(line)["query"] for line in lines if line.strip()]
 
 
-async def _fastfail(data_dir: Path, rounds: int) -> dict:
+async def _fastfail(data_dir: Path, rounds: int, n_queries: int) -> dict:
     from aiohttp import web
 
     from gateway.app import create_app
@@ -207,7 +207,7 @@ async def _fastfail(data_dir: Path, rounds: int) -> dict:
         await asyncio.wait_for(state.ready.wait(), timeout=120)
         pipeline, guards = state.pipeline, state.guards
         index = state.kb.keyword_index
-        qs = golden_queries()
+        qs = golden_queries()[:n_queries]
 
         async def retrieve(q: str) -> str | None:
             trace = Trace()
@@ -250,8 +250,8 @@ async def _fastfail(data_dir: Path, rounds: int) -> dict:
         await runner.cleanup()
 
 
-def fastfail(data_dir: Path, rounds: int) -> dict:
-    return asyncio.run(_fastfail(data_dir, rounds))
+def fastfail(data_dir: Path, rounds: int, n_queries: int) -> dict:
+    return asyncio.run(_fastfail(data_dir, rounds, n_queries))
 
 
 def ingest_sample(data_dir: Path, corpus: Path) -> dict:
@@ -298,7 +298,7 @@ def main(argv: list[str]) -> int:
     elif cmd == "make-kb":
         out = make_kb(Path(args[0]), int(args[1]), Path(args[2]))
     elif cmd == "fastfail":
-        out = fastfail(Path(args[0]), int(args[1]))
+        out = fastfail(Path(args[0]), int(args[1]), int(args[2]))
     else:
         print(f"unknown worker command {cmd!r}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from gateway.pipeline import Pipeline
 from gateway.routes import admin, health, messages, metrics, query
 from gateway.state import STATE, AppState
 from gateway.telemetry import Telemetry
+from gateway.tracing import Tracer
 from gateway.upstreams.factory import build_embedder, build_llm, build_store
 from resilience import GuardRegistry
 from resilience.ratelimit import make_rate_limiter
@@ -60,7 +61,8 @@ def create_app(settings: Settings, *, configure_logging: bool = True,
     data_dir = Path(settings.server.data_dir)
     clock = clock or time.monotonic
     state = AppState(settings=settings, telemetry=telemetry, guards=build_guards(settings, telemetry, clock),
-                     kb_store=KnowledgeBase(data_dir / "kb", keep_versions=settings.kb.keep_versions), clock=clock)
+                     kb_store=KnowledgeBase(data_dir / "kb", keep_versions=settings.kb.keep_versions), clock=clock,
+                     tracer=Tracer(settings.telemetry.tracing))
     state.api_keys = key_labels([k.get_secret_value() for k in settings.auth.api_keys])
     app = web.Application(middlewares=CHAIN, client_max_size=settings.server.max_body_bytes)
     app[STATE] = state
@@ -97,7 +99,8 @@ async def _on_startup(app: web.Application) -> None:
         state.rate_limiter = make_rate_limiter(s.rate_limit, clock=state.clock)
     await state.guards.start()
     state.pipeline = Pipeline(s, state.guards, embedder=state.embedder, store=state.store, llm=state.llm,
-                              cache=state.cache, kb=lambda: state.kb, telemetry=state.telemetry)
+                              cache=state.cache, kb=lambda: state.kb, telemetry=state.telemetry,
+                              tracer=state.tracer)
     state.tasks.append(asyncio.create_task(_load_kb(state), name="kb-load"))
 
 

@@ -172,6 +172,8 @@ class TelemetryConfig(_Section):
     service: str = Field("rag-sidecar", description="service tag")
     version: str | None = Field(None, description="version tag")
     prometheus: bool = Field(True, description="serve /metrics in Prometheus text format")
+    tracing: Literal["off", "otel"] = Field("off", description=(
+        "otel = OpenTelemetry spans per request and stage (export configured by the OTel SDK/env)"))
 
 
 class LoggingConfig(_Section):

@@ -57,9 +57,20 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else request.path
     state.telemetry.request_started(route)
     status = 500
+    span = state.tracer.span("rag.request", **{"http.route": route, "http.method": request.method,
+                                                "rag.request_id": request.get(REQUEST_ID)})
     try:
-        resp = await handler(request)
-        status = resp.status
+        with span as sp:
+            resp = await handler(request)
+            status = resp.status
+            if sp is not None:
+                trace = request.get(TRACE)
+                sp.set_attribute("http.status_code", status)
+                if trace is not None:
+                    sp.set_attribute("rag.mode", trace.mode)
+                    sp.set_attribute("rag.degraded", trace.degraded)
+                    sp.set_attribute("rag.degradations", [f"{d['component']}:{d['reason']}"
+                                                          for d in trace.degradations])
         return resp
     except web.HTTPException as exc:
         status = exc.status

@@ -24,6 +24,7 @@ from fallback.extractive import NO_INFO_ANSWER, extractive_answer
 from gateway.config import Settings
 from gateway.kb import KBVersion
 from gateway.telemetry import Telemetry
+from gateway.tracing import NOOP, Tracer
 from gateway.upstreams.base import LLM, Embedder, VectorStore
 from resilience import Deadline, DependencyUnavailable, GuardRegistry, Reason
 
@@ -51,6 +52,7 @@ class Trace:
     model: str | None = None
     answer_age_s: float | None = None
     started: float = field(default_factory=time.perf_counter)
+    tracer: Tracer = field(default=NOOP, repr=False)
 
     def degrade(self, component: str, reason: str | Reason, **extra: Any) -> None:
         entry = {"component": component, "reason": Reason(reason).value if isinstance(reason, Reason) else reason}
@@ -61,7 +63,8 @@ class Trace:
     def timed(self, stage: str) -> Iterator[None]:
         t0 = time.perf_counter()
         try:
-            yield
+            with self.tracer.span(f"rag.{stage}"):
+                yield
         finally:
             self.timings_ms[stage] = round(self.timings_ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1e3, 3)
 
@@ -117,7 +120,7 @@ class Pipeline:
 
     def __init__(self, settings: Settings, guards: GuardRegistry, *, embedder: Embedder | None,
                  store: VectorStore, llm: LLM | None, cache: AnswerCache | None,
-                 kb: Callable[[], KBVersion | None], telemetry: Telemetry) -> None:
+                 kb: Callable[[], KBVersion | None], telemetry: Telemetry, tracer: Tracer = NOOP) -> None:
         self.settings = settings
         self.guards = guards
         self.embedder = embedder
@@ -126,6 +129,7 @@ class Pipeline:
         self.cache = cache
         self._kb = kb
         self.telemetry = telemetry
+        self.tracer = tracer
         self.reserve_s = settings.server.fallback_reserve_s
 
     # ---- retrieval ------------------------------------------------------------------------
@@ -137,7 +141,8 @@ class Pipeline:
                 if self.embedder is not None:
                     with trace.timed("embed"):
                         vector = await self.guards["embedder"].call(
-                            lambda: self.embedder.embed_query(req.query), deadline, reserve_s=self.reserve_s)
+                            lambda: self.embedder.embed_query(req.query, request_id=req.request_id), deadline,
+                            reserve_s=self.reserve_s)
                 with trace.timed("vector_search"):
                     chunks = await self.guards["vector_db"].call(
                         lambda: self.store.search(vector, req.top_k, query_text=req.query, filters=req.filters),
@@ -200,7 +205,7 @@ class Pipeline:
 
     async def answer(self, req: QueryRequest, deadline: Deadline) -> QueryResult:
         """Run the whole ladder; raises :class:`LadderExhausted` only when retrieval is impossible."""
-        trace = Trace()
+        trace = Trace(tracer=self.tracer)
         kb = self._kb()
         kb_version = kb.version if kb is not None else None
         hit = await self._cache_get(req, kb_version, trace)
@@ -272,7 +277,7 @@ class Pipeline:
         A stream that fails after text was sent cannot be retried transparently: the client is told
         to discard what it got (``discard`` event) and the next rung's answer follows.
         """
-        trace = Trace()
+        trace = Trace(tracer=self.tracer)
         kb = self._kb()
         kb_version = kb.version if kb is not None else None
         hit = await self._cache_get(req, kb_version, trace)

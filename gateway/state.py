@@ -39,6 +39,7 @@ class AppState:
     api_keys: dict[str, str] = field(default_factory=dict)  # presented key → short label for logs
     tasks: list[asyncio.Task] = field(default_factory=list)
     started_at: float = 0.0
+    tracer: Any = None  # gateway.tracing.Tracer
     clock: Callable[[], float] = time.monotonic  # monotonic seconds for guards and the rate limiter
 
 

@@ -160,7 +160,7 @@ async def retrieve(request: web.Request) -> web.Response:
     _require_ready(state)
     req = _build_request(request, body, state)
     request[QUERY_TEXT] = req.query
-    trace = Trace()
+    trace = Trace(tracer=state.tracer)
     try:
         chunks = await state.pipeline.retrieve(req, request[DEADLINE], trace)
     except LadderExhausted as exc:

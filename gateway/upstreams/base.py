@@ -19,8 +19,8 @@ class Embedder(Protocol):
     name: str
     dim: int | None
 
-    async def embed_query(self, text: str) -> np.ndarray:
-        """One normalised float32 vector for a search query."""
+    async def embed_query(self, text: str, *, request_id: str | None = None) -> np.ndarray:
+        """One normalised float32 vector for a search query (``request_id`` sent upstream if it can be)."""
 
     async def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
         """``(len(texts), dim)`` float32 matrix for documents (used by ingest)."""
@@ -56,10 +56,12 @@ class Generation:
 class LLM(Protocol):
     name: str
 
-    async def generate(self, question: str, chunks: Sequence[Chunk], *, model: str | None = None) -> Generation:
+    async def generate(self, question: str, chunks: Sequence[Chunk], *, model: str | None = None,
+                       request_id: str | None = None) -> Generation:
         ...
 
-    def stream(self, question: str, chunks: Sequence[Chunk], *, model: str | None = None) -> AsyncIterator[str]:
+    def stream(self, question: str, chunks: Sequence[Chunk], *, model: str | None = None,
+               request_id: str | None = None) -> AsyncIterator[str]:
         """Text deltas. Raises UpstreamError mid-stream if the upstream cuts or errors."""
 
     async def close(self) -> None: ...

@@ -35,7 +35,7 @@ class LocalEmbedder:
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def embed_query(self, text: str) -> np.ndarray:
+    async def embed_query(self, text: str, *, request_id: str | None = None) -> np.ndarray:
         vec = await self._run(lambda: self._get_model().query(text))
         return np.asarray(vec, dtype=np.float32)
 
