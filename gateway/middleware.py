@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.errors import APIError, error_response
 from gateway.logs import request_id_var
+from gateway.telemetry import request_retries
 from gateway.state import ANSWER_TEXT, CLIENT_ID, DEADLINE, QUERY_TEXT, REQUEST_ID, STATE, TRACE, AppState
 from resilience import Deadline
 
@@ -56,6 +57,8 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
     t0 = time.perf_counter()
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else request.path
     state.telemetry.request_started(route)
+    retries: dict[str, int] = {}
+    retries_token = request_retries.set(retries)
     status = 500
     span = state.tracer.span("rag.request", **{"http.route": route, "http.method": request.method,
                                                 "rag.request_id": request.get(REQUEST_ID)})
@@ -76,6 +79,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         status = exc.status
         raise
     finally:
+        request_retries.reset(retries_token)
         ms = (time.perf_counter() - t0) * 1e3
         trace = request.get(TRACE)
         mode = trace.mode if trace is not None else None
@@ -86,7 +90,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         if trace is not None:
             fields.update(mode=mode, degraded=degraded, degradations=trace.degradations,
                           timings_ms=trace.timings_ms, cache=trace.cache, retriever=trace.retriever,
-                          model=trace.model)
+                          model=trace.model, retries=retries)
         if state.settings.logging.log_prompts and QUERY_TEXT in request:
             fields["query"] = request[QUERY_TEXT]
             fields["answer"] = request.get(ANSWER_TEXT)

@@ -20,6 +20,8 @@ path; unknown routes become ``unmatched``), everything else comes from small enu
 """
 from __future__ import annotations
 
+import contextvars
+
 import logging
 import math
 import re
@@ -54,6 +56,10 @@ UNMATCHED_ROUTE = "unmatched"
 MAX_SERIES_PER_METRIC = 2000
 # Distribution values per DogStatsD line ("name:v1:v2:…|d"); keeps a line well under a UDP packet.
 VALUES_PER_LINE = 50
+
+# Retries per dependency for the current request (set by the access-log middleware).
+request_retries: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar(
+    "request_retries", default=None)
 
 
 @dataclass(frozen=True)
@@ -427,6 +433,9 @@ class Telemetry:
 
     def on_retry(self, dependency: str, reason: str) -> None:
         self._pending[_DEP_RETRIES].setdefault((dependency, reason), []).append(1)
+        per_request = request_retries.get()
+        if per_request is not None:  # the guard runs in the request's task: count it for the log line
+            per_request[dependency] = per_request.get(dependency, 0) + 1
 
     def on_shed(self, dependency: str) -> None:
         if dependency not in self.breakers:

@@ -86,6 +86,7 @@ async def test_degraded_request_line_has_every_decision(gateway_factory, data_di
         ("vector_db", "breaker_open"), ("llm", "error"), ("llm_fallback", "error")]
     assert line["timings_ms"] == body["timings_ms"] and line["timings_ms"]["total"] > 0
     assert line["cache"] == "miss"
+    assert line["retries"] == {"llm": 1, "llm_fallback": 1}  # one retry each on the 500s (max_attempts 2)
     assert line["client"] == "key:…" + CLIENT_KEY[-4:]
     assert line["duration_ms"] >= line["timings_ms"]["total"]
     assert "query" not in line and "answer" not in line
