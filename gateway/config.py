@@ -14,7 +14,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from resilience.config import BreakerConfig, BulkheadConfig, GuardConfig, RateLimitConfig, RetryConfig
+from resilience.config import BreakerConfig, BulkheadConfig, GuardConfig, RateLimitConfig
 
 ENV_PREFIX = "RAG_SIDECAR__"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.errors import APIError
 from gateway.kb import KBError
-from gateway.state import ANSWER_TEXT, CLIENT_ID, DEADLINE, QUERY_TEXT, REQUEST_ID, STATE, TRACE, AppState
+from gateway.state import STATE, AppState
 
 
 def _check_admin(request: web.Request) -> AppState:

@@ -5,11 +5,11 @@ import json
 from typing import Any, Union
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from gateway.errors import APIError, error_response
+from gateway.errors import APIError
 from gateway.pipeline import LadderExhausted, QueryRequest, QueryResult, Trace
-from gateway.state import ANSWER_TEXT, CLIENT_ID, DEADLINE, QUERY_TEXT, REQUEST_ID, STATE, TRACE, AppState
+from gateway.state import ANSWER_TEXT, DEADLINE, QUERY_TEXT, REQUEST_ID, STATE, TRACE, AppState
 from resilience import Deadline
 
 FilterValue = Union[StrictStr, StrictInt, StrictFloat, StrictBool, list[Union[StrictStr, StrictInt, StrictFloat]]]
