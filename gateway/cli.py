@@ -300,11 +300,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None
+    from gateway.kb import KBError
+    from resilience import DependencyUnavailable, UpstreamError
+
     try:
         return args.func(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except KBError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (UpstreamError, DependencyUnavailable, ConnectionError, TimeoutError) as exc:
+        # An operator command against an unreachable upstream: say which, no stack trace.
+        print(f"error: upstream failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
