@@ -138,6 +138,9 @@ class Pipeline:
         with trace.timed("retrieve"):
             vector = None
             try:
+                # An open vector DB breaker makes the embedding useless: fail over before paying for it.
+                with trace.timed("vector_search"):
+                    self.guards["vector_db"].check_admits()
                 if self.embedder is not None:
                     with trace.timed("embed"):
                         vector = await self.guards["embedder"].call(
@@ -167,11 +170,9 @@ class Pipeline:
             if age > self.settings.kb.stale_after_s:
                 trace.degrade("keyword_index", "stale", age_s=round(age, 1))
                 self.telemetry.degradation("keyword_index", "stale")
-        t0 = time.perf_counter()
-        chunks = index.search(req.query, req.top_k, filters=req.filters)
-        elapsed_ms = (time.perf_counter() - t0) * 1e3
-        trace.timings_ms["keyword_search"] = round(elapsed_ms, 3)
-        self.telemetry.keyword_search(elapsed_ms, len(chunks))
+        with trace.timed("keyword_search"):
+            chunks = index.search(req.query, req.top_k, filters=req.filters)
+        self.telemetry.keyword_search(trace.timings_ms["keyword_search"], len(chunks))
         trace.retriever = "bm25"
         return chunks
 

@@ -156,6 +156,19 @@ class Guard:
             self.stats["succeeded"] += 1
             return result
 
+    def check_admits(self) -> None:
+        """Raise now the short-circuit :meth:`call` would raise, so a caller can skip work whose only
+        use is this call (e.g. embedding a query for an open vector DB). No-op when it would admit."""
+        if self.breaker.would_admit():
+            return
+        self.breaker.acquire()  # returns None here; counts the short-circuit in the breaker's totals
+        start = self._clock()
+        self.stats["calls"] += 1
+        self.stats["short_circuits"] += 1
+        self.observer.on_short_circuit(self.name)
+        raise self._fail(Reason.BREAKER_OPEN, start, 0, retry_after_s=self.breaker.open_remaining_s(),
+                         detail="short-circuited before preparing the call")
+
     def _fail(self, reason: Reason, start: float, attempts: int, *, exc: BaseException | None = None,
               retry_after_s: float | None = None, detail: str = "") -> DependencyUnavailable:
         self.stats["failed"] += 1

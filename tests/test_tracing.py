@@ -32,9 +32,10 @@ async def test_spans_per_request_and_stage(gateway_factory, data_dir):
     assert root.attributes["rag.request_id"] == "trace-me-1"
     assert root.attributes["rag.mode"] == "extractive" and root.attributes["rag.degraded"] is True
     assert "vector_db:breaker_open" in root.attributes["rag.degradations"]
-    for stage in ("rag.retrieve", "rag.embed", "rag.extractive"):
+    for stage in ("rag.retrieve", "rag.vector_search", "rag.keyword_search", "rag.extractive"):
         assert spans[stage].context.trace_id == root.context.trace_id
-    assert spans["rag.embed"].parent.span_id == spans["rag.retrieve"].context.span_id
+    assert spans["rag.vector_search"].parent.span_id == spans["rag.retrieve"].context.span_id
+    assert "rag.embed" not in spans  # the open vector DB breaker skips the (useless) embedding
 
 
 async def test_tracing_off_makes_no_spans(gateway_factory, data_dir):

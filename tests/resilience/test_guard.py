@@ -199,3 +199,21 @@ async def test_registry_builds_guards_and_snapshots_as_json(clock):
     assert registry.shared_status == "off"
     assert changes == [("llm", "closed", "open")]
     await registry.close()
+
+
+async def test_check_admits_short_circuits_before_any_work():
+    from resilience import Deadline, DependencyUnavailable, Guard, GuardConfig
+
+    guard = Guard("vector_db", GuardConfig())
+    guard.check_admits()  # closed: no-op
+    guard.breaker.force_open()
+    with pytest.raises(DependencyUnavailable) as err:
+        guard.check_admits()
+    assert err.value.reason.value == "breaker_open" and err.value.attempts == 0
+    assert guard.stats["short_circuits"] == 1
+    guard.breaker.close()
+    assert await guard.call(lambda: _value(7), Deadline(1.0)) == 7
+
+
+async def _value(v):
+    return v
