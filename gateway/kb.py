@@ -29,6 +29,7 @@ import numpy as np
 
 from fallback.bm25 import KeywordIndex
 from fallback.chunking import chunk_document, load_documents
+from fallback.chunktable import ChunkTable
 from fallback.documents import Chunk
 
 log = logging.getLogger("rag_sidecar.kb")
@@ -75,7 +76,7 @@ class KBVersion:
     version: str
     path: Path
     manifest: dict[str, Any]
-    chunks: list[Chunk]
+    chunks: ChunkTable
     keyword_index: KeywordIndex | None = None
     keyword_error: str | None = None  # why the keyword index is unusable, if it is
     loaded_at: float = field(default_factory=time.time)
@@ -194,8 +195,7 @@ class KnowledgeBase:
         d = self.versions_dir / version
         try:
             manifest = json.loads((d / "manifest.json").read_text())
-            chunks = [Chunk.from_record(json.loads(line))
-                      for line in (d / "chunks.jsonl").read_text(encoding="utf-8").splitlines() if line]
+            chunks = ChunkTable(d / "chunks.jsonl")
         except (OSError, ValueError, TypeError) as exc:
             raise KBError(f"KB version {version} is unreadable: {exc}") from exc
         kb = KBVersion(version=version, path=d, manifest=manifest, chunks=chunks)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator
 
 import numpy as np
 
+from fallback.chunktable import ChunkTable
 from fallback.documents import Chunk
 from fallback.filters import matches
 
@@ -22,36 +23,35 @@ class EmbeddedStore:
     name = "embedded"
 
     def __init__(self) -> None:
-        self._vectors: np.ndarray | None = None
-        self._chunks: list[Chunk] = []
+        self._state: tuple[np.ndarray, ChunkTable] | None = None
         self.version: str | None = None
 
-    def load(self, version: str, version_dir: Path, chunks: Sequence[Chunk]) -> None:
-        """Swap in a KB version (atomic for readers: one attribute assignment each)."""
+    def load(self, version: str, version_dir: Path, chunks: ChunkTable) -> None:
+        """Swap in a KB version: one assignment, so a concurrent search sees the old or the new pair."""
         path = version_dir / "vectors.npy"
         vectors = np.load(path, mmap_mode="r") if path.exists() else np.zeros((0, 0), np.float32)
         if vectors.shape[0] != len(chunks):
             raise ValueError(f"{path}: {vectors.shape[0]} vectors for {len(chunks)} chunks")
-        self._chunks, self._vectors, self.version = list(chunks), vectors, version
+        self._state, self.version = (vectors, chunks), version
 
     async def search(self, vector: np.ndarray | None, top_k: int, *, query_text: str | None = None,
                      filters: dict[str, Any] | None = None) -> list[Chunk]:
         if vector is None:
             raise ValueError("the embedded store needs a query vector (embedder backend 'none' is for Weaviate)")
-        vectors, chunks = self._vectors, self._chunks
-        if vectors is None or len(chunks) == 0:
+        if self._state is None or len(self._state[1]) == 0:
             return []
+        vectors, chunks = self._state
         # The mat-vec releases the GIL; at 100k rows it is long enough to keep off the event loop.
         if len(chunks) > 20_000:
             return await asyncio.to_thread(self._search, vectors, chunks, vector, top_k, filters)
         return self._search(vectors, chunks, vector, top_k, filters)
 
     @staticmethod
-    def _search(vectors: np.ndarray, chunks: list[Chunk], vector: np.ndarray, top_k: int,
+    def _search(vectors: np.ndarray, chunks: ChunkTable, vector: np.ndarray, top_k: int,
                 filters: dict[str, Any] | None) -> list[Chunk]:
         scores = vectors @ np.asarray(vector, dtype=np.float32)
         if filters:
-            mask = np.fromiter((matches(c, filters) for c in chunks), dtype=bool, count=len(chunks))
+            mask = np.fromiter((matches(c, filters) for c in chunks.lights()), dtype=bool, count=len(chunks))
             scores = np.where(mask, scores, -np.inf)
         k = min(top_k, len(chunks))
         top = np.argpartition(-scores, k - 1)[:k]
@@ -59,11 +59,12 @@ class EmbeddedStore:
         return [chunks[i].scored(float(scores[i]), "vector") for i in top if np.isfinite(scores[i])]
 
     async def count(self) -> int:
-        return len(self._chunks)
+        return 0 if self._state is None else len(self._state[1])
 
     async def iterate(self) -> AsyncIterator[Chunk]:
-        for chunk in self._chunks:
-            yield chunk
+        if self._state is not None:
+            for chunk in self._state[1]:
+                yield chunk
 
     async def close(self) -> None:
-        self._vectors = None
+        self._state = None
