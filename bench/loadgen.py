@@ -33,6 +33,7 @@ class LoadSpec:
     headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 15.0
     server_timing: tuple[str, ...] = ()  # Server-Timing entries to collect (ms), e.g. "keyword_search"
+    return_raw: bool = False  # include every latency (ms), for merging interleaved slices
 
 
 def _body(spec: LoadSpec, n: int) -> bytes:
@@ -71,9 +72,10 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
     t_end = t_warm + spec.duration_s
     last_end = t_warm
     warmup_requests = 0
+    degraded = 0
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal last_end, warmup_requests
+        nonlocal last_end, warmup_requests, degraded
         while True:
             start = time.perf_counter()
             n = next(counter)
@@ -84,7 +86,7 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
                 async with session.post(spec.url, data=data, headers=headers) as resp:
                     await resp.read()
                     status, rheaders = resp.status, resp.headers
-            except Exception as exc:  # noqa: BLE001 - counted and reported, the point goes on
+            except Exception as exc:
                 if start >= t_warm:
                     errors[type(exc).__name__] += 1
                 continue
@@ -98,6 +100,8 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
             mode = rheaders.get("X-RAG-Mode")
             if mode:
                 modes[mode] += 1
+            if rheaders.get("X-RAG-Degraded") == "true":
+                degraded += 1
             if spec.server_timing:
                 for name, ms in _server_timing(rheaders.get("Server-Timing"), spec.server_timing).items():
                     timings[name].append(ms)
@@ -110,8 +114,9 @@ async def run_load(spec: LoadSpec) -> dict[str, Any]:
         "concurrency": spec.concurrency, "requests": len(latencies), "warmup_requests": warmup_requests,
         "window_s": round(window, 3), "rps": round(len(latencies) / window, 1) if latencies else 0.0,
         **summarize_ms(latencies), "status": {str(k): v for k, v in sorted(statuses.items())},
-        "modes": dict(modes), "errors": dict(errors),
+        "modes": dict(modes), "degraded": degraded, "errors": dict(errors),
         "server_timing": {name: summarize_ms(v) for name, v in timings.items()},
+        **({"raw_ms": latencies} if spec.return_raw else {}),
     }
 
 
@@ -125,7 +130,7 @@ def _child(conn: Any) -> None:
             return
         try:
             result = asyncio.run(run_load(LoadSpec(**spec)))
-        except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the point
+        except Exception as exc:
             result = {"error": f"{type(exc).__name__}: {exc}"}
         conn.send(result)
 
@@ -169,7 +174,7 @@ class LoadGenerator:
             self._proc.join(5)
         self._conn.close()
 
-    def __enter__(self) -> "LoadGenerator":
+    def __enter__(self) -> LoadGenerator:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,6 +11,7 @@ from bench.procs import log
 from bench.stats import ratio
 
 CONCURRENCY = (1, 4, 32)
+SLICES, SLICES_QUICK = 5, 2  # each side's point is cut into this many alternating slices
 
 
 def gateway_overrides(ctx: Context, data_dir: str) -> dict[str, Any]:
@@ -59,18 +60,20 @@ def run(ctx: Context) -> dict[str, Any]:
                      "messages": [{"role": "user", "content": q}]} for q in golden_queries()]
         msg_headers = {"x-api-key": LLM_KEY, "anthropic-version": "2023-06-01"}
         out: dict[str, Any] = {"query": [], "messages": []}
+        slices = SLICES_QUICK if ctx.quick else SLICES
         for endpoint, bodies, headers in (("query", queries, {}), ("messages", messages, msg_headers)):
-            for i, c in enumerate(CONCURRENCY):
-                row: dict[str, Any] = {"concurrency": c}
-                # Alternate which side goes first, so slow drift (other load on the box) hits both alike.
-                order = [("floor", floor, floor_url), ("gateway", gateway, gw_url)]
-                for name, proc, base in (order if i % 2 == 0 else order[::-1]):
-                    log(f"  /v1/{endpoint} c={c} {name}")
-                    row[name] = ctx.point(f"{base}/v1/{endpoint}", bodies, c,
-                                          {"server": proc, "standins": standins}, headers=headers)
+            for c in CONCURRENCY:
+                log(f"  /v1/{endpoint} c={c}: floor and gateway, {slices} interleaved slices each")
+                sides = {"floor": (f"{floor_url}/v1/{endpoint}", {"server": floor, "standins": standins}),
+                         "gateway": (f"{gw_url}/v1/{endpoint}", {"server": gateway, "standins": standins})}
+                row: dict[str, Any] = {"concurrency": c,
+                                       **ctx.compare(sides, bodies, c, slices=slices, headers=headers)}
                 row.update(_compare(row["floor"], row["gateway"]))
                 out[endpoint].append(row)
+        out["slices"] = slices
         out["notes"] = [
+            f"Each point: {ctx.duration_s:g} s per side, cut into {slices} slices that alternate floor/gateway "
+            "(so load from outside the run hits both alike), pooled per side.",
             "Stand-ins (embeddings, Weaviate gRPC, Anthropic) answer at once, in one process; the load "
             "generator, the server under test and the stand-ins share the same cores.",
             "Gateway runs its defaults (JSON access log at INFO to a file, DogStatsD with no agent, Prometheus) "

@@ -91,6 +91,18 @@ class ServerProcess:
     def rss_mb(self) -> float:
         return self.ps.memory_info().rss / 2**20
 
+    def rss_split_mb(self) -> dict[str, float]:
+        """RSS split into anonymous (heap: Python objects, models) and file-backed (mmapped files, libraries)."""
+        out: dict[str, float] = {}
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("RssAnon", "RssFile", "RssShmem"):
+                    out[key[3:].lower() + "_mb"] = round(int(value.split()[0]) / 1024, 1)
+        except (OSError, ValueError):
+            pass
+        return out
+
     def uss_mb(self) -> float | None:
         try:
             return self.ps.memory_full_info().uss / 2**20
@@ -115,7 +127,7 @@ class ServerProcess:
             self.proc.stdout.close()
         self._log.close()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -143,7 +155,7 @@ class RssSampler:
             self.peak_mb = max(self.peak_mb, mb)
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -159,7 +171,7 @@ def http_json(method: str, url: str, body: Any = None, headers: dict[str, str] |
     req = urllib.request.Request(url, data=data, method=method,
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             raw, status, hdrs = resp.read(), resp.status, dict(resp.headers)
     except urllib.error.HTTPError as exc:
         raw, status, hdrs = exc.read(), exc.code, dict(exc.headers)

@@ -21,7 +21,7 @@ async def _trim(servers: list, stop: asyncio.Event) -> None:
             s.requests.clear()
         try:
             await asyncio.wait_for(stop.wait(), timeout=1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

@@ -6,6 +6,7 @@
     python -m bench.workers kw-query INDEX_DIR N           KeywordIndex.load + queries
     python -m bench.workers vec CORPUS N WORK_DIR          embedded vector store: write, load, queries
     python -m bench.workers make-kb CORPUS N DATA_DIR      a KB version (chunks + vectors + keyword index)
+    python -m bench.workers kb-load-mem DATA_DIR           anonymous memory KnowledgeBase.load leaves behind
     python -m bench.workers fastfail DATA_DIR ROUNDS N     pipeline retrieve with a breaker open vs BM25
 
 Each prints one JSON object as its last stdout line.
@@ -19,8 +20,10 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +42,7 @@ def rss_mb() -> float:
 class PeakRss:
     """Samples RSS every 5 ms in a thread (ru_maxrss would report the corpus loading's peak instead)."""
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self.peak, self._stop = rss_mb(), threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -109,7 +112,6 @@ def kw_query(index_dir: Path, n: int) -> dict:
 # --- scale: embedded vector store ----------------------------------------------------------------
 
 def vec(corpus: Path, n: int, work_dir: Path) -> dict:
-    from fallback.documents import Chunk
     from gateway.upstreams.embedded_store import EmbeddedStore
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -121,9 +123,20 @@ def vec(corpus: Path, n: int, work_dir: Path) -> dict:
     disk_mb = round((work_dir / "vectors.npy").stat().st_size / 2**20, 2)
     del vectors, source
     gc.collect()
-    # The chunk records the store (and the KB) keep in memory: a real part of the gateway's RSS.
+    # The chunk records the store (and the KB) keep in memory: a real part of the gateway's RSS. Built the
+    # way KnowledgeBase.load builds them (a ChunkTable over chunks.jsonl where that exists, else Chunk objects).
+    try:
+        from fallback.chunktable import ChunkTable
+    except ImportError:
+        ChunkTable = None  # type: ignore[assignment,misc]
+    if ChunkTable is not None:
+        with open(corpus / synthetic.CHUNKS_FILE, encoding="utf-8") as src, \
+                open(work_dir / "chunks.jsonl", "w", encoding="utf-8") as dst:
+            for _, line in zip(range(n), src):
+                dst.write(line)
+    gc.collect()
     rss0 = rss_mb()
-    chunks = synthetic.read_chunks(corpus, n)
+    chunks = ChunkTable(work_dir / "chunks.jsonl") if ChunkTable is not None else synthetic.read_chunks(corpus, n)
     chunks_rss = rss_mb() - rss0
     # The first scan reads the file from the page cache (just written), as a warm gateway would.
     gc.collect()
@@ -150,7 +163,7 @@ def vec(corpus: Path, n: int, work_dir: Path) -> dict:
             "rss_after_load_mb": round(rss_loaded, 1), "rss_delta_mb": round(rss_mb() - rss1, 1),
             "chunk_records_rss_mb": round(chunks_rss, 1),
             **{f"query_{k}": v for k, v in summarize_ms(lat).items() if k != "count"}, "queries": len(lat),
-            "chunk_type": Chunk.__name__}
+            "chunk_records": type(chunks).__name__}
 
 
 # --- a KB version at scale (for the memory section) ----------------------------------------------
@@ -180,6 +193,36 @@ def make_kb(corpus: Path, n: int, data_dir: Path) -> dict:
     version = asyncio.run(kb.create_version(chunks, embedder=PrecomputedEmbedder(vectors), batch_size=10_000,
                                             label=f"synthetic {n}"))
     return {"version": version, "seconds": round(time.perf_counter() - t0, 2), "disk_mb": dir_mb(data_dir / "kb")}
+
+
+def _anon_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def kb_load_mem(data_dir: Path) -> dict:
+    """Anonymous memory ``KnowledgeBase.load`` leaves behind, and how much of it is freed heap glibc keeps."""
+    import ctypes
+
+    from gateway.kb import KnowledgeBase
+
+    gc.collect()
+    a0 = _anon_mb()
+    t0 = time.perf_counter()
+    kb = KnowledgeBase(data_dir / "kb").load()
+    load_s = time.perf_counter() - t0
+    gc.collect()
+    a1 = _anon_mb()
+    trimmed = None
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        trimmed = _anon_mb()
+    except OSError:
+        pass
+    return {"chunks": len(kb.chunks) if kb else 0, "load_s": round(load_s, 2), "anon_after_load_mb": round(a1 - a0, 1),
+            "anon_after_malloc_trim_mb": None if trimmed is None else round(trimmed - a0, 1)}
 
 
 # --- breaker-open fast fail ----------------------------------------------------------------------
@@ -228,22 +271,30 @@ async def _fastfail(data_dir: Path, rounds: int, n_queries: int) -> dict:
             await retrieve(q)
             index.search(q, TOP_K)
         lat: dict[str, list[float]] = {k: [] for k in variants}
-        retrievers: dict[str, set] = {k: set() for k in variants}
+        retrievers: dict[str, Counter] = {k: Counter() for k in variants}
+        failures: dict[str, Counter] = {k: Counter() for k in variants}
         for _ in range(rounds):  # interleaved blocks, so drift hits every variant alike
             for name, (fn, open_breakers) in variants.items():
+                for g in guards:  # a fresh start per block: one block's timeouts must not open the next's breakers
+                    g.breaker.reset()
                 for g in open_breakers:
                     guards[g].breaker.force_open()
-                try:
-                    for q in qs:
-                        t0 = time.perf_counter()
-                        retrievers[name].add(await fn(q))
-                        lat[name].append((time.perf_counter() - t0) * 1e3)
-                finally:
-                    for g in open_breakers:
-                        guards[g].breaker.reset()
+                before = {g.name: dict(g.stats["failures_by_reason"]) for g in guards}
+                for q in qs:
+                    t0 = time.perf_counter()
+                    retrievers[name][await fn(q) or "none"] += 1
+                    lat[name].append((time.perf_counter() - t0) * 1e3)
+                for g in guards:
+                    for reason, count in g.stats["failures_by_reason"].items():
+                        delta = count - before[g.name].get(reason, 0)
+                        if delta and g.name not in open_breakers:
+                            failures[name][f"{g.name} {reason}"] += delta
+        for g in guards:
+            g.breaker.reset()
         out = {name: summarize_ms(v) for name, v in lat.items()}
         for name in out:
-            out[name]["retriever"] = sorted(r or "none" for r in retrievers[name])
+            out[name]["retriever"] = dict(retrievers[name])
+            out[name]["guard_failures"] = dict(failures[name])
         return {"variants": out, "queries_per_round": len(qs), "rounds": rounds,
                 "kb_chunks": len(state.kb.chunks)}
     finally:
@@ -297,6 +348,8 @@ def main(argv: list[str]) -> int:
         out = vec(Path(args[0]), int(args[1]), Path(args[2]))
     elif cmd == "make-kb":
         out = make_kb(Path(args[0]), int(args[1]), Path(args[2]))
+    elif cmd == "kb-load-mem":
+        out = kb_load_mem(Path(args[0]))
     elif cmd == "fastfail":
         out = fastfail(Path(args[0]), int(args[1]), int(args[2]))
     else:

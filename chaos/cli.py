@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -23,6 +24,8 @@ from typing import Any, Sequence
 from chaos.scenario import SCENARIO_DIR, Scenario, ScenarioError, all_scenarios, load_scenario, read_queries
 
 ADMIN_TOKEN_ENV = "RAG_SIDECAR__AUTH__ADMIN_TOKEN"
+DESCRIPTION = ("Chaos drills: run scenarios against a gateway (or a local stack), serve the Toxiproxy-compatible "
+               "fault proxy, list the scenarios. See docs/chaos.md.")
 
 
 def _pairs(values: Sequence[str] | None, flag: str) -> dict[str, str]:
@@ -49,6 +52,12 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=8, file=sys.stderr)
+    sys.stderr.flush()
+
+
 # ---- run ----------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     names = [str(p) for p in all_scenarios()] if args.all else list(args.scenarios)
@@ -59,7 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say("chaos run: --target URL (a running gateway) or --local (bring up the local stack)")
         return 2
     if args.local and (args.target or args.toxiproxy or args.stub):
-        _say("chaos run: --local brings up its own gateway, fault proxy and stand-ins; drop --target/--toxiproxy/--stub")
+        _say("chaos run: --local brings up its own gateway, fault proxy and stand-ins; "
+             "drop --target/--toxiproxy/--stub")
         return 2
     out = Path(args.out) if args.out else Path("drills") / time.strftime("%Y%m%dT%H%M%S")
     try:
@@ -88,6 +98,7 @@ async def _run(args: argparse.Namespace, names: list[str], out: Path) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # kill -USR1 <pid>: what is the drill waiting for?
 
     variables = {k: _parse_var(v) for k, v in _pairs(args.var, "--var").items()}
     queries = read_queries(Path(args.queries)) if args.queries else None
@@ -134,7 +145,9 @@ async def _run(args: argparse.Namespace, names: list[str], out: Path) -> int:
     finally:
         if stack is not None:
             await asyncio.shield(stack.stop())
-        for sig in (signal.SIGINT, signal.SIGTERM):
+            if not args.keep_stack_files:
+                shutil.rmtree(stack.workdir, ignore_errors=True)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
     if len(journals) > 1 or (args.all and journals):
         summary = write_summary(journals, out)
@@ -224,7 +237,7 @@ def _add_commands(chaos: argparse.ArgumentParser) -> None:
 def register(subparsers: Any) -> None:
     """Add ``chaos`` (with run/proxy/list) to ``rag-sidecar``'s subparsers; each sets ``func(args) -> int``."""
     chaos = subparsers.add_parser("chaos", help="chaos drills: run scenarios, the fault proxy, list scenarios",
-                                  description=__doc__.split("\n\n")[0])
+                                  description=DESCRIPTION)
     _add_commands(chaos)
 
 
@@ -232,7 +245,7 @@ add_parser = register
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m chaos.cli", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m chaos.cli", description=DESCRIPTION)
     _add_commands(parser)
     return parser
 

@@ -456,6 +456,7 @@ class Drill:
         self.run_log: list[dict[str, Any]] = []
         self.rollback_log: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []
+        self.cleanup_problems: list[str] = []
         self.marks: dict[str, dict[str, Any]] = {}
         self.windows: list[dict[str, Any]] = []
         self._active: dict[int, tuple[str, Undo]] = {}
@@ -499,7 +500,7 @@ class Drill:
             self._say(f"[{sc.id}] steady state before ({sc.steady_state_hypothesis.before_s:g}s)")
             await self._sleep_until(sc.steady_state_hypothesis.before_s)
             await self._mark(controls, "before_end")
-            self.phase_times["before"][1] = self.now()
+            self.phase_times["before"][1] = self.marks["before_end"]["t"]
             before_met = all(p["met"] for p in self._evaluate_phase("before", load, final=False))
             if not before_met:
                 status, error = "failed", "steady state not met before the method: method skipped"
@@ -524,27 +525,44 @@ class Drill:
             status, error = "failed", f"{type(exc).__name__}: {exc}"
             self._say(f"[{sc.id}] failed: {error}")
         finally:
+            # Clean-up must finish whatever happens: every step is bounded, and a second cancellation
+            # (another Ctrl-C) is noted but does not stop the rollbacks or lose the journal.
             load.stop.set()
-            try:
-                await self._rollback(controls)
-                if load_task is not None:
-                    await asyncio.gather(load_task, return_exceptions=True)
-                if cancelled:
-                    await load.cancel()
-                else:
-                    await load.drain()
-                if sampler is not None:
-                    sampler.cancel()
-                    await asyncio.gather(sampler, return_exceptions=True)
-            finally:
-                await controls.close()
-                await session.close()
+            rollback_bound = CONTROL_TIMEOUT_S * (len(self._active) + len(sc.rollbacks) + 1) + 1.0
+            cancelled |= await self._cleanup_step("rollbacks", self._rollback(controls), rollback_bound)
+            if load_task is not None:
+                cancelled |= await self._cleanup_step("stop load", asyncio.gather(load_task, return_exceptions=True),
+                                                      CONTROL_TIMEOUT_S)
+            cancelled |= await self._cleanup_step("in-flight requests", load.cancel() if cancelled else load.drain(),
+                                                  sc.load.request_timeout_s + sc.load.slack_s + 2.0)
+            if sampler is not None:
+                sampler.cancel()
+                cancelled |= await self._cleanup_step("sampler", asyncio.gather(sampler, return_exceptions=True),
+                                                      CONTROL_TIMEOUT_S)
+            cancelled |= await self._cleanup_step("close clients", _close_all(controls, session), CONTROL_TIMEOUT_S)
+            if cancelled and status != "aborted":
+                status, error = "aborted", (error or "interrupted during clean-up")
             self.journal = self._journal(load, status, error, started_wall)
             if self.out_dir is not None:
-                await self.write_outputs()
+                cancelled |= await self._cleanup_step("write outputs", self.write_outputs(), 60.0)
         if cancelled:
             raise asyncio.CancelledError()
         return self.journal
+
+    async def _cleanup_step(self, what: str, aw: Awaitable[Any], bound_s: float) -> bool:
+        """Await ``aw`` for at most ``bound_s`` seconds; returns True if the task was cancelled meanwhile."""
+        try:
+            await asyncio.wait_for(aw, bound_s)
+        except TimeoutError:
+            self.cleanup_problems.append(f"{what}: not done after {bound_s:g}s, abandoned")
+            self._say(f"[{self.scenario.id}] clean-up: {what} not done after {bound_s:g}s, abandoned")
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            self.cleanup_problems.append(f"{what}: interrupted")
+            return True
+        return False
 
     async def _preflight(self, session: aiohttp.ClientSession, controls: Controls) -> None:
         url = self.target.url.rstrip("/") + "/readyz"
@@ -585,7 +603,10 @@ class Drill:
         m0 = self.now()
         self.phase_times["method"][0] = m0
         windows = sc.fault_windows()
+        # start_s/end_s: when the window's first fault was in place / its last undo began (requests are
+        # classified by these); the boundary snapshots (for counters) are taken just outside them.
         self.windows = [{"planned": [s, e], "start_s": None, "end_s": None, "actions": []} for s, e in windows]
+        window_of: dict[int, int] = {}
         events: list[tuple[float, int, str, Any]] = []
         for i, action in enumerate(sc.method):
             events.append((action.at_s, 3, "apply", i))
@@ -594,6 +615,7 @@ class Drill:
                 for w, (s, e) in enumerate(windows):
                     if s <= action.at_s <= e:
                         self.windows[w]["actions"].append(action.label)
+                        window_of[i] = w
         for w, (s, e) in enumerate(windows):
             events.append((s, 2, "mark", (w, "start")))
             events.append((e, 1, "mark", (w, "end")))
@@ -603,10 +625,17 @@ class Drill:
             if kind == "mark":
                 w, edge = payload
                 await self._mark(controls, f"w{w}_{edge}")
-                self.windows[w][f"{edge}_s"] = round(self.marks[f"w{w}_{edge}"]["t"], 3)
+                if edge == "end" and self.windows[w]["end_s"] is None:
+                    self.windows[w]["end_s"] = round(self.marks[f"w{w}_end"]["t"], 3)
             elif kind == "apply":
                 await self._apply(controls, payload)
+                w = window_of.get(payload)
+                if w is not None and self.windows[w]["start_s"] is None:
+                    self.windows[w]["start_s"] = round(self.now(), 3)
             else:
+                w = window_of.get(payload)
+                if w is not None and self.windows[w]["end_s"] is None and at >= windows[w][1]:
+                    self.windows[w]["end_s"] = round(self.now(), 3)
                 await self._undo(payload)
         await self._sleep_until(m0 + sc.method_duration_s)
         self.phase_times["method"][1] = self.now()
@@ -789,9 +818,9 @@ class Drill:
             met = value is not None and value <= tol.max
         elif kind == "degraded_rate":
             value = sum(bool(r.degraded) for r in answers) / len(answers) if answers else None
-            limit = tol.max
+            limit = tol.max if tol.max is not None else tol.min
             detail = {"answers": len(answers), "since": probe.since}
-            met = value is not None and value <= tol.max
+            met = value is not None and (tol.max is None or value <= tol.max) and (tol.min is None or value >= tol.min)
         else:  # pragma: no cover - the schema forbids it
             raise DrillError(f"unknown probe type {kind}")
         if value is None and "reason" not in detail:
@@ -858,6 +887,7 @@ class Drill:
             "steady_states": steady,
             "run": self.run_log,
             "rollbacks": self.rollback_log,
+            "cleanup_problems": self.cleanup_problems,
             "load": {"arrivals": len(records) + load.skipped, "sent": len(records), "skipped": load.skipped,
                      "completed": len(done), "hung": sum(r.hung for r in records),
                      "by_status": _status_counts(records), "streams": sum(r.stream for r in records),
@@ -908,6 +938,13 @@ class Drill:
         return paths
 
 
+async def _close_all(controls: Controls, session: aiohttp.ClientSession) -> None:
+    try:
+        await controls.close()
+    finally:
+        await session.close()
+
+
 def _guard_sum(mark: dict[str, Any], dependency: str, key: str, *, first_only: bool = False) -> int | None:
     breakers = mark.get("breakers")
     if not breakers:
@@ -952,15 +989,22 @@ def summarize(journals: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for j in journals:
         failed = [f"{p['phase']}:{p['name']}" for phase in ("before", "during", "after")
                   for p in ((j["steady_states"].get(phase) or {}).get("probes") or []) if not p["met"]]
-        during = j["steady_states"].get("during") or {}
-        p99 = next((p["value"] for p in during.get("probes", []) if p["type"] == "latency_p99"), None)
+        spans = [(w["start_s"], w["end_s"]) for w in j["fault_windows"] if w.get("start_s") is not None
+                 and w.get("end_s") is not None]
+        during = [r for r in j.get("requests", []) if _in(r["t"], spans)]
+        p99 = percentile([r["ms"] for r in during if r["ms"] is not None and r.get("error") != "hung"], 99)
+        answers = [r for r in during if r["status"] == 200 and not r.get("error")]
+        modes = Counter(r["mode"] for r in answers)
         avail = [p["value"] for phase in ("before", "during", "after")
                  for p in ((j["steady_states"].get(phase) or {}).get("probes") or [])
                  if p["type"] == "availability" and p["value"] is not None]
         rows.append({"scenario": j["scenario"], "title": j["title"], "verdict": j["verdict"], "status": j["status"],
                      "deviated": j["deviated"], "failed_probes": failed, "requests": j["load"]["sent"],
                      "hung": j["load"]["hung"], "min_availability": min(avail) if avail else None,
-                     "p99_during_ms": p99, "duration_s": j["duration_s"], "error": j.get("error"),
+                     "p99_during_ms": _round(p99, 1), "duration_s": j["duration_s"], "error": j.get("error"),
+                     "degraded_during": _round(sum(bool(r["degraded"]) for r in answers) / len(answers), 3)
+                     if answers else None,
+                     "modes_during": dict(modes.most_common()),
                      "report": (j.get("outputs") or {}).get("report")})
     verdicts = Counter(r["verdict"] for r in rows)
     return {"chaos": JOURNAL_FORMAT, "generated": _iso(time.time()), "scenarios": rows,

@@ -194,8 +194,8 @@ class LocalStack:
             "llm": {"backend": "anthropic", "api_key": "sk-ant-local-drill-0000", "model": PRIMARY_MODEL,
                     "fallback_model": FALLBACK_MODEL, "base_url": f"http://127.0.0.1:{p['anthropic']}",
                     "timeout_s": 10.0},
-            # Every guard key is spelled out: a partial resilience.llm mapping would reset the llm
-            # section's own defaults (slow_call_s, bulkhead) to GuardConfig's.
+            # Short stage timeouts and open_s keep drills short; the scenarios' ${...} tolerances are
+            # computed from these same values (variables()).
             "resilience": {"embedder": guard(t.embedder_s, 1.0), "vector_db": guard(t.vector_db_s, 1.0),
                            "llm": guard(t.llm_s, max(t.llm_s * 0.8, 0.1), 16)},
             # fresh_ttl 0: every query reaches the LLM (mode full); stale entries still serve when it fails.

@@ -13,6 +13,7 @@ from typing import Any
 VERDICT_BADGE = {"pass": "PASS ✅", "deviated": "DEVIATED ❌", "failed": "FAILED ❌", "aborted": "ABORTED ⚠️"}
 MODE_COLORS = {"full": "#2e7d32", "cached": "#1565c0", "keyword_fallback": "#f9a825", "extractive": "#ef6c00",
                "retrieval_only": "#6a1b9a", "unavailable": "#c62828"}
+_LEGEND = {"loc": "upper left", "bbox_to_anchor": (1.07, 1.0), "fontsize": 8, "borderaxespad": 0.0}
 STATE_COLORS = {"closed": "#66bb6a", "half_open": "#ffa726", "open": "#e53935"}
 
 
@@ -103,8 +104,8 @@ def render_report(journal: dict[str, Any]) -> str:
     if j["rollbacks"]:
         lines += ["| t (s) | step | result |", "|---|---|---|"]
         for e in j["rollbacks"]:
-            lines.append(f"| {e['t_s']:.2f} | {e['name']} | {e['status']}" + (f": {e['error']}" if e.get("error") else "")
-                         + " |")
+            error = f": {e['error']}" if e.get("error") else ""
+            lines.append(f"| {e['t_s']:.2f} | {e['name']} | {e['status']}{error} |")
     else:
         lines.append("Nothing left to roll back (every fault was undone at the end of its window).")
     windows = ", ".join(f"{w['start_s']}–{w['end_s']} s ({'; '.join(w['actions'])})"
@@ -132,7 +133,8 @@ def render_summary(summary: dict[str, Any], out_dir: Path | None = None) -> str:
     lines = ["# Chaos drills — summary", "",
              f"{len(summary['scenarios'])} drills, generated {summary['generated']}: "
              + ", ".join(f"{VERDICT_BADGE.get(k, k)} × {v}" for k, v in sorted(summary["totals"].items())), "",
-             "| scenario | verdict | requests | hung | min availability | p99 during (ms) | failed probes | time (s) |",
+             "| scenario | verdict | requests | hung | min availability | during the faults: p99 (ms) · degraded · "
+             "modes | failed probes | time (s) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in summary["scenarios"]:
         name = r["scenario"]
@@ -142,9 +144,12 @@ def render_summary(summary: dict[str, Any], out_dir: Path | None = None) -> str:
             except ValueError:
                 pass
         failed = "<br>".join(r["failed_probes"]) or (r.get("error") or "")
+        avail = r["min_availability"]
+        modes = ", ".join(f"{k} {v}" for k, v in (r.get("modes_during") or {}).items())
+        degraded = r.get("degraded_during")
+        during = (f"{_fmt(r['p99_during_ms'])} · {'—' if degraded is None else f'{degraded:.0%}'} · {modes or '—'}")
         lines.append(f"| {name} | {VERDICT_BADGE.get(r['verdict'], r['verdict'])} | {r['requests']} | {r['hung']} | "
-                     f"{_fmt(r['min_availability'])} | {_fmt(r['p99_during_ms'])} | {failed} | "
-                     f"{r['duration_s']:.1f} |")
+                     f"{'—' if avail is None else f'{avail:.1%}'} | {during} | {failed} | {r['duration_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +163,7 @@ def plot_timeline(journal: dict[str, Any], path: Path) -> None:
     samples = journal["samples"]
     xs = [s["t"] + 0.5 for s in samples]
     guards = sorted({g for s in samples for g in (s.get("breakers") or {})})
-    fig = Figure(figsize=(12, 9.5), dpi=100, layout="constrained")
+    fig = Figure(figsize=(13, 9.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     heights = [3, 2, 3, max(1.2, 0.45 * len(guards))] if guards else [3, 2, 3]
     axes = fig.subplots(len(heights), 1, sharex=True, gridspec_kw={"height_ratios": heights})
@@ -177,7 +182,7 @@ def plot_timeline(journal: dict[str, Any], path: Path) -> None:
         ax_lat.set_yscale("log")
     for x, _ in hung:
         ax_lat.axvline(x, color="black", lw=2, alpha=0.7)
-    ax_lat.legend(loc="upper left", fontsize=8, ncols=2)
+    ax_lat.legend(**_LEGEND)
     ax_lat.grid(alpha=0.3)
 
     # Availability (+ request count)
@@ -188,6 +193,7 @@ def plot_timeline(journal: dict[str, Any], path: Path) -> None:
     ax_av.grid(alpha=0.3)
     ax_req = ax_av.twinx()
     ax_req.bar(xs, [s["requests"] for s in samples], width=0.8, color="grey", alpha=0.2, label="requests/s")
+    ax_av.legend(handles=[*ax_av.get_lines()[:1], Patch(color="grey", alpha=0.2, label="requests/s")], **_LEGEND)
     ax_req.set_ylabel("req/s", color="grey")
     ax_av.set_zorder(ax_req.get_zorder() + 1)
     ax_av.patch.set_visible(False)
@@ -202,7 +208,7 @@ def plot_timeline(journal: dict[str, Any], path: Path) -> None:
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax_mode.set_ylabel("answers by mode")
     if keys or others:
-        ax_mode.legend(loc="upper left", fontsize=8, ncols=min(len(keys) + len(others), 6))
+        ax_mode.legend(**_LEGEND)
     ax_mode.grid(alpha=0.3, axis="y")
 
     # Breaker states
@@ -217,7 +223,7 @@ def plot_timeline(journal: dict[str, Any], path: Path) -> None:
         ax_br.set_ylim(-0.6, len(guards) - 0.4)
         ax_br.set_ylabel("breaker")
         ax_br.legend(handles=[Patch(color=c, label=k.replace("_", "-")) for k, c in STATE_COLORS.items()],
-                     loc="upper left", fontsize=8, ncols=3)
+                     **_LEGEND)
     axes[-1].set_xlabel("seconds since the drill started")
     if samples:
         axes[-1].set_xlim(0, samples[-1]["t"] + 1)

@@ -101,7 +101,7 @@ _PROBE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "breaker_transitions": ((), ("during",)),
     "hung_requests": (("max",), PHASES),
     "recovery_time": (("max",), ("after",)),
-    "degraded_rate": (("max",), ("after",)),
+    "degraded_rate": ((), ("after",)),
 }
 
 
@@ -117,8 +117,8 @@ class Probe(_Model):
     - ``breaker_transitions``: state changes of ``dependency``'s breaker ≤ ``max`` (or ``max_per_min``)
     - ``hung_requests``: requests unfinished at their deadline + slack ≤ ``max``
     - ``recovery_time``: seconds from the last fault's removal until the breaker is closed ≤ ``max``
-    - ``degraded_rate``: share of degraded answers ≤ ``max`` (``since: recovered`` starts the count
-      when the breaker was seen closed again)
+    - ``degraded_rate``: share of degraded answers within ``min``..``max`` (``since: recovered`` starts
+      the count when the breaker was seen closed again)
     """
 
     name: str
@@ -138,6 +138,8 @@ class Probe(_Model):
         for key in required:
             if getattr(tol, key) in (None, []):
                 raise ValueError(f"tolerance.{key} is required for a {self.type} probe")
+        if self.type == "degraded_rate" and tol.max is None and tol.min is None:
+            raise ValueError("tolerance.min or tolerance.max is required for a degraded_rate probe")
         if self.type == "breaker_transitions" and tol.max is None and tol.max_per_min is None:
             raise ValueError("tolerance.max or tolerance.max_per_min is required for a breaker_transitions probe")
         if self.type in ("availability", "mode", "degraded_labelled", "degraded_rate"):

@@ -36,7 +36,11 @@ class BulkheadConfig(_Cfg):
 
 
 class GuardConfig(_Cfg):
-    timeout_s: float = Field(2.0, gt=0, description="per-attempt timeout (capped by the request deadline)")
+    timeout_s: float = Field(2.0, gt=0, description=(
+        "stage timeout: all attempts of one call, retries and backoff included (capped by the request deadline)"))
+    attempt_timeout_s: float | None = Field(None, gt=0, description=(
+        "per-attempt timeout (Envoy's per_try_timeout); unset = timeout_s, so an attempt that times out "
+        "leaves no time to retry and only fast failures are retried"))
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     bulkhead: BulkheadConfig = Field(default_factory=BulkheadConfig)

@@ -95,11 +95,22 @@ class Guard:
         start = self._clock()
         self.stats["calls"] += 1
         self.retry.budget.record_call()
-        cap = self.config.timeout_s if attempt_timeout_s is None else min(self.config.timeout_s, attempt_timeout_s)
+        cap = self.config.attempt_timeout_s or self.config.timeout_s
+        if attempt_timeout_s is not None:
+            cap = min(cap, attempt_timeout_s)
+        cap = min(cap, self.config.timeout_s)
         min_attempt = min(cap, self.config.min_attempt_s)
+        # One stage budget for every attempt (Envoy's route timeout vs per_try_timeout): a stage that
+        # times out is never paid twice, however the retry budget stands.
+        stage_ends = loop.time() + self.config.timeout_s
+
+        def time_left() -> float:
+            return min(deadline.remaining() - reserve_s, stage_ends - loop.time())
+
         attempts = 0
         while True:
-            left = deadline.remaining() - reserve_s
+            # The first attempt owns the whole stage (time_left() has already lost a few µs of it).
+            left = time_left() if attempts else min(deadline.remaining() - reserve_s, self.config.timeout_s)
             if left < min_attempt:
                 raise self._fail(Reason.TIMEOUT, start, attempts,
                                  detail=f"{max(left, 0.0):.3f}s left, an attempt needs {min_attempt:.3f}s")
@@ -139,7 +150,7 @@ class Guard:
                 if not isinstance(exc, Exception):  # CancelledError and friends: the caller is gone
                     self.stats["cancelled"] += 1
                     raise
-                decision = self.retry.decide(attempts, exc, remaining_s=deadline.remaining() - reserve_s,
+                decision = self.retry.decide(attempts, exc, remaining_s=time_left(),
                                              min_attempt_s=min_attempt, breaker_admits=self.breaker.would_admit())
                 if not decision.retry:
                     raise self._fail(decision.reason or failure_reason(exc), start, attempts, exc=exc,

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(60)
 def test_quick_overhead_run_writes_markdown_json_and_png(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    res = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "overhead", "--duration", "0.25",
+    res = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "overhead", "--duration", "0.2",
                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=55)
     assert res.returncode == 0, res.stderr[-3000:]
 

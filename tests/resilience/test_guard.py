@@ -42,8 +42,33 @@ async def test_a_hanging_dependency_never_outlives_the_deadline():
     assert 0.25 <= elapsed < 0.3 + 0.15
 
 
-async def test_retries_of_a_hanging_dependency_share_one_deadline():
+async def test_a_timed_out_attempt_is_not_retried_past_the_stage_timeout():
+    # attempt_timeout_s unset: one attempt may use the whole stage, so a hang is paid once, not twice.
     guard = Guard("vector_db", GuardConfig(timeout_s=0.1, retry=RetryConfig(max_attempts=10, base_s=0.0)))
+    t0 = time.monotonic()
+    with pytest.raises(DependencyUnavailable) as err:
+        await guard.call(hang_forever, Deadline(5))
+    assert err.value.attempts == 1 and err.value.reason.value == "timeout"
+    assert time.monotonic() - t0 < 0.1 + 0.1
+
+
+async def test_fast_failures_are_retried_within_the_stage_timeout():
+    guard = Guard("vector_db", GuardConfig(timeout_s=1.0, retry=RetryConfig(max_attempts=3, base_s=0.0)))
+    calls = 0
+
+    async def flaky():
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise UpstreamError("503", status=503)
+        return "ok"
+
+    assert await guard.call(flaky, Deadline(5)) == "ok" and calls == 3
+
+
+async def test_retries_of_a_hanging_dependency_share_one_deadline():
+    guard = Guard("vector_db", GuardConfig(timeout_s=10, attempt_timeout_s=0.1,
+                                           retry=RetryConfig(max_attempts=10, base_s=0.0)))
     t0 = time.monotonic()
     with pytest.raises(DependencyUnavailable) as err:
         await guard.call(hang_forever, Deadline(0.6), reserve_s=0.25)
