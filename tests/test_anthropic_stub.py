@@ -549,3 +549,22 @@ def test_python_m_entry_serves_until_terminated() -> None:
         finally:
             proc.terminate()
             assert proc.wait(timeout=10) == 0
+
+
+async def test_recorded_requests_are_bounded():
+    class SmallMemory(FakeAnthropic):
+        keep_requests = 3
+
+    fake = SmallMemory()
+    await fake.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            for i in range(5):
+                async with session.post(fake.url + "/v1/messages", headers={"x-api-key": "k"},
+                                        json={"model": "m", "max_tokens": 5,
+                                              "messages": [{"role": "user", "content": f"q{i}"}]}) as resp:
+                    assert resp.status == 200
+        assert len(fake.requests) == 3 and fake.requests_total == 5
+        assert fake.requests[-1].body["messages"][0]["content"] == "q4"
+    finally:
+        await fake.stop()

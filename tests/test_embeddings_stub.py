@@ -81,7 +81,7 @@ async def test_passages_are_batched_and_keep_their_order(fake: FakeEmbeddings, e
 
 async def test_no_passages_means_no_request(fake: FakeEmbeddings, embedder: OpenAIEmbedder) -> None:
     assert (await embedder.embed_passages([])).shape == (0, 0)
-    assert fake.requests == []
+    assert fake.requests_total == 0
 
 
 async def test_stub_speaks_openai_json_incl_dimensions_and_base64(fake: FakeEmbeddings) -> None:

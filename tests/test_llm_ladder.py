@@ -66,10 +66,10 @@ async def test_llm_down_serves_the_stale_cached_answer(gateway_factory, data_dir
 async def test_fresh_cache_hit_skips_the_llm(gateway_factory, data_dir, fake_anthropic):
     client = await gateway_factory(make_settings(data_dir, **anthropic_overrides(fake_anthropic)))
     _, first = await _ask(client)
-    calls = len(fake_anthropic.requests)
+    calls = fake_anthropic.requests_total
     resp, body = await _ask(client)
     assert body["mode"] == "cached" and body["degraded"] is False and body["answer"] == first["answer"]
-    assert len(fake_anthropic.requests) == calls
+    assert fake_anthropic.requests_total == calls
     assert resp.headers["X-RAG-Mode"] == "cached"
 
 

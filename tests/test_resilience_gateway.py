@@ -255,7 +255,7 @@ async def test_a_hung_stage_never_outlives_the_request_deadline(
     stand_in = {"embedder": fake_embeddings, "vector_db": fake_weaviate, "llm": anthropic}
     for name in hung:
         stand_in[name].set_faults(hang=True)
-    embeds = len(fake_embeddings.requests)
+    embeds = fake_embeddings.requests_total
     resp, body, elapsed = await ask(client, headers={"X-Request-Timeout": "1"})
     assert elapsed < 1.0 + 0.15, f"answered after {elapsed:.3f}s with a 1 s budget"
     assert resp.status == 200 and resp.headers["X-RAG-Degraded"] == "true"
@@ -265,7 +265,7 @@ async def test_a_hung_stage_never_outlives_the_request_deadline(
     assert body["sources"][0]["retriever"] == ("vector" if hung == ("llm",) else "bm25")
     # The fault was really hit, and no stage started an attempt it could not finish.
     if hung[0] == "embedder":
-        assert len(fake_embeddings.requests) == embeds + 1 and fake_weaviate.search_calls == 0
+        assert fake_embeddings.requests_total == embeds + 1 and fake_weaviate.search_calls == 0
     if "vector_db" in hung:
         assert fake_weaviate.search_calls == 1
     assert anthropic.model_counts[PRIMARY] == (1 if hung == ("llm",) else 0)

@@ -28,7 +28,7 @@ import json
 import random
 import signal
 import sys
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field, fields
 from typing import Any, Awaitable, Callable, ClassVar, Sequence
 
@@ -335,12 +335,15 @@ class StubServer:
     """
 
     name: ClassVar[str] = "stub"
+    keep_requests: ClassVar[int] = 1000
 
     def __init__(self, *, faults: Faults | None = None, seed: int = 0) -> None:
         self.injector = FaultInjector(faults, seed=seed, error_body=self.error_body,
                                       request_model=self.request_model, is_streaming=self.is_streaming,
                                       malformed_response=self.malformed_response, on_request=self._record)
-        self.requests: list[RecordedRequest] = []
+        # The most recent requests only: a drill or bench drives thousands through a stand-in.
+        self.requests: deque[RecordedRequest] = deque(maxlen=self.keep_requests)
+        self.requests_total = 0
         self.model_counts: Counter[str] = Counter()
         self._request_seen = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -388,6 +391,7 @@ class StubServer:
             method=request.method, path=request.path,
             headers={k.lower(): v for k, v in request.headers.items()}, body=await json_body(request),
             model=model, stream=bool(await self.is_streaming(request))))
+        self.requests_total += 1
         if model is not None:
             self.model_counts[model] += 1
         self._request_seen.set()
@@ -395,7 +399,7 @@ class StubServer:
 
     async def wait_for_requests(self, n: int) -> None:
         """Return once ``n`` requests in total have arrived (wrap it in your own timeout)."""
-        while len(self.requests) < n:
+        while self.requests_total < n:
             await self._request_seen.wait()
 
     # -- lifecycle --------------------------------------------------------------------------------
