@@ -20,18 +20,17 @@ import argparse
 import gc
 import json
 import os
-import re
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from bench.synthetic import vocabulary, zipf
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "bm25_engines.json"
@@ -47,34 +46,14 @@ SEED = 7
 # --- synthetic corpus ---------------------------------------------------------------------------
 
 def _vocabulary() -> list[str]:
-    counts: Counter[str] = Counter()
-    for path in sorted(CORPUS_DIR.glob("*.md")):
-        counts.update(re.findall(r"[a-z]+", path.read_text(encoding="utf-8").lower()))
-    head = [w for w, _ in counts.most_common()]
-    rng = np.random.default_rng(SEED)
-    onsets = "b c d f g h j k l m n p r s t v w z br ch cl cr dr fl gr pl pr sh st th tr".split()
-    vowels = "a e i o u ai ea ee io ou".split()
-    codas = ["", "", "n", "r", "s", "t", "l", "nd", "st", "ng", "rk"]
-    seen, tail = set(head), []
-    while len(head) + len(tail) < VOCAB:
-        n = int(rng.integers(2, 4))
-        w = "".join(rng.choice(onsets) + rng.choice(vowels) for _ in range(n)) + str(rng.choice(codas))
-        if w not in seen:
-            seen.add(w)
-            tail.append(w)
-    return head + tail
-
-
-def _zipf(n: int, s: float = 1.07, q: float = 2.7) -> np.ndarray:
-    p = 1.0 / (np.arange(n) + 1 + q) ** s
-    return p / p.sum()
+    return vocabulary(VOCAB, SEED)
 
 
 def make_corpus(n_docs: int) -> list[str]:
     vocab = _vocabulary()
     rng = np.random.default_rng(SEED + n_docs)
     lengths = np.clip(rng.normal(150, 40, n_docs).astype(int), 60, 260)
-    ids = rng.choice(len(vocab), size=int(lengths.sum()), p=_zipf(len(vocab))).tolist()
+    ids = rng.choice(len(vocab), size=int(lengths.sum()), p=zipf(len(vocab))).tolist()
     out, start = [], 0
     for n in lengths.tolist():
         out.append(" ".join([vocab[i] for i in ids[start:start + n]]))
@@ -87,7 +66,7 @@ def make_queries(n: int = N_QUERIES) -> list[str]:
     rng = np.random.default_rng(SEED - 1)
     function_words = ["how", "do", "i", "what", "is", "the", "a", "to", "can", "with", "for", "in"]
     content = np.array(vocab[50:20_000])
-    p = _zipf(len(content))
+    p = zipf(len(content))
     out = []
     for _ in range(n):
         fw = list(rng.choice(function_words, size=int(rng.integers(1, 3))))

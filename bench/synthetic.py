@@ -26,17 +26,18 @@ CHUNKS_FILE = "chunks.jsonl"
 VECTORS_FILE = "vectors.npy"
 
 
-def vocabulary() -> list[str]:
+def vocabulary(size: int = VOCAB, seed: int = SEED) -> list[str]:
+    """The sample corpus' words by frequency, padded to ``size`` with pronounceable made-up words."""
     counts: Counter[str] = Counter()
     for path in sorted(CORPUS_DIR.glob("*.md")):
         counts.update(re.findall(r"[a-z]+", path.read_text(encoding="utf-8").lower()))
     head = [w for w, _ in counts.most_common()]
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
     onsets = "b c d f g h j k l m n p r s t v w z br ch cl cr dr fl gr pl pr sh st th tr".split()
     vowels = "a e i o u ai ea ee io ou".split()
     codas = ["", "", "n", "r", "s", "t", "l", "nd", "st", "ng", "rk"]
     seen, tail = set(head), []
-    while len(head) + len(tail) < VOCAB:
+    while len(head) + len(tail) < size:
         w = "".join(str(rng.choice(onsets)) + str(rng.choice(vowels)) for _ in range(int(rng.integers(2, 4))))
         w += str(rng.choice(codas))
         if w not in seen:
@@ -45,7 +46,7 @@ def vocabulary() -> list[str]:
     return head + tail
 
 
-def _zipf(n: int, s: float = 1.07, q: float = 2.7) -> np.ndarray:
+def zipf(n: int, s: float = 1.07, q: float = 2.7) -> np.ndarray:
     p = 1.0 / (np.arange(n) + 1 + q) ** s
     return p / p.sum()
 
@@ -53,7 +54,7 @@ def _zipf(n: int, s: float = 1.07, q: float = 2.7) -> np.ndarray:
 def chunk_texts(n: int, seed: int = SEED) -> Iterator[str]:
     """``n`` chunk texts of ~135 words in sentences (deterministic for a given seed)."""
     vocab = np.array(vocabulary(), dtype=object)
-    p = _zipf(len(vocab))
+    p = zipf(len(vocab))
     rng = np.random.default_rng(seed)
     block = 5_000
     for start in range(0, n, block):
@@ -81,7 +82,7 @@ def queries(n: int = 200, seed: int = SEED + 1) -> list[str]:
     rng = np.random.default_rng(seed)
     function_words = ["how", "do", "i", "what", "is", "the", "a", "to", "can", "with", "for", "in"]
     content = np.array(vocab[50:20_000])
-    p = _zipf(len(content))
+    p = zipf(len(content))
     out = []
     for _ in range(n):
         fw = [str(w) for w in rng.choice(function_words, size=int(rng.integers(1, 3)))]

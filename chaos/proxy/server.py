@@ -23,6 +23,7 @@ from chaos.proxy.errors import (
     proxy_not_found,
 )
 from chaos.proxy.tcp_proxy import Proxy, split_host_port
+from chaos.proxy.toxics import json_kind
 
 log = logging.getLogger("chaos.proxy")
 
@@ -137,7 +138,7 @@ class FaultProxyServer:
         kept untouched (toxics included); otherwise it is stopped and replaced.
         """
         if not isinstance(entries, list):
-            raise bad_request_body(f"json: cannot unmarshal {_kind(entries)} into Go value of type []struct")
+            raise bad_request_body(f"json: cannot unmarshal {json_kind(entries)} into Go value of type []struct")
         parsed: list[tuple[str, str, str, bool]] = []
         seen: set[str] = set()
         for i, entry in enumerate(entries, start=1):
@@ -301,7 +302,7 @@ def _reject_constant(name: str) -> Any:
 def _proxy_fields(body: Any, *, defaults: tuple[str, str, str, bool]) -> tuple[str, str, str, bool]:
     """(name, listen, upstream, enabled) from a proxy JSON object; absent or null fields keep ``defaults``."""
     if not isinstance(body, dict):
-        raise bad_request_body(f"json: cannot unmarshal {_kind(body)} into Go value of type toxiproxy.Proxy")
+        raise bad_request_body(f"json: cannot unmarshal {json_kind(body)} into Go value of type toxiproxy.Proxy")
     values: list[Any] = []
     for key, default in zip(("name", "listen", "upstream", "enabled"), defaults):
         value = body.get(key)
@@ -310,7 +311,7 @@ def _proxy_fields(body: Any, *, defaults: tuple[str, str, str, bool]) -> tuple[s
         elif not isinstance(value, type(default)):
             go_type = "bool" if isinstance(default, bool) else "string"
             raise bad_request_body(
-                f"json: cannot unmarshal {_kind(value)} into Go struct field Proxy.{key} of type {go_type}"
+                f"json: cannot unmarshal {json_kind(value)} into Go struct field Proxy.{key} of type {go_type}"
             )
         values.append(value)
     return values[0], values[1], values[2], values[3]
@@ -321,15 +322,3 @@ def _check_upstream(upstream: str) -> None:
         split_host_port(upstream)
     except ValueError as exc:
         raise bad_request_body(f"upstream {exc}") from exc
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"

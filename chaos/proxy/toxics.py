@@ -76,7 +76,7 @@ class Toxic:
         type, 409 when ``name`` is in ``taken``).
         """
         if not isinstance(body, dict):
-            raise _cannot_unmarshal(_json_kind(body), "Go value", "toxics.ToxicWrapper")
+            raise _cannot_unmarshal(json_kind(body), "Go value", "toxics.ToxicWrapper")
         name = _typed(body, "name", str, "", "ToxicWrapper")
         kind = _typed(body, "type", str, "", "ToxicWrapper")
         stream = _typed(body, "stream", str, DOWNSTREAM, "ToxicWrapper")
@@ -99,7 +99,7 @@ class Toxic:
         Other fields (name, type, stream) cannot change, as in Toxiproxy. Raises :class:`ApiError` 400.
         """
         if not isinstance(body, dict):
-            raise _cannot_unmarshal(_json_kind(body), "Go value", "struct")
+            raise _cannot_unmarshal(json_kind(body), "Go value", "struct")
         attributes = TOXIC_TYPES[self.type].parse_attributes(body.get("attributes"), dict(self.attributes))
         return Toxic(self.name, self.type, self.stream, _toxicity(body, self.toxicity), attributes)
 
@@ -124,13 +124,13 @@ class ToxicStub:
         if raw is None:
             return into
         if not isinstance(raw, dict):
-            raise _cannot_unmarshal(_json_kind(raw), "ToxicWrapper.attributes", f"*toxics.{cls.GO_TYPE}")
+            raise _cannot_unmarshal(json_kind(raw), "ToxicWrapper.attributes", f"*toxics.{cls.GO_TYPE}")
         for key, go_type in cls.ATTRIBUTES.items():
             value = raw.get(key)
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise _cannot_unmarshal(_json_kind(value), f"{cls.GO_TYPE}.attributes.{key}", go_type)
+                raise _cannot_unmarshal(json_kind(value), f"{cls.GO_TYPE}.attributes.{key}", go_type)
             if isinstance(value, float) and not value.is_integer():
                 raise _cannot_unmarshal(f"number {value}", f"{cls.GO_TYPE}.attributes.{key}", go_type)
             into[key] = int(value)
@@ -413,7 +413,8 @@ def _resolve(waiter: asyncio.Future[bool], completed: bool) -> None:
         waiter.set_result(completed)
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """The JSON type name of a decoded value, as Go's unmarshal errors spell it."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, (int, float)):
@@ -439,7 +440,7 @@ def _typed(body: dict[str, Any], key: str, kind: type, default: Any, go_struct: 
     if value is None:
         return default
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise _cannot_unmarshal(_json_kind(value), f"{go_struct}.{key}", _GO_NAMES[kind])
+        raise _cannot_unmarshal(json_kind(value), f"{go_struct}.{key}", _GO_NAMES[kind])
     return value
 
 
@@ -448,7 +449,7 @@ def _toxicity(body: dict[str, Any], default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _cannot_unmarshal(_json_kind(value), "ToxicWrapper.toxicity", "float32")
+        raise _cannot_unmarshal(json_kind(value), "ToxicWrapper.toxicity", "float32")
     return float(value)
 
 

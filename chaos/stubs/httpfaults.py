@@ -482,16 +482,21 @@ class StubServer:
             with open(args.port_file, "w", encoding="utf-8") as fh:
                 fh.write(f"{server.port}\n")
         print(json.dumps({"name": cls.name, "url": server.url, "port": server.port}), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await server.stop()
+        await serve_until_signalled(server.stop)
         print(f"{cls.name} stand-in stopped", file=sys.stderr)
         return 0
+
+
+async def serve_until_signalled(stop_server: Callable[[], Awaitable[Any]]) -> None:
+    """Wait for SIGINT/SIGTERM, then ``await stop_server()`` (also when the wait is cancelled)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await stop_server()
 
 
 _BODY_KEY: web.RequestKey[Any] = web.RequestKey("stub_json_body", object)

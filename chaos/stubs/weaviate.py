@@ -44,7 +44,6 @@ import hashlib
 import json
 import math
 import re
-import signal
 import struct
 import time
 import uuid as uuid_lib
@@ -68,7 +67,7 @@ from weaviate.proto.v1 import (
 )
 
 from chaos.stubs.faults import Faults
-from chaos.stubs.httpfaults import FaultInjector, drop_connection
+from chaos.stubs.httpfaults import FaultInjector, drop_connection, serve_until_signalled
 
 WEAVIATE_VERSION = "1.32.0"
 GRPC_MAX_MESSAGE_SIZE = 104_858_000  # what a default 1.32 server reports in /v1/meta
@@ -1059,14 +1058,7 @@ async def _serve_forever(args: argparse.Namespace) -> None:
     fake = FakeWeaviate(vectorizer=vectorizer, seed=args.seed, api_key=args.api_key)
     await fake.start(args.host, args.http_port, args.grpc_port)
     print(json.dumps({"http_port": fake.http_port, "grpc_port": fake.grpc_port}), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
+    await serve_until_signalled(fake.stop)
 
 
 def main(argv: list[str] | None = None) -> None:
