@@ -170,8 +170,13 @@ class Pipeline:
             if age > self.settings.kb.stale_after_s:
                 trace.degrade("keyword_index", "stale", age_s=round(age, 1))
                 self.telemetry.degradation("keyword_index", "stale")
-        with trace.timed("keyword_search"):
-            chunks = index.search(req.query, req.top_k, filters=req.filters)
+        try:
+            with trace.timed("keyword_search"):
+                chunks = index.search(req.query, req.top_k, filters=req.filters)
+        except Exception as exc:  # noqa: BLE001 - the last retrieval rung failed: labelled, then 503
+            trace.degrade("keyword_index", "error", detail=type(exc).__name__)
+            self.telemetry.degradation("keyword_index", "error")
+            raise LadderExhausted(trace, self._retry_after()) from exc
         self.telemetry.keyword_search(trace.timings_ms["keyword_search"], len(chunks))
         trace.retriever = "bm25"
         return chunks
@@ -221,15 +226,16 @@ class Pipeline:
             trace.cache = "miss"
             self.telemetry.cache_result("miss")
         chunks = await self.retrieve(req, deadline, trace)
-        text = await self._generate(req, chunks, deadline, trace, hit, kb_version)
+        text, sources = await self._generate(req, chunks, deadline, trace, hit, kb_version)
         trace.finish()
-        return QueryResult(text, chunks, trace, kb_version, req.request_id)
+        return QueryResult(text, sources, trace, kb_version, req.request_id)
 
     async def _generate(self, req: QueryRequest, chunks: list[Chunk], deadline: Deadline, trace: Trace,
-                        hit: Any, kb_version: str | None) -> str | None:
+                        hit: Any, kb_version: str | None) -> tuple[str | None, list[Chunk]]:
+        """The answer and the sources it cites (a stale cached answer cites its own sources)."""
         if not chunks:
             trace.generation = "full" if self.llm is not None else "extractive"
-            return NO_INFO_ANSWER
+            return NO_INFO_ANSWER, chunks
         if self.llm is not None:
             with trace.timed("generate"):
                 for guard_name, model in self._llm_rungs():
@@ -243,19 +249,20 @@ class Pipeline:
                         self.telemetry.degradation(exc.component, exc.reason.value)
                         continue
                     trace.generation, trace.model = "full", gen.model
-                    await self._cache_put(req, kb_version, gen.text, chunks)
-                    return gen.text
+                    await self._cache_put(req, kb_version, gen.text, chunks, trace)
+                    return gen.text, chunks
             return self._after_llm_failure(req, chunks, trace, hit)
-        return self._extractive(req, chunks, trace)
+        return self._extractive(req, chunks, trace), chunks
 
-    def _after_llm_failure(self, req: QueryRequest, chunks: list[Chunk], trace: Trace, hit: Any) -> str | None:
+    def _after_llm_failure(self, req: QueryRequest, chunks: list[Chunk], trace: Trace,
+                           hit: Any) -> tuple[str | None, list[Chunk]]:
         if hit is not None:  # stale-if-error: a fresh hit was served before reaching the LLM
             trace.cache, trace.generation, trace.answer_age_s = "stale", "cached", hit.age_s
             trace.degrade("answer_cache", "stale_answer", age_s=round(hit.age_s, 3))
             self.telemetry.degradation("answer_cache", "stale_answer")
             self.telemetry.cache_result("stale_serve")
-            return hit.entry.answer
-        return self._extractive(req, chunks, trace)
+            return hit.entry.answer, [_source_chunk(s) for s in hit.entry.sources]
+        return self._extractive(req, chunks, trace), chunks
 
     def _extractive(self, req: QueryRequest, chunks: list[Chunk], trace: Trace) -> str | None:
         with trace.timed("extractive"):
@@ -263,8 +270,11 @@ class Pipeline:
         trace.generation = "extractive"
         return result.text
 
-    async def _cache_put(self, req: QueryRequest, kb_version: str | None, text: str, chunks: list[Chunk]) -> None:
-        if self.cache is None:
+    async def _cache_put(self, req: QueryRequest, kb_version: str | None, text: str, chunks: list[Chunk],
+                         trace: Trace) -> None:
+        # Only answers made on the full path: a cache hit is served as degraded=false, so an answer built
+        # from BM25 chunks or by the fallback model must not come back later looking healthy.
+        if self.cache is None or trace.degraded:
             return
         entry = CacheEntry(answer=text, sources=[c.source_view() for c in chunks], mode="full",
                            kb_version=kb_version or "")
@@ -295,11 +305,11 @@ class Pipeline:
             self.telemetry.cache_result("miss")
         chunks = await self.retrieve(req, deadline, trace)
         if not chunks or self.llm is None:
-            text = await self._generate(req, chunks, deadline, trace, hit, kb_version)
+            text, sources = await self._generate(req, chunks, deadline, trace, hit, kb_version)
             if text:
                 yield "delta", text
             trace.finish()
-            yield "done", QueryResult(text, chunks, trace, kb_version, req.request_id)
+            yield "done", QueryResult(text, sources, trace, kb_version, req.request_id)
             return
         with trace.timed("generate"):
             for guard_name, model in self._llm_rungs():
@@ -343,15 +353,15 @@ class Pipeline:
                     break
                 text = "".join(parts)
                 trace.generation, trace.model = "full", model
-                await self._cache_put(req, kb_version, text, chunks)
+                await self._cache_put(req, kb_version, text, chunks, trace)
                 trace.finish()
                 yield "done", QueryResult(text, chunks, trace, kb_version, req.request_id)
                 return
-        text = self._after_llm_failure(req, chunks, trace, hit)
+        text, sources = self._after_llm_failure(req, chunks, trace, hit)
         if text:
             yield "delta", text
         trace.finish()
-        yield "done", QueryResult(text, chunks, trace, kb_version, req.request_id)
+        yield "done", QueryResult(text, sources, trace, kb_version, req.request_id)
 
 
 async def _first(agen: AsyncIterator[str]) -> str | None:

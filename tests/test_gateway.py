@@ -83,6 +83,11 @@ BAD_INPUT = [
     ({"data": b"", "headers": {"Content-Type": "application/json"}}, 400, None),
     ({"data": b"<q>tea</q>", "headers": {"Content-Type": "application/xml"}}, 415, "Content-Type"),
     ({"data": b'{"query": "' + b"a" * 70000 + b'"}', "headers": {"Content-Type": "application/json"}}, 413, None),
+    ({"data": b'{"query": "\\ud800 tea"}', "headers": {"Content-Type": "application/json"}}, 422, "query"),
+    ({"json": {"query": "tea", "filters": {"": "x"}}}, 422, "filters"),
+    ({"json": {"query": "tea", "filters": {"source": {"nested": 1}}}}, 422, "filters.source"),
+    ({"data": b'{"query": "tea", "filters": {"n": NaN}}', "headers": {"Content-Type": "application/json"}}, 422,
+     "filters.n"),
     ({"json": {"query": "tea"}, "headers": {"X-Request-Timeout": "soon"}}, 400, "X-Request-Timeout"),
     ({"json": {"query": "tea"}, "headers": {"X-Request-Timeout": "9999"}}, 400, "X-Request-Timeout"),
 ]
@@ -209,3 +214,19 @@ async def test_api_keys_protect_v1_but_not_probes(gateway_factory, data_dir):
     ok = await client.post("/v1/query", json={"query": "tea"}, headers={"x-api-key": "key-one-1234"})
     assert ok.status == 200
     assert (await client.get("/livez")).status == 200
+
+
+async def test_a_body_that_arrives_in_pieces_is_read_whole(gateway):
+    import asyncio
+
+    body = b'{"query": "how long should green tea steep", "top_k": 2}'
+    reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
+    writer.write(b"POST /v1/query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body[:20])
+    await writer.drain()
+    await asyncio.sleep(0.2)  # a slow client: the second half really is a separate packet
+    writer.write(body[20:])
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 200"), response[:200]

@@ -59,6 +59,7 @@ async def test_llm_down_serves_the_stale_cached_answer(gateway_factory, data_dir
     assert resp.status == 200
     assert body["mode"] == "cached" and body["degraded"] is True
     assert body["answer"] == good["answer"] and body["answer_age_s"] >= 0
+    assert body["sources"] == good["sources"]  # the stale answer cites what it cited then
     assert body["degradations"][-1]["component"] == "answer_cache"
     assert body["degradations"][-1]["reason"] == "stale_answer"
 
@@ -111,3 +112,14 @@ async def test_stream_full_path(gateway_factory, data_dir, fake_anthropic):
     assert len(deltas) > 1 and "".join(deltas) == done["answer"]
     assert done["mode"] == "full" and done["degraded"] is False
     assert state_of(client).cache is not None
+
+
+async def test_degraded_answers_are_not_cached(gateway_factory, data_dir, fake_anthropic):
+    client = await gateway_factory(make_settings(data_dir, **anthropic_overrides(fake_anthropic)))
+    fake_anthropic.set_faults(status=529, models=["claude-sonnet-4-6"])
+    _, degraded = await _ask(client)
+    assert degraded["degraded"] is True and degraded["model"] == "claude-haiku-4-5"
+    fake_anthropic.clear_faults()
+    resp, body = await _ask(client)
+    # Not a cache hit dressed as healthy: the primary answers now.
+    assert body["mode"] == "full" and body["degraded"] is False and body["model"] == "claude-sonnet-4-6"

@@ -1,7 +1,9 @@
 """POST /v1/query and POST /v1/retrieve: validate, run the pipeline, render the response contract."""
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from typing import Any, Union
 
 from aiohttp import web
@@ -37,7 +39,17 @@ async def read_json(request: web.Request) -> Any:
     if ctype not in ("application/json", "application/x-www-form-urlencoded", "text/plain", ""):
         raise APIError(415, "unsupported_media_type", f"expected application/json, got {ctype}",
                        field="Content-Type")
-    raw = await request.content.read(limit + 1)
+    # The whole body (it may arrive in pieces), capped by client_max_size, under the request's deadline
+    # so a stalled upload cannot hold the request open.
+    deadline = request.get(DEADLINE)
+    try:
+        async with asyncio.timeout(deadline.remaining() if deadline is not None else None):
+            raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes") from None
+    except TimeoutError:
+        raise APIError(408, "request_timeout", "the request body did not arrive within the request's deadline") \
+            from None
     if len(raw) > limit:
         raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
     if not raw.strip():
@@ -55,11 +67,22 @@ def parse_query_body(data: Any, state: AppState) -> QueryBody:
         body = QueryBody.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
+        loc = err["loc"][:2] if err["loc"][:1] == ("filters",) else err["loc"]  # not the union member tried
+        field = ".".join(str(p) for p in loc)
         type_ = _ERROR_TYPES.get(err["type"], "invalid_value")
         msg = "unknown field" if type_ == "unknown_field" else err["msg"]
         raise APIError(422, type_, f"{field}: {msg}", field=field) from None
     server = state.settings.server
+    _check_text(body.query, "query")
+    for key, value in (body.filters or {}).items():
+        if not key.strip():
+            raise APIError(422, "invalid_value", "filter names must not be empty", field="filters")
+        _check_text(key, f"filters.{key}")
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise APIError(422, "invalid_value", "filter values must be finite numbers", field=f"filters.{key}")
+            if isinstance(v, str):
+                _check_text(v, f"filters.{key}")
     if not body.query.strip():
         raise APIError(422, "invalid_value", "query must not be empty", field="query")
     if len(body.query) > server.max_query_chars:
@@ -67,6 +90,14 @@ def parse_query_body(data: Any, state: AppState) -> QueryBody:
     if body.top_k is not None and not 1 <= body.top_k <= server.max_top_k:
         raise APIError(422, "invalid_value", f"top_k must be between 1 and {server.max_top_k}", field="top_k")
     return body
+
+
+def _check_text(text: str, field: str) -> None:
+    """JSON can carry lone surrogates (\\ud800) that no encoder accepts: a client error, not a 500."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(422, "invalid_value", f"{field} is not valid Unicode (lone surrogate)", field=field) from None
 
 
 def _require_ready(state: AppState) -> None:
