@@ -7,6 +7,7 @@ route-agnostic and does one thing each.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -18,7 +19,8 @@ from aiohttp import web
 from gateway.errors import APIError, error_response
 from gateway.logs import request_id_var
 from gateway.telemetry import request_retries
-from gateway.state import ANSWER_TEXT, CLIENT_ID, DEADLINE, QUERY_TEXT, REQUEST_ID, STATE, TRACE, AppState
+from gateway.state import (ANSWER_TEXT, CLIENT_ID, DEADLINE, QUERY_TEXT, REQUEST_ID, STARTED_RESPONSE, STATE,
+                           TRACE, AppState)
 from resilience import Deadline
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -78,6 +80,9 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away (nginx's convention): not a server error, not a 5xx alert
+        raise
     finally:
         request_retries.reset(retries_token)
         ms = (time.perf_counter() - t0) * 1e3
@@ -113,6 +118,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(exc.status, type_, exc.reason, headers=headers)
     except Exception:  # noqa: BLE001 - last line of defence; logged with the stack, client gets no internals
         errlog.exception("unhandled error", extra={"event": "unhandled_error", "path": request.path})
+        started = request.get(STARTED_RESPONSE)
+        if started is not None:
+            # Headers (and maybe part of a stream) are out: a second response would corrupt the body, so
+            # break the connection — the client sees an incomplete stream, never a clean end.
+            if request.transport is not None:
+                request.transport.abort()
+            return started
         return error_response(500, "internal_error", "internal error; see the gateway log for this request id",
                               request_id=request.get(REQUEST_ID))
 

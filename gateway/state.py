@@ -52,3 +52,4 @@ DEADLINE: web.RequestKey[Any] = web.RequestKey("deadline", object)
 TRACE: web.RequestKey[Any] = web.RequestKey("trace", object)
 QUERY_TEXT: web.RequestKey[str] = web.RequestKey("query_text", str)
 ANSWER_TEXT: web.RequestKey[Any] = web.RequestKey("answer_text", object)
+STARTED_RESPONSE: web.RequestKey[Any] = web.RequestKey("started_response", object)  # headers already sent

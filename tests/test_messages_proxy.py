@@ -2,6 +2,10 @@
 pointed at the fake Anthropic. Failover to the fallback model is labelled in headers."""
 from __future__ import annotations
 
+import asyncio
+import time
+
+import aiohttp
 import anthropic
 import pytest
 
@@ -75,3 +79,48 @@ async def test_missing_model_is_a_422_naming_the_field(proxy):
     client, _, _ = proxy
     resp = await client.post("/v1/messages", json={"max_tokens": 5, "messages": []})
     assert resp.status == 422 and (await resp.json())["error"]["field"] == "model"
+
+
+async def test_a_stalled_stream_is_cut_at_the_deadline_and_looks_broken(proxy):
+    client, sdk, fake = proxy
+    fake.set_faults(stream_stall_after=4)
+    resp = await client.post("/v1/messages", headers={"X-Request-Timeout": "1"}, json={
+        "model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True,
+        "messages": [{"role": "user", "content": "[1] Lava is hot. Why?"}]})
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):  # an incomplete stream, never a clean end
+        await asyncio.wait_for(resp.read(), timeout=5)
+
+
+async def test_a_slow_json_answer_is_bounded_by_the_deadline(proxy):
+    client, _, fake = proxy
+    fake.set_faults(latency_s=5)
+    t0 = time.monotonic()
+    resp = await client.post("/v1/messages", headers={"X-Request-Timeout": "1"}, json={
+        "model": "claude-sonnet-4-6", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 529 and (await resp.json())["error"]["type"] == "overloaded_error"
+    assert time.monotonic() - t0 < 2.5
+
+
+async def test_a_clients_bad_key_is_relayed_and_trips_nothing(gateway_factory, data_dir):
+    from chaos.stubs.anthropic import FakeAnthropic
+    from tests.conftest import state_of
+
+    fake = FakeAnthropic(api_key="sk-ant-the-real-one-000")
+    await fake.start()
+    try:
+        # Pure sidecar: no key configured, the client's own key goes upstream.
+        client = await gateway_factory(make_settings(data_dir, **{
+            "llm.backend": "anthropic", "llm.base_url": fake.url, "llm.fallback_model": "claude-haiku-4-5"}))
+        for _ in range(6):
+            resp = await client.post("/v1/messages", headers={"x-api-key": "sk-ant-revoked-key-000"}, json={
+                "model": "claude-sonnet-4-6", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+            assert resp.status == 401 and (await resp.json())["error"]["type"] == "authentication_error"
+        guards = state_of(client).guards
+        assert guards["llm"].breaker.state == "closed" and guards["llm_fallback"].breaker.state == "closed"
+        assert fake.model_counts.get("claude-haiku-4-5", 0) == 0
+        ok = await client.post("/v1/messages", headers={"x-api-key": "sk-ant-the-real-one-000"}, json={
+            "model": "claude-sonnet-4-6", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+        assert ok.status == 200
+    finally:
+        await fake.stop()

@@ -17,7 +17,9 @@ authenticate the client to the sidecar and are never forwarded.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -25,11 +27,12 @@ from aiohttp import web
 
 from gateway.errors import APIError
 from gateway.routes.query import read_json
-from gateway.state import DEADLINE, REQUEST_ID, STATE, AppState
+from gateway.state import DEADLINE, REQUEST_ID, STARTED_RESPONSE, STATE, AppState
 from gateway.upstreams.httperrors import error_for_status
 from resilience import DependencyUnavailable, Reason, UpstreamError
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
+log = logging.getLogger("rag_sidecar.messages")
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("messages_session", aiohttp.ClientSession)
 # Headers forwarded from the client as-is (auth is handled separately).
 _FORWARD = ("anthropic-version", "anthropic-beta", "content-type", "accept")
@@ -63,9 +66,13 @@ async def messages(request: web.Request) -> web.StreamResponse:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise APIError(422, "invalid_value", "model must be a non-empty string", field="model")
+    streaming = body.get("stream") is True
     base = (state.settings.llm.base_url or DEFAULT_BASE_URL).rstrip("/")
     url = base + "/v1/messages"
     headers = _upstream_headers(request, state)
+    # In pure-sidecar mode the key is the client's: its 401/403 is the client's problem, not an outage.
+    client_credentials = (not _configured_key(state) and not state.api_keys
+                          and ("x-api-key" in headers or "Authorization" in headers))
     session = request.app[SESSION]
     deadline = request[DEADLINE]
     degradations: list[dict[str, Any]] = []
@@ -77,31 +84,48 @@ async def messages(request: web.Request) -> web.StreamResponse:
     last: DependencyUnavailable | None = None
     for guard_name, rung_model in rungs:
         payload = json.dumps({**body, "model": rung_model}).encode()
+        per_read = state.guards[guard_name].config.attempt_timeout_s or state.guards[guard_name].config.timeout_s
 
-        async def attempt(payload: bytes = payload) -> aiohttp.ClientResponse:
+        async def attempt(payload: bytes = payload, per_read: float = per_read) -> Any:
             try:
                 # sock_read bounds the gaps of a stream after the guard has handed it over.
                 resp = await session.post(url, data=payload, headers=headers, timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=5, sock_read=state.guards[guard_name].config.timeout_s))
+                    total=None, sock_connect=5, sock_read=per_read))
             except aiohttp.ClientError as exc:
                 raise UpstreamError(f"connection to the LLM failed: {exc!r}", status=None) from exc
             if resp.status >= 400:
                 text = await resp.text()
                 resp.release()
+                if client_credentials and resp.status in (401, 403):
+                    raise UpstreamError(text[:300], status=resp.status, retryable=False, caller_fault=True)
                 raise error_for_status(resp.status, text[:300], resp.headers)
-            return resp
+            if streaming:
+                return resp
+            try:  # a whole JSON answer is read inside the attempt: the guard's timeout covers it all
+                return resp, await resp.read()
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(f"LLM answer broke off: {exc!r}", status=None) from exc
+            finally:
+                resp.release()
 
         try:
             upstream = await state.guards[guard_name].call(attempt, deadline, reserve_s=0.0)
         except DependencyUnavailable as exc:
-            if exc.caller_fault:  # the client's own bad request: relay it, don't degrade
-                return _anthropic_error(exc.status or 400, "invalid_request_error", exc.detail or str(exc),
-                                        {"X-Request-Id": request[REQUEST_ID]})
+            if exc.caller_fault:  # the client's own bad request or key: relay it, don't degrade
+                status = exc.status or 400
+                type_ = {401: "authentication_error", 403: "permission_error"}.get(status, "invalid_request_error")
+                return _anthropic_error(status, type_, exc.detail or str(exc), {"X-Request-Id": request[REQUEST_ID]})
             degradations.append({"component": guard_name, "reason": exc.reason.value, "model": rung_model})
             state.telemetry.degradation(guard_name, exc.reason.value)
             last = exc
             continue
-        return await _relay(request, upstream, degradations)
+        if streaming:
+            return await _relay(request, upstream, degradations, deadline)
+        resp, data = upstream
+        out = web.Response(status=resp.status, body=data,
+                           headers={k: v for k, v in resp.headers.items() if k.lower() not in _HOP})
+        out.headers.update(_rag_headers(request, degradations))
+        return out
 
     retry_after = str(int((last.retry_after_s if last and last.retry_after_s else 5) + 0.999))
     headers_out = {"Retry-After": retry_after, "X-RAG-Mode": "unavailable", "X-RAG-Degraded": "true",
@@ -113,25 +137,45 @@ async def messages(request: web.Request) -> web.StreamResponse:
                             headers_out)
 
 
-async def _relay(request: web.Request, upstream: aiohttp.ClientResponse,
-                 degradations: list[dict[str, Any]]) -> web.StreamResponse:
+def _configured_key(state: AppState) -> bool:
+    key = state.settings.llm.api_key
+    return key is not None and bool(key.get_secret_value())
+
+
+def _rag_headers(request: web.Request, degradations: list[dict[str, Any]]) -> dict[str, str]:
+    out = {"X-Request-Id": request[REQUEST_ID], "X-RAG-Mode": "fallback_model" if degradations else "full",
+           "X-RAG-Degraded": "true" if degradations else "false"}
+    if degradations:
+        out["X-RAG-Degradations"] = json.dumps(degradations)
+    return out
+
+
+async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, degradations: list[dict[str, Any]],
+                 deadline: Any) -> web.StreamResponse:
+    """Stream the upstream's SSE bytes through, under the request's deadline.
+
+    A stream that breaks or outlives the deadline after its first byte went out is passed on *as broken*
+    (the connection is aborted, so the client's SDK raises on the incomplete stream) — never as a clean end.
+    """
     out = web.StreamResponse(status=upstream.status)
     for k, v in upstream.headers.items():
         if k.lower() not in _HOP:
             out.headers[k] = v
-    out.headers["X-Request-Id"] = request[REQUEST_ID]
-    out.headers["X-RAG-Mode"] = "fallback_model" if degradations else "full"
-    out.headers["X-RAG-Degraded"] = "true" if degradations else "false"
-    if degradations:
-        out.headers["X-RAG-Degradations"] = json.dumps(degradations)
+    out.headers.update(_rag_headers(request, degradations))
     try:
         await out.prepare(request)
-        async for chunk in upstream.content.iter_any():
-            await out.write(chunk)
-    except (aiohttp.ClientError, ConnectionResetError) as exc:
-        # Bytes already reached the client: pass the break through (the SDK raises on an incomplete stream).
-        request.app[STATE].telemetry.degradation("llm", "stream_cut")
-        raise ConnectionResetError(f"upstream stream broke: {exc!r}") from exc
+        request[STARTED_RESPONSE] = out
+        async with asyncio.timeout(deadline.remaining()):
+            async for chunk in upstream.content.iter_any():
+                await out.write(chunk)
+    except (aiohttp.ClientError, ConnectionResetError, TimeoutError) as exc:
+        reason = "timeout" if isinstance(exc, TimeoutError) else "stream_cut"
+        request.app[STATE].telemetry.degradation("llm", reason)
+        log.warning("LLM stream broke after it started; aborting the client connection",
+                    extra={"event": "llm_stream_broken", "reason": reason})
+        if request.transport is not None:
+            request.transport.abort()
+        return out
     finally:
         upstream.release()
     await out.write_eof()

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, 
 
 from gateway.errors import APIError
 from gateway.pipeline import LadderExhausted, QueryRequest, QueryResult, Trace
-from gateway.state import ANSWER_TEXT, DEADLINE, QUERY_TEXT, REQUEST_ID, STATE, TRACE, AppState
+from gateway.state import ANSWER_TEXT, DEADLINE, QUERY_TEXT, REQUEST_ID, STARTED_RESPONSE, STATE, TRACE, AppState
 from resilience import Deadline
 
 FilterValue = Union[StrictStr, StrictInt, StrictFloat, StrictBool, list[Union[StrictStr, StrictInt, StrictFloat]]]
@@ -163,6 +163,7 @@ async def _stream(request: web.Request, state: AppState, req: QueryRequest, dead
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Request-Id": req.request_id, "X-Accel-Buffering": "no"})
     await resp.prepare(request)
+    request[STARTED_RESPONSE] = resp
     result: QueryResult | None = None
     try:
         event = first
