@@ -69,6 +69,10 @@ class KBError(Exception):
     """A KB operation failed (unknown version, nothing to ingest, corrupt version)."""
 
 
+class KBCorrupt(KBError):
+    """A version exists but cannot be served (unreadable chunks, vectors that don't match them)."""
+
+
 @dataclass
 class KBVersion:
     """One loaded, immutable KB version. The gateway swaps whole objects, never mutates one."""
@@ -86,6 +90,49 @@ class KBVersion:
         return float(self.manifest.get("created_at", 0.0))
 
 
+BUILDER_FILE = ".builder-pid"
+
+
+def _builder_alive(tmp: Path) -> bool:
+    """Whether the process that is building ``tmp`` still runs (no PID file: a crashed or old build)."""
+    try:
+        pid = int((tmp / BUILDER_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False  # ours, from an earlier failed attempt in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_synced(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, array)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_chunks(path: Path, chunks: Sequence[Chunk]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for c in chunks:
+            fh.write(json.dumps(c.to_record(), ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -93,6 +140,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 class KnowledgeBase:
@@ -107,9 +155,14 @@ class KnowledgeBase:
 
     # ---- listing / activation -------------------------------------------------------------
     def clean_leftovers(self) -> list[str]:
-        """Remove half-built versions left by a crash. Returns their names."""
+        """Remove half-built versions left by a crash (their builder's PID is gone). Returns their names.
+
+        A build in progress in another process (an ingest running beside the gateway) is left alone.
+        """
         removed = []
         for tmp in self.root.glob(".tmp-*"):
+            if _builder_alive(tmp):
+                continue
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp.name)
         return removed
@@ -146,15 +199,30 @@ class KnowledgeBase:
             return None
 
     def activate(self, version: str) -> dict[str, Any]:
-        """Point ACTIVE at ``version`` atomically. Raises KBError for an unknown/incomplete version."""
+        """Point ACTIVE at ``version`` atomically, after checking it loads (chunks readable, one vector per
+        chunk). Raises KBError for an unknown, incomplete or corrupt version; ACTIVE is then unchanged."""
         d = self.versions_dir / version
         if not (d / "manifest.json").exists():
             raise KBError(f"unknown KB version: {version}")
+        self.verify(version)
         previous = self.active_version()
         _atomic_write_text(self.active_file, json.dumps(
             {"version": version, "previous": previous, "activated_at": time.time()}))
         log.info("kb activated", extra={"event": "kb_activated", "kb_version": version, "previous": previous})
         return {"version": version, "previous": previous}
+
+    def verify(self, version: str) -> None:
+        """Raise KBError unless ``version``'s chunks parse and its vectors (if any) match them one to one."""
+        d = self.versions_dir / version
+        try:
+            n = len(ChunkTable(d / "chunks.jsonl"))
+            vectors_path = d / "vectors.npy"
+            if vectors_path.exists():
+                rows = np.load(vectors_path, mmap_mode="r").shape[0]
+                if rows != n:
+                    raise KBCorrupt(f"KB version {version} is corrupt: {rows} vectors for {n} chunks")
+        except (OSError, ValueError) as exc:
+            raise KBCorrupt(f"KB version {version} is unreadable: {exc}") from exc
 
     def rollback(self) -> dict[str, Any]:
         """Activate the version created before the active one."""
@@ -289,6 +357,7 @@ class KnowledgeBase:
         version = datetime.now(timezone.utc).strftime("v%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         tmp = self.root / f".tmp-{version}"
         tmp.mkdir(parents=True)
+        (tmp / BUILDER_FILE).write_text(str(os.getpid()))
         try:
             vectors = None
             reused = 0
@@ -305,15 +374,14 @@ class KnowledgeBase:
                         vectors_list[i] = out[j]
                     progress("embed", min(start + batch_size, len(todo)), len(todo))
                 vectors = np.vstack(vectors_list).astype(np.float32)
-                np.save(tmp / "vectors.npy", vectors)
+                await asyncio.to_thread(_save_synced, tmp / "vectors.npy", vectors)
             if upsert is not None:
                 for start in range(0, len(chunks), 100):
                     await upsert(chunks[start:start + 100],
                                  None if vectors is None else vectors[start:start + 100])
                     progress("upsert", min(start + 100, len(chunks)), len(chunks))
-            with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as fh:
-                for c in chunks:
-                    fh.write(json.dumps(c.to_record(), ensure_ascii=False) + "\n")
+            # Off the event loop: at 100k chunks this write alone stalled a serving loop for over a second.
+            await asyncio.to_thread(_write_chunks, tmp / "chunks.jsonl", chunks)
             progress("keyword_index", 0, len(chunks))
             # tantivy's writer is native and releases the GIL: keep the loop free while it builds.
             index = await asyncio.to_thread(KeywordIndex.build, chunks)
@@ -326,11 +394,14 @@ class KnowledgeBase:
                 "reused_vectors": reused, "parent": self.active_version(), **(extra or {}),
             }
             _atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
+            (tmp / BUILDER_FILE).unlink()
+            _fsync_dir(tmp)
             os.replace(tmp, self.versions_dir / version)
+            _fsync_dir(self.versions_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         if activate:
             self.activate(version)
-            self.prune()
+            await asyncio.to_thread(self.prune)
         return version

@@ -16,7 +16,7 @@ import hmac
 from aiohttp import web
 
 from gateway.errors import APIError
-from gateway.kb import KBError
+from gateway.kb import KBCorrupt, KBError
 from gateway.state import STATE, AppState
 
 
@@ -72,6 +72,8 @@ async def kb_activate(request: web.Request) -> web.Response:
         raise APIError(422, "invalid_value", "version must be a non-empty string", field="version")
     try:
         result = state.kb_store.activate(version)
+    except KBCorrupt as exc:
+        raise APIError(409, "conflict", str(exc), field="version") from None
     except KBError as exc:
         raise APIError(404, "not_found", str(exc), field="version") from None
     await reload_kb(state)

@@ -1,0 +1,70 @@
+"""KB versions under operator mistakes and crashes: corrupt versions are refused, a concurrent ingest is
+not deleted, nothing half-written becomes active."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from gateway.kb import BUILDER_FILE, KBCorrupt, KnowledgeBase
+from tests.conftest import make_settings, state_of
+
+
+def _corrupt_copy(kb: KnowledgeBase) -> str:
+    src = kb.versions_dir / kb.active_version()
+    dst = kb.versions_dir / "vbroken"
+    shutil.copytree(src, dst)
+    lines = (dst / "chunks.jsonl").read_text().splitlines(keepends=True)
+    (dst / "chunks.jsonl").write_text("".join(lines[:-1]))  # one chunk short of its vectors
+    return "vbroken"
+
+
+def test_activating_a_corrupt_version_is_refused_and_active_is_unchanged(data_dir):
+    kb = KnowledgeBase(data_dir / "kb")
+    before = kb.active_version()
+    with pytest.raises(KBCorrupt, match="vectors for"):
+        kb.activate(_corrupt_copy(kb))
+    assert kb.active_version() == before
+
+
+async def test_admin_activate_of_a_corrupt_version_is_409_and_keeps_serving(gateway_factory, data_dir):
+    client = await gateway_factory(make_settings(data_dir, **{"auth.admin_token": "adm-token-1234"}))
+    kb = state_of(client).kb_store
+    before = kb.active_version()
+    resp = await client.post("/admin/kb/activate", json={"version": _corrupt_copy(kb)},
+                             headers={"Authorization": "Bearer adm-token-1234"})
+    assert resp.status == 409 and (await resp.json())["error"]["field"] == "version"
+    assert kb.active_version() == before and state_of(client).kb.version == before
+    assert (await client.post("/v1/query", json={"query": "tea"})).status == 200
+
+
+def test_a_build_in_progress_elsewhere_is_not_cleaned_up(data_dir):
+    kb = KnowledgeBase(data_dir / "kb")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        alive = data_dir / "kb" / ".tmp-v-alive"
+        alive.mkdir()
+        (alive / BUILDER_FILE).write_text(str(sleeper.pid))
+        crashed = data_dir / "kb" / ".tmp-v-crashed"
+        crashed.mkdir()
+        (crashed / BUILDER_FILE).write_text(str(sleeper.pid))
+        sleeper_pid_dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                          capture_output=True, text=True).stdout.strip()
+        (crashed / BUILDER_FILE).write_text(sleeper_pid_dead)  # that process has exited
+        old_style = data_dir / "kb" / ".tmp-v-nopid"
+        old_style.mkdir()
+        removed = kb.clean_leftovers()
+        assert alive.exists() and not crashed.exists() and not old_style.exists()
+        assert sorted(removed) == [".tmp-v-crashed", ".tmp-v-nopid"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_builder_file_is_gone_from_a_finished_version(data_dir):
+    kb = KnowledgeBase(data_dir / "kb")
+    assert not (kb.versions_dir / kb.active_version() / BUILDER_FILE).exists()
+    assert os.listdir(data_dir / "kb")  # sanity: the fixture built one
