@@ -142,6 +142,7 @@ async def _load_kb(state: AppState) -> None:
         # A Weaviate collection we did not ingest: serve it; the keyword fallback is missing (labelled).
         state.ready.set()
         state.startup_stage = "ready (no local KB version: keyword fallback unavailable)"
+    state.settled.set()
     if s.vector_store.backend != "embedded" and s.kb.sync_interval_s > 0:
         state.tasks.append(asyncio.create_task(_sync_kb_periodically(state), name="kb-sync"))
     await _poll_kb(state)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import time
+import urllib.error
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -101,7 +102,11 @@ async def _in_process(settings: Settings, fn: Callable[[Any], Awaitable[Any]]) -
     await runner.setup()
     try:
         state = app[STATE]
-        await asyncio.wait_for(state.ready.wait(), timeout=600)
+        await asyncio.wait_for(state.settled.wait(), timeout=600)
+        if not state.ready.is_set():
+            from gateway.kb import KBError
+
+            raise KBError(f"the gateway did not become ready: {state.kb_error or state.startup_stage}")
         return await fn(state)
     finally:
         await runner.cleanup()
@@ -310,6 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KBError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except urllib.error.HTTPError as exc:
+        print(f"error: {exc.url} answered {exc.code}: {exc.read()[:300].decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"error: cannot reach the gateway: {exc.reason}", file=sys.stderr)
         return 1
     except (UpstreamError, DependencyUnavailable, ConnectionError, TimeoutError) as exc:
         # An operator command against an unreachable upstream: say which, no stack trace.

@@ -41,6 +41,16 @@ class ServerConfig(_Section):
     fallback_reserve_s: float = Field(0.25, ge=0, description="budget kept back for the fallback path")
     shutdown_grace_s: float = Field(10.0, ge=0, description="in-flight requests get this long on SIGTERM")
 
+    @model_validator(mode="after")
+    def _timeouts_consistent(self) -> "ServerConfig":
+        if self.request_timeout_s > self.max_request_timeout_s:
+            raise ValueError("request_timeout_s must not exceed max_request_timeout_s")
+        if self.fallback_reserve_s >= self.request_timeout_s:
+            raise ValueError("fallback_reserve_s must be smaller than request_timeout_s")
+        if self.default_top_k > self.max_top_k:
+            raise ValueError("default_top_k must not exceed max_top_k")
+        return self
+
 
 class AuthConfig(_Section):
     api_keys: list[SecretStr] = Field(default_factory=list, description="empty = no auth on /v1/*")
@@ -156,6 +166,12 @@ class CacheConfig(_Section):
     stale_ttl_s: float = Field(86400.0, ge=0, description="stale-if-error window")
     size_limit_mb: int = Field(256, ge=1, description="on-disk size cap; oldest entries evicted")
 
+
+    @model_validator(mode="after")
+    def _fresh_within_stale(self) -> "CacheConfig":
+        if self.fresh_ttl_s > self.stale_ttl_s:
+            raise ValueError("fresh_ttl_s must not exceed stale_ttl_s")
+        return self
 
 class FallbackConfig(_Section):
     keyword_index: bool = Field(True, description="BM25 fallback when the embedder or vector DB fails")

@@ -34,6 +34,7 @@ class AppState:
     kb: "KBVersion | None" = None
     kb_error: str | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # start-up finished: ready, empty or failed
     startup_stage: str = "starting"
     startup_progress: dict[str, Any] = field(default_factory=dict)
     api_keys: dict[str, str] = field(default_factory=dict)  # presented key → short label for logs

@@ -56,3 +56,13 @@ def test_operator_mistakes_get_clear_errors(tmp_path):
     bad = run(["kb", "activate", "v-does-not-exist"], data)
     assert bad.returncode == 1 and "unknown KB version" in bad.stderr
     assert run(["kb", "rollback"], data).returncode == 1
+
+
+def test_query_without_a_kb_fails_fast_instead_of_hanging(tmp_path):
+    out = run(["query", "json"], tmp_path / "empty", RAG_SIDECAR__KB__AUTO_INGEST_SAMPLE="false")
+    assert out.returncode == 1 and "did not become ready" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_query_against_an_unreachable_gateway_is_a_clear_error(tmp_path):
+    out = run(["query", "--url", "http://127.0.0.1:1", "json"], tmp_path)
+    assert out.returncode == 1 and "cannot reach the gateway" in out.stderr and "Traceback" not in out.stderr

@@ -44,6 +44,8 @@ def test_config_path_from_env(tmp_path):
     ("vector_store:\n  backend: pinecone\n", "vector_store.backend"),
     ("resilience:\n  vector_db:\n    breaker:\n      failure_rate: 2\n", "resilience.vector_db.breaker.failure_rate"),
     ("kb:\n  chunk_chars: 200\n  chunk_overlap: 300\n", "kb"),
+    ("cache:\n  fresh_ttl_s: 300\n  stale_ttl_s: 60\n", "cache"),
+    ("server:\n  request_timeout_s: 90\n", "server"),
     ("nonsense: true\n", "nonsense"),
 ])
 def test_invalid_config_names_the_key(tmp_path, yaml_text, path):
