@@ -1,4 +1,4 @@
-"""``rag-sidecar`` command line: serve | ingest | query | config | kb | eval | chaos."""
+"""rag-sidecar command line: serve | ingest | query | config | kb | eval | chaos."""
 from __future__ import annotations
 
 import argparse
@@ -253,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
     s = sub.add_parser("serve", help="serve the gateway (default 127.0.0.1:8080)")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
+    s.add_argument("--host", help="listen address (default: server.host)")
+    s.add_argument("--port", type=int, help="listen port (default: server.port)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("ingest", help="ingest documents (.md .txt .html) into a new KB version")
@@ -265,30 +265,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("query", help="ask a question (in-process, or against --url)")
     s.add_argument("question")
-    s.add_argument("--top-k", type=int)
+    s.add_argument("--top-k", type=int, help="chunks to retrieve (default: server.default_top_k)")
     s.add_argument("--url", help="a running gateway, e.g. http://127.0.0.1:8080")
     s.add_argument("--json", action="store_true", help="print the whole response contract")
     s.set_defaults(func=cmd_query)
 
     s = sub.add_parser("config", help="validate the config; --print shows the effective config, secrets masked")
-    s.add_argument("--print", action="store_true")
+    s.add_argument("--print", action="store_true", help="print the effective config as YAML")
     s.set_defaults(func=cmd_config)
 
-    s = sub.add_parser("kb", help="KB versions: list | activate VERSION | rollback")
+    s = sub.add_parser("kb", help="KB versions: list | activate VERSION | rollback | sync")
     kb_sub = s.add_subparsers(dest="kb_cmd", required=True)
-    kb_sub.add_parser("list", help="list versions (* = active)")
-    a = kb_sub.add_parser("activate", help="make VERSION active (atomic; a running gateway picks it up)")
+    kb_sub.add_parser("list", parents=[common], help="list versions (* = active)")
+    a = kb_sub.add_parser("activate", parents=[common],
+                          help="make VERSION active (atomic; a running gateway picks it up)")
     a.add_argument("version")
-    kb_sub.add_parser("rollback", help="activate the version before the active one")
-    a = kb_sub.add_parser("sync", help="rebuild the keyword index from the vector store's collection (cursor)")
-    a.add_argument("--no-activate", action="store_true")
+    kb_sub.add_parser("rollback", parents=[common], help="activate the version before the active one")
+    a = kb_sub.add_parser("sync", parents=[common],
+                          help="rebuild the keyword index from the vector store's collection (cursor)")
+    a.add_argument("--no-activate", action="store_true", help="build the version but keep the current one active")
     s.set_defaults(func=cmd_kb)
 
     s = sub.add_parser("eval", help="retrieval metrics (P@5, R@5, nDCG@10, MRR) over a golden set, "
                                     "normal path and forced keyword fallback")
     s.add_argument("golden", help="JSON lines: {id, query, relevant: {source: grade}}")
     s.add_argument("--depth", type=int, default=10, help="chunks retrieved per query")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the metrics as JSON")
     s.add_argument("--per-query", action="store_true", help="with --json: include per-query scores")
     s.set_defaults(func=cmd_eval)
 

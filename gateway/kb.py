@@ -215,7 +215,9 @@ class KnowledgeBase:
         """Raise KBError unless ``version``'s chunks parse and its vectors (if any) match them one to one."""
         d = self.versions_dir / version
         try:
-            n = len(ChunkTable(d / "chunks.jsonl"))
+            table = ChunkTable(d / "chunks.jsonl")
+            n = len(table)
+            table.close()
             vectors_path = d / "vectors.npy"
             if vectors_path.exists():
                 rows = np.load(vectors_path, mmap_mode="r").shape[0]

@@ -161,8 +161,9 @@ def redis_server() -> Any:
     ``redis-server`` on PATH); ``.stop()`` / ``.start()`` to simulate an outage."""
     from tests.redis_server import RedisServer
 
-    server = RedisServer().start()
+    server = RedisServer()
     try:
+        server.start()
         yield server
     finally:
         server.cleanup()

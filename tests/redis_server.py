@@ -47,7 +47,7 @@ class RedisServer:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self._dir = tempfile.mkdtemp(prefix="redis-test-")
+        self._dir: str | None = None  # made at start(): a server that never starts leaves nothing behind
 
     @property
     def url(self) -> str:
@@ -56,6 +56,8 @@ class RedisServer:
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             return self
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="redis-test-")
         self.proc = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self._dir, "--protected-mode", "no", "--loglevel", "warning"],
@@ -79,7 +81,8 @@ class RedisServer:
 
     def cleanup(self) -> None:
         self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
         return self.start()

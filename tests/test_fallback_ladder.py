@@ -50,6 +50,12 @@ async def test_corrupt_keyword_index_is_labelled_not_fatal(weaviate_stack, gatew
     health = await (await client.get("/health")).json()
     assert health["components"]["keyword_index"]["status"] == "unavailable"
     assert health["components"]["keyword_index"]["error"]
+    weaviate.set_faults(status=503)
+    resp = await client.post("/v1/query", json={"query": "green tea"})
+    body = await resp.json()
+    assert resp.status == 503 and resp.headers["Retry-After"]
+    assert [(d["component"], d["reason"]) for d in body["degradations"]] == [
+        ("vector_db", "error"), ("keyword_index", "missing")]
 
 
 async def test_stream_everything_down_is_a_plain_503(weaviate_stack, gateway_factory):
@@ -73,6 +79,7 @@ async def test_corrupted_answer_cache_degrades_to_no_cache(gateway_factory, data
     resp = await client.post("/v1/query", json={"query": "green tea"})
     body = await resp.json()
     assert resp.status == 200 and body["mode"] == "full" and body["answer"] == first["answer"]
+    assert body["degraded"] is False and {s["retriever"] for s in body["sources"]} == {"vector"}
     health = await (await client.get("/health")).json()
     assert health["components"]["answer_cache"]["healthy"] is False
     assert health["components"]["answer_cache"]["errors"] >= 1

@@ -230,3 +230,21 @@ async def test_a_body_that_arrives_in_pieces_is_read_whole(gateway):
     response = await asyncio.wait_for(reader.read(), timeout=10)
     writer.close()
     assert response.startswith(b"HTTP/1.1 200"), response[:200]
+
+
+async def test_first_start_on_the_sample_corpus_uses_the_shipped_vectors(gateway_factory, tmp_path):
+    """The README's promise: first `make serve` is ready at once and answers its example question."""
+    from gateway.config import REPO_ROOT
+
+    settings = make_settings(tmp_path / "fresh", **{"kb.sample_corpus": str(REPO_ROOT / "corpus" / "python-stdlib")})
+    client = await gateway_factory(settings)
+    manifest = state_of(client).kb.manifest
+    # Every vector came from corpus/embeddings.local.npz: a stale seed file would make this (and the first
+    # start) slow — run `make sample-embeddings` after changing the corpus or the chunking.
+    assert manifest["reused_vectors"] == manifest["chunk_count"] > 100
+    resp = await client.post("/v1/query", json={
+        "query": "How do I create a temporary directory that is removed automatically?"})
+    body = await resp.json()
+    assert body["mode"] == "extractive" and body["degraded"] is False
+    assert body["sources"][0]["source"] == "python-stdlib/tempfile.md"
+    assert "temporary directory" in body["answer"]

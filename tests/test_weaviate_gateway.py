@@ -30,7 +30,8 @@ async def test_query_through_weaviate_and_anthropic(stack):
 
 
 @pytest.mark.parametrize("fault,reason", [({"status": 503}, "error"), ({"hang": True}, "timeout"),
-                                          ({"latency_s": 2.0}, "timeout"), ({"status": 429}, "rate_limited")])
+                                          ({"latency_s": 2.0}, "timeout"), ({"status": 429}, "rate_limited"),
+                                          ({"reset": True}, "error")])
 async def test_vector_db_failure_falls_back_to_keyword_search(stack, fault, reason):
     client, weaviate, _ = stack
     weaviate.set_faults(**fault)
@@ -50,8 +51,9 @@ async def test_embedder_down_skips_the_vector_db(stack, fake_embeddings):
     fake_embeddings.set_faults(status=500)
     before = weaviate.search_calls
     body = await (await client.post("/v1/query", json={"query": "shield volcano lava"})).json()
-    assert body["mode"] == "keyword_fallback"
-    assert body["degradations"][0]["component"] == "embedder"
+    assert body["mode"] == "keyword_fallback" and body["degraded"] is True
+    assert body["degradations"] == [{"component": "embedder", "reason": "error"}]
+    assert {s["retriever"] for s in body["sources"]} == {"bm25"}
     assert weaviate.search_calls == before
     assert body["sources"][0]["source"] == "volcanoes.html"
 
