@@ -7,7 +7,6 @@ an open interval of 30 s is skipped, not slept, while attempt durations stay rea
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from typing import Any, Callable
@@ -302,18 +301,54 @@ async def test_client_disconnect_cancels_the_upstream_call_and_is_not_a_breaker_
     print(f"\nclient disconnect ({hung}): upstream call cancelled {cancel_lag * 1000:.0f} ms after the client left")
 
 
-def test_serve_cancels_handlers_when_the_client_goes_away(monkeypatch):
+async def test_serve_cancels_the_upstream_call_when_the_client_goes_away(data_dir, tmp_path):
     """aiohttp's run_app does not cancel a disconnected client's handler by default (the test server
-    does): `rag-sidecar serve` must ask for it, or abandoned requests keep their upstream calls."""
-    from gateway import app as gateway_app
-    from gateway import cli
+    does): a real `rag-sidecar serve` process must, or abandoned requests keep their upstream calls."""
+    import os
+    import socket
+    import subprocess
+    import sys
 
-    seen: dict[str, Any] = {}
-    monkeypatch.setattr(gateway_app, "create_app", lambda settings, **kw: object())
-    monkeypatch.setattr(web, "run_app", lambda app, **kw: seen.update(kw))
-    monkeypatch.delenv("RAG_SIDECAR_CONFIG", raising=False)
-    assert cli.cmd_serve(argparse.Namespace(config=None, host="127.0.0.1", port=0)) == 0
-    assert seen.get("handler_cancellation") is True
+    anthropic = ObservedAnthropic()
+    await anthropic.start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAG_SIDECAR__SERVER__DATA_DIR": str(data_dir), "RAG_SIDECAR__SERVER__PORT": str(port),
+           "RAG_SIDECAR__KB__AUTO_INGEST_SAMPLE": "false", "RAG_SIDECAR__LLM__BACKEND": "anthropic",
+           "RAG_SIDECAR__LLM__API_KEY": "sk-ant-test-key-0123456789", "RAG_SIDECAR__LLM__BASE_URL": anthropic.url,
+           "RAG_SIDECAR__LLM__FALLBACK_MODEL": "null", "RAG_SIDECAR__AUTH__ADMIN_TOKEN": "adm-token-1234",
+           "RAG_SIDECAR__TELEMETRY__STATSD_ENABLED": "false", "RAG_SIDECAR__LOGGING__LEVEL": "WARNING"}
+    env.pop("RAG_SIDECAR_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):  # bounded wait for the process to listen and load its KB
+                try:
+                    async with http.get(base + "/readyz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("rag-sidecar serve did not become ready")
+            anthropic.set_faults(hang=True)
+            with pytest.raises(asyncio.TimeoutError):
+                async with http.post(base + "/v1/query", json={"query": "green tea"},
+                                     timeout=aiohttp.ClientTimeout(total=0.5)) as r:
+                    await r.read()
+            await asyncio.wait_for(anthropic._cancel_seen.wait(), timeout=5)  # the upstream call was dropped
+            assert anthropic.cancelled == 1
+            async with http.get(base + "/admin/breakers", headers={"Authorization": "Bearer adm-token-1234"}) as r:
+                llm = (await r.json())["llm"]
+            assert llm["state"] == "closed" and llm["breaker"]["totals"]["failures"] == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        await anthropic.stop()
 
 
 # ---- latency and slow calls -------------------------------------------------------------------
