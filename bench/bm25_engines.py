@@ -121,15 +121,9 @@ class TantivyEngine:
 
     @staticmethod
     def analyzer():
-        import tantivy
+        from fallback.bm25 import text_analyzer  # the same analysis as the gateway's index
 
-        from fallback.text import MAX_TOKEN_CHARS, STOPWORDS
-        return (tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
-                .filter(tantivy.Filter.lowercase())
-                .filter(tantivy.Filter.remove_long(MAX_TOKEN_CHARS + 1))
-                .filter(tantivy.Filter.custom_stopword(sorted(STOPWORDS)))
-                .filter(tantivy.Filter.stemmer("english"))
-                .build())
+        return text_analyzer()
 
     @classmethod
     def build(cls, texts: list[str], path: Path | None = None) -> "TantivyEngine":

@@ -64,7 +64,8 @@ class IndexCorrupt(KeywordIndexError):
     """An index is there but unusable: damaged files, bad manifest, or built by an incompatible version."""
 
 
-def _analyzer() -> tantivy.TextAnalyzer:
+def text_analyzer() -> tantivy.TextAnalyzer:
+    """Simple tokens, lowercased, long tokens and English stopwords dropped, Snowball-stemmed."""
     return (tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
             .filter(tantivy.Filter.lowercase())
             .filter(tantivy.Filter.remove_long(MAX_TOKEN_CHARS + 1))
@@ -73,7 +74,7 @@ def _analyzer() -> tantivy.TextAnalyzer:
             .build())
 
 
-_ANALYZER = _analyzer()
+_ANALYZER = text_analyzer()
 
 
 def _schema() -> tantivy.Schema:
@@ -94,7 +95,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (fsync the directory itself)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -211,7 +213,7 @@ class KeywordIndex:
                 json.dump(manifest, fh, indent=1)
                 fh.flush()
                 os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if dir.exists():
                 old = dir.parent / f".{dir.name}.old-{uuid.uuid4().hex[:8]}"
                 os.rename(dir, old)
@@ -219,7 +221,7 @@ class KeywordIndex:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(tmp, dir)
-            _fsync_dir(dir.parent)
+            fsync_dir(dir.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

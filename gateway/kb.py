@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from fallback.bm25 import KeywordIndex
+from fallback.bm25 import KeywordIndex, fsync_dir
 from fallback.chunking import chunk_document, load_documents
 from fallback.chunktable import ChunkTable
 from fallback.documents import Chunk
@@ -110,14 +110,6 @@ def _builder_alive(tmp: Path) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _save_synced(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as fh:
         np.save(fh, array)
@@ -140,7 +132,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class KnowledgeBase:
@@ -397,9 +389,9 @@ class KnowledgeBase:
             }
             _atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
             (tmp / BUILDER_FILE).unlink()
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.replace(tmp, self.versions_dir / version)
-            _fsync_dir(self.versions_dir)
+            fsync_dir(self.versions_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
