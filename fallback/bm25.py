@@ -30,6 +30,7 @@ from pathlib import Path
 import tantivy
 
 from fallback.documents import Chunk
+from fallback.filters import matches
 from fallback.text import MAX_TOKEN_CHARS, STOPWORDS
 
 FORMAT = 1
@@ -295,7 +296,10 @@ class KeywordIndex:
             q = tantivy.Query.boolean_query([(tantivy.Occur.Must, q),
                                              (tantivy.Occur.Must, tantivy.Query.const_score_query(fq, 0.0))])
         hits = self._searcher.search(q, limit=top_k, count=False).hits
-        return [self._chunk(addr).scored(score, RETRIEVER) for score, addr in hits]
+        chunks = [self._chunk(addr).scored(score, RETRIEVER) for score, addr in hits]
+        # The index compares filter values as terms (3 and "3", 1 and 1.0 look alike there); the
+        # exact rule shared with the embedded store decides, so both retrievers agree.
+        return [c for c in chunks if matches(c, filters)] if filters else chunks
 
     def _filter_query(self, filters: Filters) -> tantivy.Query | None:
         clauses = []

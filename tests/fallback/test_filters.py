@@ -8,7 +8,7 @@ from fallback.documents import Chunk
 from fallback.filters import matches
 
 CHUNKS = [
-    Chunk(id="a", text="alpha tea leaves", source="a.md", title="A", metadata={"lang": "en", "tags": ["x", "y"], "n": 3}),
+    Chunk(id="a", text="alpha tea leaves", source="a.md", title="A", doc_id="3", metadata={"lang": "en", "tags": ["x", "y"], "n": 3}),
     Chunk(id="b", text="beta tea leaves", source="b.md", title="B", metadata={"lang": "de", "tags": ["y"], "n": 4}),
     Chunk(id="c", text="gamma tea leaves", source="c.md", title="C", metadata={"lang": "en", "n": True}),
 ]
@@ -24,6 +24,8 @@ CHUNKS = [
     ({"n": 3}, {"a"}),
     ({"n": "3"}, set()),
     ({"n": 1}, set()),
+    ({"n": 3.0}, set()),
+    ({"doc_id": 3}, set()),
     ({"missing": "v"}, set()),
 ])
 def test_store_and_keyword_filters_agree(filters, expected):
