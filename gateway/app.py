@@ -21,6 +21,7 @@ from gateway.kb import KBError, KnowledgeBase, load_seed_vectors
 from gateway.logs import setup_logging
 from gateway.middleware import CHAIN
 from gateway.pipeline import Pipeline
+from gateway.retrieval import check_vectors_model
 from gateway.routes import admin, health, messages, metrics, query
 from gateway.state import STATE, AppState
 from gateway.telemetry import Telemetry
@@ -169,7 +170,8 @@ async def _activate_loaded(state: AppState) -> None:
     if kb is None:
         state.startup_stage = "no KB version: run `rag-sidecar ingest PATH`"
         return
-    if state.settings.vector_store.backend == "embedded":
+    if state.settings.vector_store.backend == "embedded" and state.embedder is not None:
+        check_vectors_model(kb.version, kb.manifest, state.embedder)  # another model's vectors: refused
         state.store.load(kb.version, kb.path, kb.chunks)
     previous = state.kb.version if state.kb else None
     state.kb, state.kb_error = kb, None

@@ -47,6 +47,7 @@ class Trace:
     degradations: list[dict[str, Any]] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     retriever: str | None = None
+    keyword_only: bool = False  # the KB has no vectors by design (embedder.backend none): bm25 is the normal path
     generation: str | None = None  # full | cached | extractive | retrieval_only
     cache: str = "off"  # off | miss | hit | stale | error
     model: str | None = None
@@ -72,7 +73,7 @@ class Trace:
     def mode(self) -> str:
         if self.generation in ("cached", "extractive", "retrieval_only"):
             return self.generation
-        if self.retriever == "bm25":
+        if self.retriever == "bm25" and not self.keyword_only:
             return "keyword_fallback"
         return "full"
 
@@ -131,11 +132,17 @@ class Pipeline:
         self.telemetry = telemetry
         self.tracer = tracer
         self.reserve_s = settings.server.fallback_reserve_s
+        # No embedder in front of the embedded store: the KB has no vectors and its keyword index is the
+        # retriever (labelled keyword_only on /health), not a fallback.
+        self.keyword_only = embedder is None and settings.vector_store.backend == "embedded"
 
     # ---- retrieval ------------------------------------------------------------------------
     async def retrieve(self, req: QueryRequest, deadline: Deadline, trace: Trace) -> list[Chunk]:
         """Vector search under guards; on any DependencyUnavailable, the local keyword index."""
         with trace.timed("retrieve"):
+            if self.keyword_only:
+                trace.keyword_only = True
+                return self._keyword_search(req, trace)
             vector = None
             try:
                 # An open vector DB breaker makes the embedding useless: fail over before paying for it.

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.errors import APIError
 from gateway.kb import KBCorrupt, KBError
+from gateway.retrieval import ModelMismatch, check_version_servable
 from gateway.state import STATE, AppState
 
 
@@ -71,8 +72,9 @@ async def kb_activate(request: web.Request) -> web.Response:
     if not isinstance(version, str) or not version:
         raise APIError(422, "invalid_value", "version must be a non-empty string", field="version")
     try:
+        check_version_servable(state.kb_store, version, state.settings, state.embedder)
         result = state.kb_store.activate(version)
-    except KBCorrupt as exc:
+    except (KBCorrupt, ModelMismatch) as exc:
         raise APIError(409, "conflict", str(exc), field="version") from None
     except KBError as exc:
         raise APIError(404, "not_found", str(exc), field="version") from None

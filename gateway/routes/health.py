@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.retrieval import retrieval_mode
 from gateway.state import STATE, AppState
 
 
@@ -70,7 +71,8 @@ def health_report(state: AppState) -> dict[str, Any]:
     if components["rate_limit"].get("status") == "degraded":
         degraded.append("rate_limit:degraded")
     status = "starting" if not state.ready.is_set() else ("degraded" if degraded else "ok")
-    return {"status": status, "degraded_components": degraded, "components": components,
+    return {"status": status, "retrieval": retrieval_mode(s, state.embedder),
+            "degraded_components": degraded, "components": components,
             "uptime_s": round(time.monotonic() - state.started_at, 1) if state.started_at else 0.0}
 
 
