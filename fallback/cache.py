@@ -22,7 +22,7 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import diskcache
 
@@ -78,6 +78,34 @@ class CacheHit:
     entry: CacheEntry
     age_s: float
     fresh: bool  # age_s <= fresh_ttl_s; otherwise usable only as a stale-if-error answer
+
+
+def hit_of(entry: CacheEntry, now: float, fresh_ttl_s: float, stale_ttl_s: float) -> CacheHit | None:
+    """``entry`` seen at wall-clock ``now``: a fresh or stale hit, or None once older than ``stale_ttl_s``."""
+    age = max(0.0, now - (entry.created_at or 0.0))
+    if age > stale_ttl_s:
+        return None
+    return CacheHit(entry=entry, age_s=age, fresh=age <= fresh_ttl_s)
+
+
+class AnswerStore(Protocol):
+    """What the pipeline needs from an answer cache (diskcache here, Redis in ``fallback.redis_cache``).
+
+    ``get``/``put`` never raise: a broken backend is a miss / a no-op, counted in ``errors``.
+    """
+
+    errors: int
+
+    @property
+    def healthy(self) -> bool: ...
+
+    async def get(self, key: CacheKey) -> CacheHit | None: ...
+
+    async def put(self, key: CacheKey, entry: CacheEntry) -> None: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class AnswerCache:
@@ -143,10 +171,7 @@ class AnswerCache:
         self._read_ok = True
         if entry is None:
             return None
-        age = max(0.0, self._clock() - entry.created_at)
-        if age > self.stale_ttl_s:
-            return None
-        return CacheHit(entry=entry, age_s=age, fresh=age <= self.fresh_ttl_s)
+        return hit_of(entry, self._clock(), self.fresh_ttl_s, self.stale_ttl_s)
 
     async def put(self, key: CacheKey, entry: CacheEntry) -> None:
         """Store ``entry`` under ``key`` (in a worker thread; ~150 µs). Never raises; a failure is a no-op."""
@@ -165,6 +190,13 @@ class AnswerCache:
             return
         self._write_ok = True
 
+    def snapshot(self) -> dict[str, Any]:
+        """What /health shows: backend, health and error count."""
+        return {"backend": "diskcache", "healthy": self.healthy, "errors": self.errors}
+
     def close(self) -> None:
         if self._cache is not None:
             self._cache.close()
+
+    async def aclose(self) -> None:
+        self.close()

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -39,6 +39,21 @@ def build_guards(settings: Settings, telemetry: Telemetry, clock: Clock = time.m
     r = settings.resilience
     return GuardRegistry({"embedder": r.embedder, "vector_db": r.vector_db, "llm": r.llm, "llm_fallback": r.llm},
                          redis_url=r.redis_url, observer=telemetry, clock=clock)
+
+
+def build_answer_cache(settings: Settings, data_dir: Path, on_error: Callable[[BaseException], None]) -> Any:
+    """The configured answer cache: diskcache in ``data_dir/cache``, or Redis written through to it."""
+    from fallback.cache import AnswerCache
+
+    c = settings.cache
+    local = AnswerCache(data_dir / "cache", fresh_ttl_s=c.fresh_ttl_s, stale_ttl_s=c.stale_ttl_s,
+                        size_limit_bytes=c.size_limit_mb << 20, on_error=on_error)
+    if c.backend != "redis" or not c.redis_url:
+        return local
+    from fallback.redis_cache import RedisAnswerCache
+
+    return RedisAnswerCache(c.redis_url, local=local, fresh_ttl_s=c.fresh_ttl_s, stale_ttl_s=c.stale_ttl_s,
+                            op_timeout_s=c.redis_timeout_s, max_entry_bytes=c.max_entry_kb << 10, on_error=on_error)
 
 
 def key_labels(keys: list[str]) -> dict[str, str]:
@@ -91,11 +106,7 @@ async def _on_startup(app: web.Application) -> None:
         state.faults = FaultRegistry(max_duration_s=s.chaos.max_fault_duration_s)
         state.embedder, state.store, state.llm = state.faults.wrap(state.embedder, state.store, state.llm)
     if s.cache.enabled and state.llm is not None:
-        from fallback.cache import AnswerCache
-
-        state.cache = AnswerCache(data_dir / "cache", fresh_ttl_s=s.cache.fresh_ttl_s,
-                                  stale_ttl_s=s.cache.stale_ttl_s, size_limit_bytes=s.cache.size_limit_mb << 20,
-                                  on_error=lambda exc: state.telemetry.cache_result("error"))
+        state.cache = build_answer_cache(s, data_dir, on_error=lambda exc: state.telemetry.cache_result("error"))
     if s.rate_limit.enabled:
         state.rate_limiter = make_rate_limiter(s.rate_limit, clock=state.clock)
     await state.guards.start()
@@ -214,7 +225,7 @@ async def _on_cleanup(app: web.Application) -> None:
         if closer is not None:
             await closer.close()
     if state.cache is not None:
-        state.cache.close()
+        await state.cache.aclose()
     if state.rate_limiter is not None:
         await state.rate_limiter.close()
     await state.guards.close()

@@ -165,12 +165,21 @@ class CacheConfig(_Section):
     fresh_ttl_s: float = Field(300.0, ge=0, description="a hit younger than this is served as mode=cached")
     stale_ttl_s: float = Field(86400.0, ge=0, description="stale-if-error window")
     size_limit_mb: int = Field(256, ge=1, description="on-disk size cap; oldest entries evicted")
+    backend: Literal["diskcache", "redis"] = Field("diskcache", description=(
+        "diskcache = local to this replica; redis = shared by replicas (written through to the local cache, "
+        "which answers while Redis is down)"))
+    redis_url: str | None = Field(None, description=(
+        "backend=redis: the Redis URL (set `maxmemory` and a `maxmemory-policy` on it: see the README)"))
+    redis_timeout_s: float = Field(0.25, gt=0, description="backend=redis: per-command timeout")
+    max_entry_kb: int = Field(256, ge=1, description="backend=redis: larger answers are cached locally only")
 
 
     @model_validator(mode="after")
     def _fresh_within_stale(self) -> "CacheConfig":
         if self.fresh_ttl_s > self.stale_ttl_s:
             raise ValueError("fresh_ttl_s must not exceed stale_ttl_s")
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("backend redis needs redis_url")
         return self
 
 class FallbackConfig(_Section):

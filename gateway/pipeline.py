@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from fallback.cache import AnswerCache, CacheEntry, CacheKey
+from fallback.cache import AnswerStore, CacheEntry, CacheKey
 from fallback.documents import Chunk
 from fallback.extractive import NO_INFO_ANSWER, extractive_answer
 from gateway.config import Settings
@@ -120,7 +120,7 @@ class Pipeline:
     """Runs one query down the ladder. Construct once per app; safe for concurrent requests."""
 
     def __init__(self, settings: Settings, guards: GuardRegistry, *, embedder: Embedder | None,
-                 store: VectorStore, llm: LLM | None, cache: AnswerCache | None,
+                 store: VectorStore, llm: LLM | None, cache: AnswerStore | None,
                  kb: Callable[[], KBVersion | None], telemetry: Telemetry, tracer: Tracer = NOOP) -> None:
         self.settings = settings
         self.guards = guards

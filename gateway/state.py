@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from fallback.cache import AnswerCache
+    from fallback.cache import AnswerStore
     from gateway.config import Settings
     from gateway.kb import KBVersion, KnowledgeBase
     from gateway.pipeline import Pipeline
@@ -27,7 +27,7 @@ class AppState:
     embedder: "Embedder | None" = None
     store: "VectorStore | None" = None
     llm: "LLM | None" = None
-    cache: "AnswerCache | None" = None
+    cache: "AnswerStore | None" = None
     pipeline: "Pipeline | None" = None
     rate_limiter: Any = None
     faults: Any = None  # gateway.upstreams.faultinject.FaultRegistry when chaos.allow_fault_injection

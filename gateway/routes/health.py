@@ -46,9 +46,7 @@ def health_report(state: AppState) -> dict[str, Any]:
                         "created_at": kb.created_at if kb else None,
                         "age_s": round(now - kb.created_at, 1) if kb else None, "error": state.kb_error}
     cache = state.cache
-    components["answer_cache"] = {"enabled": cache is not None,
-                                  "healthy": getattr(cache, "healthy", None) if cache else None,
-                                  "errors": getattr(cache, "errors", None) if cache else None}
+    components["answer_cache"] = {"enabled": cache is not None, **(cache.snapshot() if cache is not None else {})}
     limiter = state.rate_limiter
     components["rate_limit"] = {"enabled": limiter is not None,
                                 **(limiter.snapshot() if limiter is not None and hasattr(limiter, "snapshot") else {})}
@@ -66,6 +64,8 @@ def health_report(state: AppState) -> dict[str, Any]:
         degraded.append("keyword_index:unavailable")
     if cache is not None and getattr(cache, "healthy", True) is False:
         degraded.append("answer_cache:unhealthy")
+    elif components["answer_cache"].get("status") == "degraded":  # Redis down: this replica's cache only
+        degraded.append("answer_cache:local_only")
     if components["shared_state"]["status"] == "degraded":
         degraded.append("shared_state:degraded")
     if components["rate_limit"].get("status") == "degraded":
