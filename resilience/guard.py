@@ -16,12 +16,19 @@ A *caller-fault* ``UpstreamError`` (the upstream rejected the caller's input) ra
 ``DependencyUnavailable(reason="error", caller_fault=True)``: never retried, never counted by the
 breaker; the pipeline may step down the ladder or surface a 4xx. ``CancelledError`` (the client
 went away) propagates unchanged and is not counted either.
+
+Caller-caused outcomes never count: a timeout counts against the breaker only when the dependency had
+the stage's own limit. When the caller's budget (``X-Request-Timeout``) or time queued behind our own
+bulkhead or scheduler (:func:`note_queued`) cut the attempt short, the attempt is reported as
+``caller_timeout`` / ``queued_timeout`` and the breaker hears nothing (the request still degrades with
+reason ``timeout``). :class:`BulkheadFull` raised by ``op()`` (our own scheduler shedding) is ``shed``.
 """
 from __future__ import annotations
 
 import asyncio
 import random as _random
 import time
+from contextvars import ContextVar
 from typing import Any, Awaitable, Callable, Iterable, Iterator, TypeVar
 
 from resilience.breaker import CircuitBreaker, StateListener, counts_as_failure
@@ -37,10 +44,42 @@ T = TypeVar("T")
 Clock = Callable[[], float]
 
 
+# A timeout counts against the dependency only if it had (all but this share of) its own limit.
+_OWN_LIMIT_SLACK = 0.01
+
+
+class _Queued:
+    __slots__ = ("seconds",)
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+
+_QUEUED: ContextVar[_Queued | None] = ContextVar("rag_guard_queued", default=None)
+
+
+def note_queued(seconds: float) -> None:
+    """Tell the guard running this attempt that ``op()`` spent ``seconds`` waiting in one of *our own*
+    queues (e.g. a fair scheduler in front of a local engine) before the dependency started: that
+    time is neither a slow call nor a timeout of the dependency. No-op outside a guarded call."""
+    queued = _QUEUED.get()
+    if queued is not None:
+        queued.seconds += seconds
+
+
+class _AttemptFailed(Exception):
+    """``op()`` failed; carries its exception from :meth:`Guard._attempt` to the retry decision."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
 def attempt_outcome(exc: BaseException) -> str:
     """The observer's name for how an attempt ended."""
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"
+    if isinstance(exc, BulkheadFull):
+        return "shed"
     if isinstance(exc, TimeoutError):
         return "timeout"
     if isinstance(exc, UpstreamError):
@@ -49,6 +88,8 @@ def attempt_outcome(exc: BaseException) -> str:
 
 
 def failure_reason(exc: BaseException) -> Reason:
+    if isinstance(exc, BulkheadFull):
+        return Reason.SHED
     if isinstance(exc, TimeoutError):
         return Reason.TIMEOUT
     if isinstance(exc, UpstreamError):
@@ -95,77 +136,105 @@ class Guard:
         start = self._clock()
         self.stats["calls"] += 1
         self.retry.budget.record_call()
-        cap = self.config.attempt_timeout_s or self.config.timeout_s
+        cap = min(self.config.attempt_timeout_s or self.config.timeout_s, self.config.timeout_s)
         if attempt_timeout_s is not None:
             cap = min(cap, attempt_timeout_s)
-        cap = min(cap, self.config.timeout_s)
         min_attempt = min(cap, self.config.min_attempt_s)
         # One stage budget for every attempt (Envoy's route timeout vs per_try_timeout): a stage that
         # times out is never paid twice, however the retry budget stands.
         stage_ends = loop.time() + self.config.timeout_s
-
-        def time_left() -> float:
-            return min(deadline.remaining() - reserve_s, stage_ends - loop.time())
-
         attempts = 0
         while True:
-            # The first attempt owns the whole stage (time_left() has already lost a few µs of it).
-            left = time_left() if attempts else min(deadline.remaining() - reserve_s, self.config.timeout_s)
+            # The first attempt owns the whole stage (stage_ends has already lost a few µs of it).
+            stage_left = self.config.timeout_s if attempts == 0 else stage_ends - loop.time()
+            caller_left = deadline.remaining() - reserve_s
+            left = min(stage_left, caller_left)
             if left < min_attempt:
                 raise self._fail(Reason.TIMEOUT, start, attempts,
                                  detail=f"{max(left, 0.0):.3f}s left, an attempt needs {min_attempt:.3f}s")
-            permit = self.breaker.acquire()
-            if permit is None:
-                self.stats["short_circuits"] += 1
-                self.observer.on_short_circuit(self.name)
-                raise self._fail(Reason.BREAKER_OPEN, start, attempts,
-                                 retry_after_s=self.breaker.open_remaining_s(), detail="short-circuited")
-            attempt_timeout = min(cap, left)
-            ends_at = loop.time() + attempt_timeout
             try:
-                await self.bulkhead.acquire(max_wait_s=attempt_timeout - min_attempt)
-            except BulkheadFull as exc:
-                permit.ignore()
-                self.stats["shed"] += 1
-                self.observer.on_shed(self.name)
-                raise self._fail(Reason.SHED, start, attempts,
-                                 detail=f"{self.bulkhead.max_concurrent} in flight, waited {exc.waited_s:.3f}s") from None
-            except BaseException:
-                permit.ignore()
-                raise
+                return await self._attempt(op, own_limit_s=min(cap, stage_left), caller_left_s=caller_left,
+                                           min_attempt_s=min_attempt, start=start, attempts=attempts)
+            except _AttemptFailed as failed:
+                exc = failed.exc
             attempts += 1
-            self.stats["attempts"] += 1
-            t0 = self._clock()
-            try:
-                async with asyncio.timeout_at(ends_at):
-                    result = await op()
-            except BaseException as exc:
-                seconds = self._clock() - t0
-                self.bulkhead.release()
-                if counts_as_failure(exc):
-                    permit.failure(seconds)
-                else:
-                    permit.ignore()
-                self.observer.on_attempt(self.name, attempt_outcome(exc), seconds)
-                if not isinstance(exc, Exception):  # CancelledError and friends: the caller is gone
-                    self.stats["cancelled"] += 1
-                    raise
-                decision = self.retry.decide(attempts, exc, remaining_s=time_left(),
-                                             min_attempt_s=min_attempt, breaker_admits=self.breaker.would_admit())
-                if not decision.retry:
-                    raise self._fail(decision.reason or failure_reason(exc), start, attempts, exc=exc,
-                                     detail=f"{decision.why}: {exc!r}") from exc
-                self.stats["retries"] += 1
-                self.observer.on_retry(self.name, failure_reason(exc).value)
-                if decision.delay_s > 0:
-                    await self.retry.sleep(decision.delay_s)
-                continue
-            seconds = self._clock() - t0
+            decision = self.retry.decide(attempts, exc, remaining_s=min(stage_ends - loop.time(),
+                                                                         deadline.remaining() - reserve_s),
+                                         min_attempt_s=min_attempt, breaker_admits=self.breaker.would_admit())
+            if not decision.retry:
+                raise self._fail(decision.reason or failure_reason(exc), start, attempts, exc=exc,
+                                 detail=f"{decision.why}: {exc!r}") from exc
+            self.stats["retries"] += 1
+            self.observer.on_retry(self.name, failure_reason(exc).value)
+            if decision.delay_s > 0:
+                await self.retry.sleep(decision.delay_s)
+
+    async def _attempt(self, op: Callable[[], Awaitable[T]], *, own_limit_s: float, caller_left_s: float,
+                       min_attempt_s: float, start: float, attempts: int) -> T:
+        """One attempt: a breaker permit, a bulkhead slot, then ``op()`` under
+        ``min(own_limit_s, caller_left_s)`` seconds (the bulkhead wait included).
+
+        Returns ``op()``'s result. Raises :class:`DependencyUnavailable` when no attempt could start
+        (``breaker_open``, ``shed``), :class:`_AttemptFailed` when ``op()`` failed (the outcome is
+        already recorded), and lets ``CancelledError`` through.
+
+        The breaker only hears what the dependency did within its own limit: a timeout counts only if
+        the dependency itself had the stage's own limit, i.e. neither the caller's budget
+        (``caller_left_s``) nor time queued behind our own bulkhead or scheduler (:func:`note_queued`)
+        cut it short; slow-call durations exclude that queueing too.
+        """
+        permit = self.breaker.acquire()
+        if permit is None:
+            self.stats["short_circuits"] += 1
+            self.observer.on_short_circuit(self.name)
+            raise self._fail(Reason.BREAKER_OPEN, start, attempts,
+                             retry_after_s=self.breaker.open_remaining_s(), detail="short-circuited")
+        loop = asyncio.get_running_loop()
+        timeout = min(own_limit_s, caller_left_s)
+        ends_at = loop.time() + timeout
+        try:
+            await self.bulkhead.acquire(max_wait_s=timeout - min_attempt_s)
+        except BulkheadFull as exc:
+            permit.ignore()
+            self.stats["shed"] += 1
+            self.observer.on_shed(self.name)
+            raise self._fail(Reason.SHED, start, attempts,
+                             detail=f"{self.bulkhead.max_concurrent} in flight, waited {exc.waited_s:.3f}s") from None
+        except BaseException:
+            permit.ignore()
+            raise
+        self.stats["attempts"] += 1
+        queued = _Queued()
+        token = _QUEUED.set(queued)
+        t0, op_started = self._clock(), loop.time()
+        try:
+            async with asyncio.timeout_at(ends_at):
+                result = await op()
+        except BaseException as exc:
+            seconds = max(0.0, self._clock() - t0 - queued.seconds)
             self.bulkhead.release()
-            permit.success(seconds)
-            self.observer.on_attempt(self.name, "success", seconds)
-            self.stats["succeeded"] += 1
-            return result
+            outcome = attempt_outcome(exc)
+            if outcome == "timeout" and ends_at - op_started - queued.seconds < own_limit_s * (1 - _OWN_LIMIT_SLACK):
+                # Cut short by the caller's budget or by our own queueing: not the dependency's doing.
+                outcome = "caller_timeout" if caller_left_s < own_limit_s else "queued_timeout"
+                permit.ignore()
+            elif counts_as_failure(exc) and not isinstance(exc, BulkheadFull):
+                permit.failure(seconds)
+            else:
+                permit.ignore()
+            self.observer.on_attempt(self.name, outcome, seconds)
+            if not isinstance(exc, Exception):  # CancelledError and friends: the caller is gone
+                self.stats["cancelled"] += 1
+                raise
+            raise _AttemptFailed(exc) from None
+        finally:
+            _QUEUED.reset(token)
+        seconds = max(0.0, self._clock() - t0 - queued.seconds)
+        self.bulkhead.release()
+        permit.success(seconds)
+        self.observer.on_attempt(self.name, "success", seconds)
+        self.stats["succeeded"] += 1
+        return result
 
     def check_admits(self) -> None:
         """Raise now the short-circuit :meth:`call` would raise, so a caller can skip work whose only

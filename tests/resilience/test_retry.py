@@ -61,10 +61,12 @@ async def test_retry_after_is_honoured(clock):
 
 
 async def test_retry_after_beyond_the_cap_fails_now_as_rate_limited(clock):
-    guard, sleep = make_guard(clock, retry=RetryConfig(retry_after_cap_s=2.0))
+    # The stage and the deadline could both wait 30 s: only the cap (2 s) may refuse it. (With the
+    # default 2 s stage the deadline rule refused it too, so ignoring the cap went unnoticed.)
+    guard, sleep = make_guard(clock, retry=RetryConfig(retry_after_cap_s=2.0), timeout_s=120.0)
     op = Flaky(UpstreamError("slow down", status=503, retry_after_s=30))
     with pytest.raises(DependencyUnavailable) as err:
-        await guard.call(op, Deadline(60, clock=clock))
+        await guard.call(op, Deadline(120, clock=clock))
     assert (err.value.reason.value, err.value.attempts, err.value.retry_after_s) == ("rate_limited", 1, 30)
     assert op.attempts == 1 and sleep.delays == []
 
