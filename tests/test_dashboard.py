@@ -1,6 +1,6 @@
 """deploy/datadog/{dashboard,monitors}.json, checked offline: they deserialize into datadog-api-client's
 models with nothing unparsed or unknown, and every metric, tag and tag value they query is one the
-catalogue in gateway/telemetry.py emits. Every catalogue metric is on the dashboard (or says why not)."""
+catalogue in gateway/telemetry/catalogue.py emits. Every catalogue metric is on the dashboard (or says why not)."""
 from __future__ import annotations
 
 import json
@@ -88,7 +88,7 @@ def check_use(use: re.Match[str]) -> list[str]:
     name = use["metric"]
     spec = SPECS.get(name)
     if spec is None:
-        return [f"{name}: not in the catalogue (gateway/telemetry.py)"]
+        return [f"{name}: not in the catalogue (gateway/telemetry/catalogue.py)"]
     problems = []
     agg = use["agg"]
     if agg and PERCENTILE.fullmatch(agg) and spec.type != "distribution":

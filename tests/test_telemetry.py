@@ -1,5 +1,5 @@
 """Metrics as an SRE receives them: a fake DogStatsD agent (real UDP / Unix datagram sockets) and the
-Prometheus text of /metrics, both checked against the catalogue in gateway/telemetry.py."""
+Prometheus text of /metrics, both checked against the catalogue in gateway/telemetry/catalogue.py."""
 from __future__ import annotations
 
 import logging
