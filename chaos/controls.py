@@ -1,0 +1,208 @@
+"""The drill's control plane: where requests and faults go (:class:`DrillTarget`) and the client that
+applies actions to the fault proxy, the stand-ins and the gateway admin API and reads their counters
+(:class:`Controls`)."""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+
+from chaos.proxy.client import ToxiproxyClient, ToxiproxyNotFound
+from chaos.scenario import Action, Rollback, Scenario
+
+# Which proxy (Toxiproxy name) and which guards front each dependency, by default (the local stack's names).
+DEFAULT_PROXIES = {"vector_db": "weaviate_grpc", "embedder": "embeddings", "llm": "anthropic"}
+GUARDS = {"embedder": ("embedder",), "vector_db": ("vector_db",), "llm": ("llm", "llm_fallback"),
+          "llm_fallback": ("llm_fallback",)}
+# --stub NAME=URL accepts a dependency or a stand-in's name.
+STUB_ALIASES = {"weaviate": "vector_db", "anthropic": "llm", "embeddings": "embedder",
+                "vector_db": "vector_db", "llm": "llm", "embedder": "embedder"}
+CONTROL_TIMEOUT_S = 5.0  # every control-plane call (toxics, stand-in faults, admin) is bounded by this
+
+
+class DrillError(Exception):
+    """The drill could not run or apply an action (pre-flight, or an action the target refused)."""
+
+
+@dataclass
+class DrillTarget:
+    """Where the drill's requests and faults go.
+
+    ``url``: the gateway; ``toxiproxy``: the fault proxy's API (ours or a real Toxiproxy);
+    ``stubs``: dependency → stand-in base URL (``/__faults__``, ``/__stats__``); ``admin_token``:
+    the gateway's admin token (breaker states, breaker actions, ``/admin/faults``); ``proxies``:
+    dependency → proxy name for toxic actions.
+    """
+
+    url: str
+    toxiproxy: str | None = None
+    stubs: dict[str, str] = field(default_factory=dict)
+    admin_token: str | None = None
+    proxies: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PROXIES))
+
+    def describe(self) -> dict[str, Any]:
+        return {"url": self.url, "toxiproxy": self.toxiproxy, "stubs": dict(self.stubs),
+                "admin": self.admin_token is not None, "proxies": dict(self.proxies)}
+
+
+# ---- the control plane ---------------------------------------------------------------------------
+Undo = Callable[[], Awaitable[None]]
+
+
+class Controls:
+    """Applies actions to the fault proxy, the stand-ins and the gateway admin API; reads their counters."""
+
+    def __init__(self, target: DrillTarget, session: aiohttp.ClientSession) -> None:
+        self.target = target
+        self.session = session
+        self.toxiproxy = ToxiproxyClient(target.toxiproxy, timeout_s=CONTROL_TIMEOUT_S) if target.toxiproxy else None
+        self._timeout = aiohttp.ClientTimeout(total=CONTROL_TIMEOUT_S)
+
+    async def close(self) -> None:
+        if self.toxiproxy is not None:
+            await self.toxiproxy.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _proxy(self, target: str) -> str:
+        if self.toxiproxy is None:
+            raise DrillError("this action needs the fault proxy: pass --toxiproxy URL")
+        return self.target.proxies.get(target, target)
+
+    def _stub(self, target: str) -> str:
+        dep = STUB_ALIASES.get(target, target)
+        url = self.target.stubs.get(dep)
+        if url is None:
+            raise DrillError(f"no stand-in URL for {target!r}: pass --stub {dep}=URL")
+        return url.rstrip("/")
+
+    def _admin_headers(self) -> dict[str, str]:
+        if not self.target.admin_token:
+            raise DrillError("this action needs the gateway's admin token: pass --admin-token")
+        return {"Authorization": f"Bearer {self.target.admin_token}"}
+
+    async def _http(self, method: str, url: str, *, json_body: Any = None,
+                    headers: dict[str, str] | None = None, ok_404: bool = False) -> Any:
+        async with self.session.request(method, url, json=json_body, headers=headers, timeout=self._timeout) as resp:
+            text = await resp.text()
+            if resp.status == 404 and ok_404:
+                return None
+            if resp.status >= 400:
+                raise DrillError(f"{method} {url} -> {resp.status}: {text[:300]}")
+            return json.loads(text) if text.strip() else None
+
+    # -- actions -------------------------------------------------------------------------------
+    async def apply(self, action: Action | Rollback, index: int = 0) -> Undo | None:
+        """Apply one action; returns how to undo it (None for actions that undo nothing)."""
+        kind, target, attrs = action.action, action.target, dict(action.attributes)
+        if kind == "toxic_add":
+            proxy = self._proxy(target)
+            stream = attrs.get("stream", "downstream")
+            name = attrs.get("name") or f"drill{index}_{attrs['type']}_{stream}"
+            await self.toxiproxy.add_toxic(proxy, attrs["type"], attributes=attrs.get("attributes") or {},
+                                           stream=stream, toxicity=float(attrs.get("toxicity", 1.0)), name=name)
+            return lambda: self._remove_toxic(proxy, name)
+        if kind == "toxic_update":
+            await self.toxiproxy.update_toxic(self._proxy(target), attrs["name"], attributes=attrs.get("attributes"),
+                                              toxicity=attrs.get("toxicity"))
+            return None
+        if kind == "toxic_remove":
+            await self._remove_toxic(self._proxy(target), attrs["name"])
+            return None
+        if kind == "proxy_disable":
+            proxy = self._proxy(target)
+            await self.toxiproxy.disable(proxy)
+            return lambda: self._enable(proxy)
+        if kind == "proxy_enable":
+            await self._enable(self._proxy(target))
+            return None
+        if kind == "stub_fault":
+            url = self._stub(target) + "/__faults__"
+            previous = await self._http("GET", url)
+            await self._http("PATCH", url, json_body=attrs)
+            return lambda: self._http("PUT", url, json_body=previous)
+        if kind == "stub_clear":
+            await self._http("DELETE", self._stub(target) + "/__faults__")
+            return None
+        if kind == "gateway_fault":
+            url = f"{self.target.url.rstrip('/')}/admin/faults/{target}"
+            await self._http("PUT", url, json_body=attrs, headers=self._admin_headers())
+            return lambda: self._http("DELETE", url, headers=self._admin_headers())
+        if kind == "gateway_fault_clear":
+            suffix = "" if target == "all" else f"/{target}"
+            await self._http("DELETE", f"{self.target.url.rstrip('/')}/admin/faults{suffix}",
+                             headers=self._admin_headers())
+            return None
+        if kind in ("breaker_open", "breaker_close", "breaker_reset"):
+            verb = kind.split("_", 1)[1]
+            names = GUARDS.get(target, (target,)) if verb != "open" else (target,)
+            for name in names:
+                await self._http("POST", f"{self.target.url.rstrip('/')}/admin/breakers/{name}/{verb}",
+                                 headers=self._admin_headers())
+            if kind == "breaker_open":
+                return lambda: self._http("POST", f"{self.target.url.rstrip('/')}/admin/breakers/{target}/close",
+                                          headers=self._admin_headers())
+            return None
+        raise DrillError(f"unknown action {kind!r}")
+
+    async def _remove_toxic(self, proxy: str, name: str) -> None:
+        try:
+            await self.toxiproxy.remove_toxic(proxy, name)
+        except ToxiproxyNotFound:
+            pass  # already gone: the goal of a removal is met
+
+    async def _enable(self, proxy: str) -> None:
+        await self.toxiproxy.enable(proxy)
+
+    def needs(self, scenario: Scenario) -> set[str]:
+        """What the scenario's actions need: ``toxiproxy``, ``stub:<dep>``, ``admin``."""
+        out: set[str] = set()
+        for a in [*scenario.method, *scenario.rollbacks]:
+            if a.action.startswith(("toxic_", "proxy_")):
+                out.add("toxiproxy")
+            elif a.action.startswith("stub_"):
+                out.add(f"stub:{STUB_ALIASES.get(a.target, a.target)}")
+            else:
+                out.add("admin")
+        return out
+
+    # -- counters ------------------------------------------------------------------------------
+    async def stub_attempts(self, dependency: str) -> int | None:
+        """Upstream calls the stand-in saw (data plane only); None when unknown/unreachable."""
+        url = self.target.stubs.get(dependency)
+        if url is None:
+            return None
+        try:
+            stats = await self._http("GET", url.rstrip("/") + "/__stats__")
+        except (DrillError, aiohttp.ClientError, TimeoutError):
+            return None
+        if not isinstance(stats, dict):
+            return None
+        if "search_calls" in stats:  # FakeWeaviate: gRPC data-plane counters
+            return int(stats["search_calls"])
+        return sum(int(v.get("requests", 0)) for k, v in stats.items()
+                   if isinstance(v, dict) and k.startswith("POST "))
+
+    async def breakers(self) -> dict[str, dict[str, Any]] | None:
+        """``{guard: {state, opened, attempts}}`` from ``GET /admin/breakers``; None without admin access."""
+        if not self.target.admin_token:
+            return None
+        try:
+            snap = await self._http("GET", f"{self.target.url.rstrip('/')}/admin/breakers",
+                                    headers=self._admin_headers())
+        except (DrillError, aiohttp.ClientError, TimeoutError):
+            return None
+        out = {}
+        for name, g in (snap or {}).items():
+            breaker = g.get("breaker") or {}
+            out[name] = {"state": g.get("state"), "opened": int((breaker.get("totals") or {}).get("opened", 0)),
+                         "attempts": int((g.get("stats") or {}).get("attempts", 0))}
+        return out
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Breakers and stand-in attempt counters, read concurrently."""
+        deps = sorted(self.target.stubs)
+        results = await asyncio.gather(self.breakers(), *(self.stub_attempts(d) for d in deps))
+        return {"breakers": results[0], "attempts": dict(zip(deps, results[1:]))}

@@ -1,0 +1,164 @@
+"""Steady-state probe evaluators: one function per probe type, looked up in :data:`EVALUATORS`.
+
+Each evaluator gets a :class:`ProbeInput` (the probe, the phase's requests and the drill whose
+snapshots it may read) and returns a :class:`Verdict`: the measured ``value``, the ``limit`` it was
+held against, whether it was ``met`` and a ``detail`` dict for the journal. A new probe type is a
+new function and one row in the table (and its schema in :mod:`chaos.scenario`).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from chaos.load import RequestRecord
+from chaos.scenario import Probe, Tolerance
+
+if TYPE_CHECKING:
+    from chaos.drill import Drill
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def in_spans(t: float, spans: Sequence[tuple[float, float]], skip_s: float = 0.0) -> bool:
+    return any(s + skip_s <= t < e for s, e in spans)
+
+
+def rounded(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def status_counts(records: Sequence[RequestRecord]) -> dict[str, int]:
+    """Requests per HTTP status, or per client-side error (hung, connection, …)."""
+    return dict(Counter(r.error if r.error else str(r.status) for r in records))
+
+
+@dataclass
+class ProbeInput:
+    """What an evaluator may read: ``records`` started in the phase's spans (only finished ones unless
+    ``final``), ``done`` = finished, ``answers`` = finished 200s without a client-side error."""
+
+    probe: Probe
+    phase: str
+    dependency: str
+    spans: list[tuple[float, float]]
+    records: list[RequestRecord]
+    done: list[RequestRecord]
+    answers: list[RequestRecord]
+    all_records: list[RequestRecord]
+    drill: "Drill"
+
+    @property
+    def tol(self) -> Tolerance:
+        return self.probe.tolerance
+
+
+@dataclass
+class Verdict:
+    value: float | None
+    limit: float | None
+    met: bool
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def availability(p: ProbeInput) -> Verdict:
+    value = sum(r.available for r in p.records) / len(p.records) if p.records else None
+    return Verdict(value, p.tol.min, value is not None and value >= p.tol.min,
+                   {"by_status": status_counts(p.records)})
+
+
+def latency_p99(p: ProbeInput) -> Verdict:
+    tol, detail = p.tol, {}
+    latencies = [r.latency_ms for r in p.done if not r.hung]
+    value = percentile(latencies, 99)
+    limit = tol.max
+    if tol.plus_fallback_p99:
+        fallback = percentile([r.latency_ms for r in p.answers if r.short_circuited], 99)
+        source = "short-circuited requests"
+        if fallback is None:
+            baseline = p.drill.spans("before")
+            fallback = percentile([r.latency_ms for r in p.all_records if r.latency_ms is not None
+                                   and in_spans(r.t, baseline)], 99)
+            source = "baseline requests"
+        detail["fallback_p99_ms"] = rounded(fallback, 1)
+        detail["fallback_p99_from"] = source
+        limit = tol.max + (fallback or 0.0)
+    detail["p50_ms"] = rounded(percentile(latencies, 50), 1)
+    return Verdict(value, limit, value is not None and value <= limit, detail)
+
+
+def mode(p: ProbeInput) -> Verdict:
+    modes = Counter(r.mode for r in p.answers)
+    value = sum(modes[m] for m in p.tol.expect) / len(p.answers) if p.answers else None
+    return Verdict(value, p.tol.min, value is not None and value >= p.tol.min, {"modes": dict(modes)})
+
+
+def degraded_labelled(p: ProbeInput) -> Verdict:
+    judged = [r for r in p.done if r.status in (200, 503) and r.error is None]
+    problems = [(r.i, r.label_problem(p.tol.allow_undegraded)) for r in judged]
+    bad = [(i, problem) for i, problem in problems if problem]
+    value = (len(judged) - len(bad)) / len(judged) if judged else None
+    detail = {"judged": len(judged), "unlabelled": len(bad), "examples": [x for _, x in bad[:3]],
+              "discard_events": sum(r.discarded for r in judged)}
+    return Verdict(value, p.tol.min, value is not None and value >= p.tol.min, detail)
+
+
+def upstream_attempts_ratio(p: ProbeInput) -> Verdict:
+    attempts, source = p.drill.attempts(p.dependency, p.phase, p.probe.source)
+    value = attempts / len(p.records) if attempts is not None and p.records else None
+    met = value is not None and value <= p.tol.max
+    if attempts is not None and not p.records:
+        value, met = 0.0, attempts == 0
+    return Verdict(value, p.tol.max, met, {"attempts": attempts, "source": source})
+
+
+def breaker_transitions(p: ProbeInput) -> Verdict:
+    tol = p.tol
+    opens = p.drill.opens(p.dependency, p.phase)
+    window_s = sum(e - s for s, e in p.spans)
+    value = None if opens is None else 2.0 * opens  # every open is followed by a close (or will be)
+    limit = tol.max if tol.max is not None else max(2.0, tol.max_per_min * window_s / 60.0)
+    return Verdict(value, limit, value is not None and value <= limit, {"opens": opens, "window_s": round(window_s, 3)})
+
+
+def hung_requests(p: ProbeInput) -> Verdict:
+    value = float(sum(r.hung for r in p.records))
+    return Verdict(value, p.tol.max, value <= p.tol.max)
+
+
+def recovery_time(p: ProbeInput) -> Verdict:
+    drill = p.drill
+    rec_at = drill.recovered_at(p.dependency)
+    method_end = drill.phase_times["method"][1]
+    value = None if rec_at is None or method_end is None else max(0.0, rec_at - method_end)
+    detail = {"guard": drill.guard_of(p.dependency), "resolution_s": drill.sample_interval_s}
+    return Verdict(value, p.tol.max, value is not None and value <= p.tol.max, detail)
+
+
+def degraded_rate(p: ProbeInput) -> Verdict:
+    tol = p.tol
+    value = sum(bool(r.degraded) for r in p.answers) / len(p.answers) if p.answers else None
+    limit = tol.max if tol.max is not None else tol.min
+    met = value is not None and (tol.max is None or value <= tol.max) and (tol.min is None or value >= tol.min)
+    return Verdict(value, limit, met, {"answers": len(p.answers), "since": p.probe.since})
+
+
+EVALUATORS: dict[str, Callable[[ProbeInput], Verdict]] = {
+    "availability": availability,
+    "latency_p99": latency_p99,
+    "mode": mode,
+    "degraded_labelled": degraded_labelled,
+    "upstream_attempts_ratio": upstream_attempts_ratio,
+    "breaker_transitions": breaker_transitions,
+    "hung_requests": hung_requests,
+    "recovery_time": recovery_time,
+    "degraded_rate": degraded_rate,
+}
