@@ -156,8 +156,12 @@ class CircuitBreaker:
     # ---- state -------------------------------------------------------------------------------
     @property
     def state(self) -> str:
-        """``closed``, ``open`` or ``half_open`` (moves open → half_open once ``open_s`` has passed)."""
-        self._refresh()
+        """``closed``, ``open`` or ``half_open``: the state the next call meets (``half_open`` once an open
+        breaker's ``open_s`` has passed). Reading it changes nothing: the open → half_open transition
+        (its listeners, gauge and event) happens when a call arrives (:meth:`acquire`), as in resilience4j
+        without automatic transitions — /health, /metrics and admin GETs never move a breaker."""
+        if self._probe_due():
+            return HALF_OPEN
         return _FROM_PYBREAKER[self._pb.current_state]
 
     @property
@@ -173,14 +177,20 @@ class CircuitBreaker:
     def add_listener(self, listener: StateListener) -> None:
         self._listeners.append(listener)
 
+    def _probe_due(self) -> bool:
+        """Open (not held) and ``open_s`` has passed: the next call is a half-open probe."""
+        return (self._pb.current_state == pybreaker.STATE_OPEN and self._open_until is not None
+                and self._clock() >= self._open_until)
+
     def _refresh(self) -> None:
-        if (self._pb.current_state == pybreaker.STATE_OPEN and self._open_until is not None
-                and self._clock() >= self._open_until):
+        """Make the due open → half_open transition; only paths that admit or change state call it."""
+        if self._probe_due():
             self._pb.half_open()
 
     # ---- admission ---------------------------------------------------------------------------
     def acquire(self) -> Permit | None:
         """Admit a call (return a :class:`Permit`) or short-circuit it (return None). Never blocks."""
+        self._refresh()
         state = self.state
         if state == CLOSED:
             return Permit(self, self._generation, half_open=False)
@@ -323,6 +333,7 @@ class CircuitBreaker:
         """Another replica opened this breaker; stay open at least ``remaining_s`` seconds."""
         if remaining_s <= 0:
             return
+        self._refresh()
         state = self.state
         if state == OPEN:
             if self._open_until is not None:
@@ -332,6 +343,7 @@ class CircuitBreaker:
 
     def apply_remote_close(self) -> None:
         """An operator closed this breaker on another replica: close here too (unless held here)."""
+        self._refresh()
         if self._forced or self.state == CLOSED:
             return
         self._pb.close()

@@ -439,3 +439,27 @@ async def test_metrics_endpoint_is_404_when_prometheus_is_off(gateway_factory, d
     client = await gateway_factory(make_settings(data_dir, **{"telemetry.prometheus": False}))
     resp = await client.get("/metrics")
     assert resp.status == 404 and (await resp.json())["error"]["type"] == "not_found"
+
+
+async def test_reading_health_metrics_and_admin_never_moves_an_open_breaker(gateway_factory, data_dir):
+    """An open breaker whose interval has passed stays ``open`` in the gauge and makes no transition
+    until a query probes it: /health, /metrics and GET /admin/breakers only read."""
+    from tests.conftest import JumpClock
+
+    clock = JumpClock()
+    client = await gateway_factory(make_settings(data_dir, **{"auth.admin_token": "t0ken"}), clock)
+    state = state_of(client)
+    state.guards["vector_db"].breaker.trip()
+    clock.advance(state.guards["vector_db"].breaker.config.open_s + 1)
+    for _ in range(3):
+        assert (await client.get("/health")).status == 200
+        assert (await client.get("/admin/breakers", headers={"Authorization": "Bearer t0ken"})).status == 200
+        prom = prometheus_series(await (await client.get("/metrics")).text())
+        assert prom["rag.breaker.state"][(("dependency", "vector_db"),)] == 2, "a read moved the breaker"
+    moves = {k: v for k, v in prom["rag.breaker.transitions"].items() if ("dependency", "vector_db") in k}
+    assert moves == {(("dependency", "vector_db"), ("from", "closed"), ("to", "open")): 1}
+    # a query is what probes it: open → half_open → closed
+    assert (await client.post("/v1/query", json={"query": "green tea"})).status == 200
+    prom = prometheus_series(await (await client.get("/metrics")).text())
+    assert prom["rag.breaker.state"][(("dependency", "vector_db"),)] == 0
+    assert prom["rag.breaker.transitions"][(("dependency", "vector_db"), ("from", "open"), ("to", "half_open"))] == 1

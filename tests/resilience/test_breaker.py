@@ -275,3 +275,21 @@ async def test_snapshot_is_json_and_says_when_it_opened(clock):
     assert snap["shared"] == "off"
     assert snap["config"]["open_s"] == 30
     assert snap["totals"]["failures"] == 1 and snap["totals"]["opened"] == 1
+
+
+async def test_reading_state_never_moves_an_open_breaker(clock):
+    """/health, /metrics and admin GETs read ``state``/``snapshot``: the open → half_open transition (its
+    listeners: the gauge, the transitions counter, the event) waits for a call."""
+    seen = []
+    breaker = CircuitBreaker("db", cfg(failure_threshold=1, open_s=5), clock=clock,
+                             listeners=[lambda *change: seen.append(change)])
+    up = Upstream(clock)
+    await open_breaker(breaker, up)
+    clock.advance(60)
+    for _ in range(3):
+        assert breaker.state == "half_open", "the state the next call would meet"
+        assert breaker.snapshot()["state"] == "half_open" and breaker.would_admit()
+        assert breaker.open_remaining_s() is None
+    assert seen == [("db", "closed", "open")], "a read made a transition"
+    assert await run(breaker, up.ok()) == "ok"
+    assert seen == [("db", "closed", "open"), ("db", "open", "half_open"), ("db", "half_open", "closed")]
