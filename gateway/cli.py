@@ -40,15 +40,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
 
+    from gateway.workers import WorkerContext, supervise
+
     settings = _settings(args, **{"server.host": args.host, "server.port": args.port})
+    worker = WorkerContext.from_env()  # set when this process is one of a supervisor's workers
+    if args.workers > 1 and worker is None:
+        from gateway.logs import setup_logging
+
+        setup_logging(settings.logging.level, settings.logging.format)
+        return supervise(count=args.workers, host=settings.server.host, port=settings.server.port,
+                         config=args.config, grace_s=settings.server.shutdown_grace_s)
     app = create_app(settings)
+    if worker is not None:
+        worker.attach(app)
     print(f"rag-sidecar serving on http://{settings.server.host}:{settings.server.port} "
           f"(llm={settings.llm.effective_backend}, vector_store={settings.vector_store.backend}, "
           f"embedder={settings.embedder.backend}, data_dir={settings.server.data_dir})", file=sys.stderr, flush=True)
     # aiohttp ≥ 3.9 no longer cancels a handler whose client went away (handler_cancellation defaults to
     # False): without this, a disconnected client's upstream calls would run on to their timeouts.
     web.run_app(app, host=settings.server.host, port=settings.server.port, print=None,
-                shutdown_timeout=settings.server.shutdown_grace_s, access_log=None, handler_cancellation=True)
+                shutdown_timeout=settings.server.shutdown_grace_s, access_log=None, handler_cancellation=True,
+                **(worker.site_options() if worker is not None else {}))
     return 0
 
 
@@ -238,6 +250,12 @@ def cmd_kb(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(value: str) -> int:
+    from gateway.workers import parse_workers
+
+    return parse_workers(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: `--config` works before or after the command without one overwriting the other.
@@ -255,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve the gateway (default 127.0.0.1:8080)")
     s.add_argument("--host", help="listen address (default: server.host)")
     s.add_argument("--port", type=int, help="listen port (default: server.port)")
+    s.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
+                   help="processes sharing the port (default 1; auto = one per CPU); SIGHUP reloads them")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("ingest", help="ingest documents (.md .txt .html) into a new KB version")

@@ -42,6 +42,7 @@ class AppState:
     started_at: float = 0.0
     tracer: Any = None  # gateway.tracing.Tracer
     clock: Callable[[], float] = time.monotonic  # monotonic seconds for guards and the rate limiter
+    worker: dict[str, Any] | None = None  # {index, count, pid} under `serve --workers N`
 
 
 STATE: web.AppKey[AppState] = web.AppKey("rag_sidecar_state", AppState)

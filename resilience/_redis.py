@@ -23,4 +23,6 @@ def redis_client(url: str, timeout_s: float) -> aioredis.Redis:
 def redact_url(url: str) -> str:
     """``scheme://host:port/db`` without credentials, for snapshots and logs."""
     parts = urlsplit(url)
+    if parts.scheme.startswith("unix"):
+        return f"{parts.scheme}://{parts.path}"
     return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"

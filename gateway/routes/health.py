@@ -17,7 +17,8 @@ async def livez(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     state: AppState = request.app[STATE]
     if state.ready.is_set():
-        return web.json_response({"status": "ready", "kb_version": state.kb.version if state.kb else None})
+        return web.json_response({"status": "ready", "kb_version": state.kb.version if state.kb else None,
+                                  **({"worker": state.worker} if state.worker else {})})
     return web.json_response({"status": "not_ready", "stage": state.startup_stage,
                               "progress": state.startup_progress, "error": state.kb_error},
                              status=503, headers={"Retry-After": "2"})
@@ -73,7 +74,8 @@ def health_report(state: AppState) -> dict[str, Any]:
     status = "starting" if not state.ready.is_set() else ("degraded" if degraded else "ok")
     return {"status": status, "retrieval": retrieval_mode(s, state.embedder),
             "degraded_components": degraded, "components": components,
-            "uptime_s": round(time.monotonic() - state.started_at, 1) if state.started_at else 0.0}
+            "uptime_s": round(time.monotonic() - state.started_at, 1) if state.started_at else 0.0,
+            **({"worker": state.worker} if state.worker else {})}
 
 
 async def health(request: web.Request) -> web.Response:
