@@ -19,7 +19,8 @@ async def replicas(tmp_path, data_dir, gateway_factory, fake_anthropic, redis_ur
         d = tmp_path / name
         shutil.copytree(data_dir, d)
         out.append(await gateway_factory(make_settings(d, **anthropic_overrides(fake_anthropic, **{
-            "cache.backend": "redis", "cache.redis_url": redis_url}))))
+            "cache.backend": "redis", "cache.redis_url": redis_url,
+            "cache.redis_timeout_s": 2.0}))))
     return out
 
 

@@ -27,6 +27,7 @@ def make(url: str, tmp_path: Path, clock: FakeClock, mono: Mono | None = None, l
          **kw) -> RedisAnswerCache:
     loc = AnswerCache(tmp_path / "local", fresh_ttl_s=FRESH_S, stale_ttl_s=STALE_S, size_limit_bytes=10 << 20,
                       clock=clock) if local else None
+    kw.setdefault("op_timeout_s", 2.0)  # a loaded shared box must not turn a slow reply into "Redis down"
     return RedisAnswerCache(url, local=loc, fresh_ttl_s=FRESH_S, stale_ttl_s=STALE_S, clock=clock,
                             monotonic=mono or Mono(), **kw)
 
