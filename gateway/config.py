@@ -86,6 +86,11 @@ class EmbedderConfig(_Section):
     api_key: SecretStr | None = Field(None, description="openai backend: Bearer token")
     batch_size: int = Field(16, ge=1, le=2048, description="passages per embedding call at ingest")
     timeout_s: float = Field(5.0, gt=0, description="HTTP client backstop; per-call timeouts are resilience.embedder.*")
+    max_query_tokens: int | None = Field(256, ge=8, description=(
+        "local backend: queries are cut to this many tokens of the model's tokenizer (at most its 512-token "
+        "window), bounding one embed's cost (~0.2-0.4 s at 256 on 2 shared cores); null = the window"))
+    max_queued_per_client: int = Field(8, ge=1, description=(
+        "query embeds one client may have waiting in the fair embedder queue; more are shed (keyword fallback)"))
 
 
 class WeaviateConfig(_Section):

@@ -8,6 +8,9 @@ route-agnostic and does one thing each.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hmac
+import ipaddress
 import logging
 import re
 import time
@@ -19,6 +22,7 @@ from aiohttp import web
 from gateway.errors import APIError, error_response
 from gateway.logs import request_id_var
 from gateway.telemetry import request_retries
+from gateway.upstreams.fair import current_client
 from gateway.state import (ANSWER_TEXT, CLIENT_ID, DEADLINE, QUERY_TEXT, REQUEST_ID, STARTED_RESPONSE, STATE,
                            TRACE, AppState)
 from resilience import Deadline
@@ -136,20 +140,77 @@ def _presented_key(request: web.Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+def _as_bytes(text: str) -> bytes:
+    # Header values arrive as str with undecodable bytes kept as surrogates: never a 500 here.
+    return text.encode("utf-8", "surrogateescape")
+
+
+def match_key(presented: str, keys: dict[str, str]) -> str | None:
+    """The label of the configured key equal to ``presented``, compared in constant time against every
+    key (no early exit, so the timing says nothing about which key or how many bytes matched)."""
+    found = None
+    given = _as_bytes(presented)
+    for key, label in keys.items():
+        if hmac.compare_digest(given, _as_bytes(key)):
+            found = label
+    return found
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(cidrs: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(c, strict=False) for c in cidrs]
+
+
+def peer_identity(request: web.Request, trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+                  header: str) -> str:
+    """``ip:<address>`` of the client: the peer, or, when the peer is a trusted proxy, the rightmost
+    address of ``header`` that is not itself a trusted proxy (nginx's ``real_ip_recursive``)."""
+    peer = request.remote or "unknown"
+    if not trusted:
+        return f"ip:{peer}"
+
+    def is_trusted(addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in trusted)
+
+    if not is_trusted(peer):
+        return f"ip:{peer}"
+    client = peer
+    for hop in reversed([h.strip() for h in request.headers.get(header, "").split(",") if h.strip()]):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break  # garbage from the client: the last address we could vouch for stands
+        client = hop
+        if not is_trusted(hop):
+            break
+    return f"ip:{client}"
+
+
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """API keys on /v1/* when configured (Bearer or x-api-key). /admin/* has its own token check."""
+    """API keys on /v1/* when configured (Bearer or x-api-key). /admin/* has its own token check.
+
+    The client's identity (rate-limit bucket, fair embedder queue, logs) is its API key, else its address:
+    never a header the client chooses (X-Client-Id let anyone rotate past a limit or starve a victim).
+    """
     state: AppState = request.app[STATE]
     keys = state.api_keys
     presented = _presented_key(request)
-    if request.path.startswith("/v1/") and keys:
-        if presented is None or presented not in keys:
-            raise APIError(401, "unauthorized", "missing or invalid API key (Authorization: Bearer … or x-api-key)",
-                           headers={"WWW-Authenticate": "Bearer"})
-        request[CLIENT_ID] = "key:" + keys[presented]
+    label = match_key(presented, keys) if presented is not None and keys else None
+    if request.path.startswith("/v1/") and keys and label is None:
+        raise APIError(401, "unauthorized", "missing or invalid API key (Authorization: Bearer … or x-api-key)",
+                       headers={"WWW-Authenticate": "Bearer"})
+    if label is not None:
+        request[CLIENT_ID] = "key:" + label
     else:
-        request[CLIENT_ID] = request.headers.get(state.settings.rate_limit.client_header) \
-            or f"ip:{request.remote}"
+        rl = state.settings.rate_limit
+        request[CLIENT_ID] = peer_identity(request, _networks(tuple(rl.trusted_proxies)),
+                                           rl.client_ip_header)
+    current_client.set(request[CLIENT_ID])
     return await handler(request)
 
 

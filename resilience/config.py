@@ -1,7 +1,9 @@
 """One config object per pattern, with named defaults (documented in the README's config table)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import ipaddress
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Cfg(BaseModel):
@@ -52,7 +54,18 @@ class RateLimitConfig(_Cfg):
     enabled: bool = Field(False, description="limit requests per client on /v1/* (429 + Retry-After)")
     rate_per_s: float = Field(20.0, gt=0, description="tokens refilled per second per client")
     burst: int = Field(40, ge=1, description="bucket size")
-    client_header: str = Field("X-Client-Id", description="identifies the client when no API key is sent")
+    trusted_proxies: list[str] = Field(default_factory=list, description=(
+        "peers (IPs or CIDRs, e.g. 10.0.0.0/8) whose client_ip_header names the client; without an API key "
+        "the client is otherwise the peer address (a client-supplied header is never trusted)"))
+    client_ip_header: str = Field("X-Forwarded-For", description=(
+        "read only from trusted_proxies: the rightmost address in it that is not a trusted proxy is the client"))
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
     redis_url: str | None = Field(None, description="share buckets across replicas; None = in-process")
     max_keys: int = Field(10_000, ge=1, description="clients tracked in-process (LRU beyond that)")
     redis_timeout_s: float = Field(0.1, gt=0, description="per-decision Redis budget before local fallback")

@@ -47,7 +47,8 @@ async def replicas(tmp_path, gateway_factory, fake_weaviate, weaviate_b, fake_an
             "resilience.redis_url": redis_url, "resilience.vector_db.retry.max_attempts": 1,
             "resilience.vector_db.breaker.failure_threshold": 2, "resilience.vector_db.breaker.open_s": 30,
             "rate_limit.enabled": True, "rate_limit.redis_url": redis_url, "rate_limit.rate_per_s": 0.1,
-            "rate_limit.burst": 5, "auth.admin_token": "admin-secret-token"}))
+            "rate_limit.burst": 5, "auth.admin_token": "admin-secret-token",
+            "rate_limit.trusted_proxies": ["127.0.0.1/32"]}))
         await ingest_into(settings)
         out.append((await gateway_factory(settings), weaviate))
     for client, _ in out:
@@ -55,8 +56,13 @@ async def replicas(tmp_path, gateway_factory, fake_weaviate, weaviate_b, fake_an
     return out
 
 
+def as_client(name: str) -> dict[str, str]:
+    """Headers of a distinct client behind the trusted loopback proxy (one address per name)."""
+    return {"X-Forwarded-For": f"198.51.100.{sum(name.encode()) % 250 + 1}"}
+
+
 async def ask(client, client_id: str = "tester") -> dict[str, Any]:
-    resp = await client.post("/v1/query", json={"query": QUERY}, headers={"X-Client-Id": client_id})
+    resp = await client.post("/v1/query", json={"query": QUERY}, headers=as_client(client_id))
     body = await resp.json()
     assert resp.status == 200, body
     return body
@@ -130,7 +136,7 @@ async def test_the_rate_limit_holds_across_replicas(replicas):
     (a, _), (b, _) = replicas
     statuses = []
     for client in (a, b) * 4:  # 8 requests, alternating; one bucket of 5 in Redis (local buckets: 8 admitted)
-        resp = await client.post("/v1/query", json={"query": QUERY}, headers={"X-Client-Id": "carol"})
+        resp = await client.post("/v1/query", json={"query": QUERY}, headers=as_client("carol"))
         statuses.append(resp.status)
         if resp.status == 429:
             assert resp.headers["RateLimit-Limit"] == "5" and int(resp.headers["Retry-After"]) >= 1
@@ -138,5 +144,5 @@ async def test_the_rate_limit_holds_across_replicas(replicas):
     assert statuses[:5] == [200] * 5
     for client in (a, b):
         assert state_of(client).rate_limiter.snapshot()["status"] == "ok"
-    resp = await b.post("/v1/query", json={"query": QUERY}, headers={"X-Client-Id": "dave"})
+    resp = await b.post("/v1/query", json={"query": QUERY}, headers=as_client("dave"))
     assert resp.status == 200  # buckets are per client, in Redis too

@@ -18,6 +18,11 @@ from fallback.documents import Chunk
 class Embedder(Protocol):
     name: str
     dim: int | None
+    max_query_tokens: int | None
+    """Queries are cut to this many tokens before embedding (None: the server truncates)."""
+
+    def truncate_query(self, text: str) -> tuple[str, int]:
+        """``(text cut to max_query_tokens of this model's tokenizer, its token count)``; CPU-bound."""
 
     async def embed_query(self, text: str, *, request_id: str | None = None) -> np.ndarray:
         """One normalised float32 vector for a search query (``request_id`` sent upstream if it can be)."""

@@ -6,16 +6,23 @@ from gateway.upstreams.base import LLM, Embedder, VectorStore
 
 
 def build_embedder(settings: Settings) -> Embedder | None:
+    """The configured embedder behind a per-client fair queue (see :mod:`gateway.upstreams.fair`)."""
+    from gateway.upstreams.fair import FairEmbedder
+
     cfg = settings.embedder
     if cfg.backend == "none":
         return None
     if cfg.backend == "openai":
         from gateway.upstreams.openai_embedder import OpenAIEmbedder
 
-        return OpenAIEmbedder(cfg)
+        # A remote server takes as many calls as the guard's bulkhead lets through.
+        return FairEmbedder(OpenAIEmbedder(cfg), concurrency=settings.resilience.embedder.bulkhead.max_concurrent,
+                            max_queued_per_client=cfg.max_queued_per_client)
     from gateway.upstreams.local_embedder import LocalEmbedder
 
-    return LocalEmbedder(batch_size=cfg.batch_size)
+    # One engine thread: one embed at a time, so the fair queue is the only queue.
+    return FairEmbedder(LocalEmbedder(batch_size=cfg.batch_size, max_query_tokens=cfg.max_query_tokens),
+                        concurrency=1, max_queued_per_client=cfg.max_queued_per_client)
 
 
 def build_store(settings: Settings) -> VectorStore:

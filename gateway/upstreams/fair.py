@@ -1,0 +1,200 @@
+"""A fair queue in front of any embedder: one client's work cannot starve the others.
+
+The local embedder has one engine thread; before this, every query waited in the thread pool's FIFO
+in arrival order, so one client sending long queries (12–16 s each) pushed everyone else's embeds past
+the stage timeout and opened the embedder breaker. :class:`FairEmbedder` admits at most
+``concurrency`` embeds at once and picks the next one by deficit round robin over clients (Shreedhar &
+Varghese; the scheduler Envoy and Linux' fq use), the cost of a query being its size in the model's
+tokens (capped at ``max_query_tokens``): a client sending 256-token queries gets its turn as often as a
+client sending 20-token ones, but no more work per round than its share.
+
+* Who the client is comes from :data:`current_client`, set by the auth middleware (API key, else the
+  peer address).
+* Time spent waiting here is reported to the guard with :func:`resilience.guard.note_queued`: it is
+  never a slow call or a timeout of the embedder.
+* A slot is held until the embed really ends, even when the caller gave up: the engine thread cannot
+  be interrupted, so the next waiter must not start before it is free.
+* A client with ``max_queued_per_client`` embeds already waiting is shed at once
+  (:class:`~resilience.bulkhead.BulkheadFull`, reason ``shed``), so one client cannot fill the
+  guard's bulkhead either.
+
+Backend-agnostic: it only needs ``embed_query`` / ``embed_passages``; ingest batches pass through the
+same queue as the client ``ingest`` so a re-index cannot starve queries either.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections import OrderedDict, deque
+from typing import Any, Sequence
+
+import numpy as np
+
+from resilience.bulkhead import BulkheadFull
+from resilience.guard import note_queued
+
+current_client: contextvars.ContextVar[str] = contextvars.ContextVar("rag_embed_client", default="anonymous")
+INGEST_CLIENT = "ingest"
+
+
+class _Waiter:
+    __slots__ = ("cost", "future")
+
+    def __init__(self, cost: int, future: asyncio.Future[None]) -> None:
+        self.cost = cost
+        self.future = future
+
+
+class FairScheduler:
+    """Deficit round robin over clients with ``concurrency`` slots, new clients first (fq_codel).
+
+    ``quantum`` is the credit a client earns per round (in cost units, here tokens); a waiter is
+    served once its client's credit covers its cost, so costs above ``quantum`` take several rounds.
+    A *sparse* client (nothing queued and nothing running) joins the *new* list, served before the
+    backlogged (*old*) clients: a client sending one request at a time waits for at most the embeds in
+    flight, however many a heavy client keeps queued. A client with work running or queued joins the
+    old list, so keeping requests in flight never buys new-list priority. (Many sparse clients can
+    delay a backlogged one; its own stage timeout bounds that, as fq_codel accepts.)
+    """
+
+    def __init__(self, concurrency: int = 1, *, quantum: int = 256, max_queued_per_client: int = 8,
+                 name: str = "embedder") -> None:
+        self.concurrency = concurrency
+        self.quantum = quantum
+        self.max_queued_per_client = max_queued_per_client
+        self.name = name
+        self.in_flight = 0
+        self.shed = 0
+        self._running: dict[str, int] = {}
+        self._queues: dict[str, deque[_Waiter]] = {}
+        self._deficit: dict[str, int] = {}
+        self._new: OrderedDict[str, None] = OrderedDict()  # clients in turn order
+        self._old: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    async def acquire(self, client: str, cost: int) -> None:
+        """Wait for a slot. Raises BulkheadFull when ``client`` already has its maximum waiting."""
+        if self.in_flight < self.concurrency and not self._queues:
+            self.in_flight += 1
+            self._running[client] = self._running.get(client, 0) + 1
+            return
+        queue = self._queues.get(client)
+        if queue is not None and len(queue) >= self.max_queued_per_client:
+            self.shed += 1
+            raise BulkheadFull(f"{self.name}:{client}", 0.0)
+        if queue is None:
+            queue = self._queues[client] = deque()
+            self._deficit[client] = 0
+            (self._old if self._running.get(client) else self._new)[client] = None
+        waiter = _Waiter(max(1, cost), asyncio.get_running_loop().create_future())
+        queue.append(waiter)
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                self.release(client)  # handed a slot just as the caller gave up: pass it on
+            else:
+                self._forget(client, waiter)
+            raise
+
+    def _drop(self, client: str) -> None:
+        del self._queues[client]
+        self._deficit.pop(client, None)  # an idle client keeps no credit (DRR)
+        self._new.pop(client, None)
+        self._old.pop(client, None)
+
+    def _forget(self, client: str, waiter: _Waiter) -> None:
+        queue = self._queues.get(client)
+        if queue is None or waiter not in queue:
+            return
+        queue.remove(waiter)
+        if not queue:
+            self._drop(client)
+
+    def release(self, client: str) -> None:
+        """``client``'s slot is free: hand it to the next waiter, else keep it free."""
+        running = self._running.get(client, 0) - 1
+        if running > 0:
+            self._running[client] = running
+        else:
+            self._running.pop(client, None)
+        # Each pass over the clients adds a quantum to each, so this ends within
+        # ceil(max cost / quantum) passes.
+        while self._queues:
+            turn = self._new if self._new else self._old
+            client = next(iter(turn))
+            queue = self._queues[client]
+            head = queue[0]
+            if self._deficit[client] < head.cost:
+                self._deficit[client] += self.quantum
+                if self._deficit[client] < head.cost:
+                    turn.pop(client)
+                    self._old[client] = None  # to the back of the old list
+                    continue
+            queue.popleft()
+            self._deficit[client] -= head.cost
+            if queue:
+                turn.pop(client)
+                self._old[client] = None  # one waiter per client per turn
+            else:
+                self._drop(client)
+            self._running[client] = self._running.get(client, 0) + 1
+            head.future.set_result(None)  # the slot changes hands: in_flight unchanged
+            return
+        self.in_flight -= 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"concurrency": self.concurrency, "in_flight": self.in_flight, "waiting": self.waiting,
+                "clients_waiting": len(self._queues), "shed": self.shed}
+
+
+class FairEmbedder:
+    """Wraps an embedder with a :class:`FairScheduler`; everything else is delegated to it."""
+
+    def __init__(self, inner: Any, *, concurrency: int = 1, max_queued_per_client: int = 8) -> None:
+        self.inner = inner
+        limit = getattr(inner, "max_query_tokens", None) or 512
+        self.scheduler = FairScheduler(concurrency, quantum=limit, max_queued_per_client=max_queued_per_client)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _cost(self, text: str) -> int:
+        # Scheduling must not tokenize on the event loop: one character per token is the worst case
+        # of the tokenizers we ship (CJK), and the embedder truncates to its window anyway.
+        limit = getattr(self.inner, "max_query_tokens", None) or 512
+        return min(len(text), limit)
+
+    async def _run(self, client: str, cost: int, make: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            await self.scheduler.acquire(client, cost)
+        finally:  # also when the guard's timeout ends the wait: the time was ours, not the embedder's
+            note_queued(loop.time() - t0)
+        try:
+            task = asyncio.ensure_future(make())
+        except BaseException:
+            self.scheduler.release(client)
+            raise
+        task.add_done_callback(lambda done: self._done(client, done))
+        return await asyncio.shield(task)
+
+    def _done(self, client: str, task: asyncio.Future[Any]) -> None:
+        self.scheduler.release(client)
+        if not task.cancelled():
+            task.exception()  # retrieved here when the caller gave up, so asyncio does not warn
+
+    async def embed_query(self, text: str, *, request_id: str | None = None) -> np.ndarray:
+        return await self._run(current_client.get(), self._cost(text),
+                               lambda: self.inner.embed_query(text, request_id=request_id))
+
+    async def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        cost = sum(len(t) for t in texts)
+        return await self._run(INGEST_CLIENT, cost, lambda: self.inner.embed_passages(texts))
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -1,0 +1,114 @@
+"""Issue 11 item 1: one client's maximal queries cannot degrade the other clients.
+
+Before: the local embedder took any query whole (a 4,000-character query held the single engine thread
+for seconds) and served embeds first come, first served, so other clients' embeds timed out behind it and
+fell back to keywords. Now queries are cut to ``embedder.max_query_tokens`` of the model's tokenizer and
+a per-client fair queue (deficit round robin) picks whose embed runs next.
+
+Measured: the share of the other clients' requests that came back degraded while one client kept two
+maximal queries in flight the whole time (a few seconds on the shipped local embedder, real sockets).
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from gateway.upstreams.fair import FairScheduler
+from tests.conftest import make_settings, state_of
+
+pytestmark = pytest.mark.timeout(120)
+
+KEYS = ["sk-heavy-client-0000000000", "sk-light-client-0000000001", "sk-light-client-0000000002",
+        "sk-light-client-0000000003"]
+LIGHT_QUERIES = ["How long should green tea steep?", "What temperature for green tea water?",
+                 "green tea brewing", "steeping time"]
+
+
+def maximal_query(chars: int) -> str:
+    # CJK ideographs: one token per character, the costliest input per character for this tokenizer.
+    rng = random.Random(11)
+    return "".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(chars))
+
+
+async def test_other_clients_are_not_degraded_while_one_sends_maximal_queries(gateway_factory, data_dir):
+    settings = make_settings(data_dir, **{"auth.api_keys": KEYS, "cache.enabled": False})
+    client = await gateway_factory(settings)
+    heavy_query = maximal_query(settings.server.max_query_chars)
+    stop = asyncio.Event()
+    heavy_sent = 0
+
+    async def heavy() -> None:
+        nonlocal heavy_sent
+        while not stop.is_set():
+            resp = await client.post("/v1/query", json={"query": heavy_query}, headers={"x-api-key": KEYS[0]})
+            assert resp.status == 200
+            await resp.read()
+            heavy_sent += 1
+
+    light: list[dict] = []
+
+    async def one_light(key: str) -> None:
+        i = 0
+        while not stop.is_set():
+            resp = await client.post("/v1/query", json={"query": LIGHT_QUERIES[i % len(LIGHT_QUERIES)]},
+                                     headers={"x-api-key": key})
+            body = await resp.json()
+            light.append(body)
+            i += 1
+            await asyncio.sleep(0.05)
+
+    heavies = [asyncio.create_task(heavy()) for _ in range(2)]
+    await asyncio.sleep(0.3)  # the heavy client's embeds are in the engine before the others arrive
+    lights = [asyncio.create_task(one_light(k)) for k in KEYS[1:]]
+    t0 = time.monotonic()
+    await asyncio.sleep(6.0)
+    stop.set()
+    await asyncio.gather(*lights, *heavies)
+    degraded = [b for b in light if b.get("degraded")]
+    share = len(degraded) / max(1, len(light))
+    print(f"\nfairness: {len(light)} light requests in {time.monotonic() - t0:.1f}s beside {heavy_sent} maximal "
+          f"ones; degraded share {share:.2%}")
+    assert len(light) >= 20 and heavy_sent >= 2
+    assert share <= 0.01, [b.get("degradations") for b in degraded][:5]
+    assert state_of(client).guards["embedder"].breaker.state == "closed"
+
+
+async def test_deficit_round_robin_alternates_clients_whatever_their_backlog():
+    sched = FairScheduler(1, quantum=256, max_queued_per_client=100)
+    order: list[str] = []
+    await sched.acquire("holder", 1)
+
+    async def job(client: str, cost: int) -> None:
+        await sched.acquire(client, cost)
+        order.append(client)
+        sched.release(client)
+
+    tasks = [asyncio.create_task(job("heavy", 256)) for _ in range(6)]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(job("light", 10)) for _ in range(3)]
+    await asyncio.sleep(0)
+    sched.release("holder")
+    await asyncio.gather(*tasks)
+    assert order[:6] == ["heavy", "light"] * 3  # arrival order alone would be six heavy first
+    assert sched.in_flight == 0
+
+
+async def test_a_client_over_its_queue_share_is_shed_not_queued():
+    from resilience.bulkhead import BulkheadFull
+
+    sched = FairScheduler(1, max_queued_per_client=2)
+    await sched.acquire("a", 1)
+    waiting = [asyncio.create_task(sched.acquire("a", 1)) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(BulkheadFull):
+        await sched.acquire("a", 1)
+    other = asyncio.create_task(sched.acquire("b", 1))  # another client still queues
+    await asyncio.sleep(0)
+    assert not other.done() and sched.waiting == 3
+    for t in (*waiting, other):
+        t.cancel()
+    await asyncio.gather(*waiting, other, return_exceptions=True)
+    assert sched.waiting == 0
