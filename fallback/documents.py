@@ -16,7 +16,7 @@ class Chunk:
     doc_id: str = ""
     position: int = 0
     score: float = 0.0
-    retriever: str = ""  # "vector" | "bm25"
+    retriever: str = ""  # "hybrid" | "vector" | "bm25"
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def scored(self, score: float, retriever: str) -> "Chunk":

@@ -187,6 +187,16 @@ class CacheConfig(_Section):
             raise ValueError("backend redis needs redis_url")
         return self
 
+class RetrievalConfig(_Section):
+    hybrid: bool = Field(True, description=(
+        "normal path fuses vector and keyword results of the same KB version (false: vector only)"))
+    fusion: Literal["rrf", "blend"] = Field("rrf", description=(
+        "rrf = reciprocal rank fusion; blend = min-max score blend (chosen by the golden sets, README)"))
+    rrf_k: int = Field(60, ge=1, description="RRF constant: 1/(k + rank)")
+    blend_alpha: float = Field(0.5, ge=0, le=1, description="blend: weight of the vector side")
+    candidates: int = Field(30, ge=1, le=1000, description="chunks each retriever contributes before fusion")
+
+
 class FallbackConfig(_Section):
     keyword_index: bool = Field(True, description="BM25 fallback when the embedder or vector DB fails")
     extractive_sentences: int = Field(3, ge=1, le=20, description="sentences in an extractive answer")
@@ -229,6 +239,7 @@ class Settings(_Section):
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

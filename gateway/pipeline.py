@@ -1,7 +1,8 @@
 """The RAG pipeline — the only place that knows the degradation ladder.
 
     1. answer cache      fresh hit → mode=cached
-    2. retrieve          embedder ─guard─► vector store ─guard─►  chunks (retriever=vector)
+    2. retrieve          embedder ─guard─► vector store ─guard─►  chunks, fused with the keyword index of
+                         the same KB version (retriever=hybrid; vector when hybrid is off)
                          on DependencyUnavailable ─► keyword index (retriever=bm25, mode=keyword_fallback)
     3. generate          LLM primary ─guard─► LLM fallback model ─guard─►
                          on DependencyUnavailable ─► cached answer (stale ok) ─► extractive answer
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterator
 
+from fallback import fusion
 from fallback.cache import AnswerStore, CacheEntry, CacheKey
 from fallback.documents import Chunk
 from fallback.extractive import NO_INFO_ANSWER, extractive_answer
@@ -135,6 +137,8 @@ class Pipeline:
         # No embedder in front of the embedded store: the KB has no vectors and its keyword index is the
         # retriever (labelled keyword_only on /health), not a fallback.
         self.keyword_only = embedder is None and settings.vector_store.backend == "embedded"
+        # Hybrid on the normal path: the embedded store is fused here with the KB version's keyword index.
+        self.local_hybrid = settings.retrieval.hybrid and settings.vector_store.backend == "embedded"
 
     # ---- retrieval ------------------------------------------------------------------------
     async def retrieve(self, req: QueryRequest, deadline: Deadline, trace: Trace) -> list[Chunk]:
@@ -153,16 +157,47 @@ class Pipeline:
                         vector = await self.guards["embedder"].call(
                             lambda: self.embedder.embed_query(req.query, request_id=req.request_id), deadline,
                             reserve_s=self.reserve_s)
+                depth = max(req.top_k, self.settings.retrieval.candidates) if self.local_hybrid else req.top_k
                 with trace.timed("vector_search"):
                     chunks = await self.guards["vector_db"].call(
-                        lambda: self.store.search(vector, req.top_k, query_text=req.query, filters=req.filters),
+                        lambda: self.store.search(vector, depth, query_text=req.query, filters=req.filters),
                         deadline, reserve_s=self.reserve_s)
-                trace.retriever = "vector"
-                return chunks
+                return self._fuse(req, chunks, depth, trace) if self.local_hybrid else self._vector_only(
+                    req, chunks, trace)
             except DependencyUnavailable as exc:
                 trace.degrade(exc.component, exc.reason)
                 self.telemetry.degradation(exc.component, exc.reason.value)
             return self._keyword_search(req, trace)
+
+    @staticmethod
+    def _vector_only(req: QueryRequest, chunks: list[Chunk], trace: Trace) -> list[Chunk]:
+        trace.retriever = "vector"
+        return chunks[:req.top_k]
+
+    def _fuse(self, req: QueryRequest, vector_chunks: list[Chunk], depth: int, trace: Trace) -> list[Chunk]:
+        """Hybrid: the vector results fused with the keyword index of the same KB version.
+
+        Without a usable keyword index the vector results stand alone (``retriever="vector"``; /health
+        shows the index as unavailable); a keyword search that fails is labelled on the answer.
+        """
+        kb = self._kb()
+        index = kb.keyword_index if kb is not None else None
+        if index is None or not self.settings.fallback.keyword_index:
+            return self._vector_only(req, vector_chunks, trace)
+        try:
+            with trace.timed("keyword_search"):
+                keyword_chunks = index.search(req.query, depth, filters=req.filters)
+        except Exception as exc:  # noqa: BLE001 - the vector half still answers; the failure is labelled
+            trace.degrade("keyword_index", "error", detail=type(exc).__name__)
+            self.telemetry.degradation("keyword_index", "error")
+            return self._vector_only(req, vector_chunks, trace)
+        cfg = self.settings.retrieval
+        if cfg.fusion == "blend":
+            fused = fusion.blend(vector_chunks, keyword_chunks, req.top_k, alpha=cfg.blend_alpha)
+        else:
+            fused = fusion.rrf([vector_chunks, keyword_chunks], req.top_k, k=cfg.rrf_k)
+        trace.retriever = fusion.RETRIEVER
+        return fused
 
     def _keyword_search(self, req: QueryRequest, trace: Trace) -> list[Chunk]:
         kb = self._kb()

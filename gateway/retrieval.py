@@ -32,9 +32,11 @@ def check_vectors_model(version: str, manifest: dict[str, Any], embedder: Any) -
 
 
 def retrieval_mode(settings: Any, embedder: Any) -> str:
-    """``keyword_only`` (no embedder in front of the embedded store) or ``vector``."""
+    """``keyword_only`` (no embedder in front of the embedded store), ``hybrid`` or ``vector``."""
     if embedder is None and settings.vector_store.backend == "embedded":
         return "keyword_only"
+    if settings.retrieval.hybrid and settings.vector_store.backend == "embedded":
+        return "hybrid"
     return "vector"
 
 

@@ -79,7 +79,7 @@ async def test_corrupted_answer_cache_degrades_to_no_cache(gateway_factory, data
     resp = await client.post("/v1/query", json={"query": "green tea"})
     body = await resp.json()
     assert resp.status == 200 and body["mode"] == "full" and body["answer"] == first["answer"]
-    assert body["degraded"] is False and {s["retriever"] for s in body["sources"]} == {"vector"}
+    assert body["degraded"] is False and {s["retriever"] for s in body["sources"]} == {"hybrid"}
     health = await (await client.get("/health")).json()
     assert health["components"]["answer_cache"]["healthy"] is False
     assert health["components"]["answer_cache"]["errors"] >= 1

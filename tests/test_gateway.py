@@ -15,7 +15,7 @@ async def test_query_answers_from_the_kb_with_the_contract(gateway):
     body = await resp.json()
     assert body["mode"] == "extractive" and body["degraded"] is False and body["degradations"] == []
     assert body["sources"][0]["source"] == "tea.md"
-    assert body["sources"][0]["retriever"] == "vector"
+    assert body["sources"][0]["retriever"] == "hybrid"
     assert "70" in body["answer"] and "[1]" in body["answer"]
     assert body["kb_version"] == state_of(gateway).kb.version
     assert set(body["timings_ms"]) >= {"retrieve", "total"}

@@ -73,3 +73,26 @@ async def test_start_up_on_another_models_vectors_stays_not_ready_with_the_reaso
     resp = await client.get("/readyz")
     assert resp.status == 503
     assert "openai:text-embedding-3-small" in (await resp.json())["error"]
+
+
+async def test_normal_path_is_hybrid_and_a_failing_keyword_half_is_labelled(gateway):
+    body = await (await gateway.post("/v1/query", json={"query": "stratovolcano Mount Fuji"})).json()
+    assert body["degraded"] is False and {s["retriever"] for s in body["sources"]} == {"hybrid"}
+    assert body["sources"][0]["source"].endswith("volcanoes.html")
+    assert (await (await gateway.get("/health")).json())["retrieval"] == "hybrid"
+
+    class Broken:
+        def search(self, *args, **kwargs):
+            raise OSError("index file vanished")
+
+    state_of(gateway).kb.keyword_index = Broken()
+    body = await (await gateway.post("/v1/query", json={"query": "stratovolcano Mount Fuji"})).json()
+    assert body["degraded"] is True and {s["retriever"] for s in body["sources"]} == {"vector"}
+    assert body["degradations"] == [{"component": "keyword_index", "reason": "error", "detail": "OSError"}]
+    assert body["sources"][0]["source"].endswith("volcanoes.html")
+
+
+async def test_hybrid_off_is_vector_only(gateway_factory, data_dir):
+    client = await gateway_factory(make_settings(data_dir, **{"retrieval.hybrid": False}))
+    body = await (await client.post("/v1/query", json={"query": "stratovolcano Mount Fuji", "top_k": 2})).json()
+    assert {s["retriever"] for s in body["sources"]} == {"vector"} and len(body["sources"]) == 2

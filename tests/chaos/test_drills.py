@@ -166,7 +166,7 @@ async def test_admin_fault_injection_degrades_and_is_off_by_default(gateway_fact
     for name in ("vector_db", "embedder"):
         await client.post(f"/admin/breakers/{name}/reset", headers=headers)
     body = await (await client.post("/v1/query", json={"query": "green tea temperature"})).json()
-    assert body["degraded"] is False and {s["retriever"] for s in body["sources"]} == {"vector"}
+    assert body["degraded"] is False and {s["retriever"] for s in body["sources"]} == {"hybrid"}
 
 
 # ---- the runner ----------------------------------------------------------------------------------
