@@ -111,10 +111,11 @@ async def test_unknown_route_and_method_are_json(gateway):
     assert resp.status == 405 and (await resp.json())["error"]["type"] == "method_not_allowed"
 
 
-async def test_form_encoded_curl_body_is_accepted(gateway):
-    # `curl -d '{...}'` sends application/x-www-form-urlencoded; the README's example must work.
+async def test_the_readmes_curl_form_works(gateway):
+    # The README's examples: `curl -H 'Content-Type: application/json' -d '{...}'` (a bare `curl -d` sends a
+    # form type, refused with 415 like any type a browser may send cross-origin without a preflight).
     resp = await gateway.post("/v1/query", data=b'{"query": "steeping time"}',
-                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+                              headers={"Content-Type": "application/json"})
     assert resp.status == 200
 
 

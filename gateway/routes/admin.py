@@ -28,7 +28,8 @@ def _check_admin(request: web.Request) -> AppState:
         raise APIError(404, "not_found", "admin API disabled (set auth.admin_token)")
     auth = request.headers.get("Authorization", "")
     presented = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("X-Admin-Token", "")
-    if not hmac.compare_digest(presented.encode(), token.get_secret_value().encode()):
+    # Undecodable header bytes arrive as surrogates: compare them as bytes (a 401, never a 500).
+    if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), token.get_secret_value().encode()):
         raise APIError(401, "unauthorized", "admin token required (Authorization: Bearer …)",
                        headers={"WWW-Authenticate": "Bearer"})
     return state
@@ -64,7 +65,7 @@ async def kb_versions(request: web.Request) -> web.Response:
 
 async def kb_activate(request: web.Request) -> web.Response:
     from gateway.app import reload_kb
-    from gateway.routes.query import read_json
+    from gateway.http_input import read_json
 
     state = _check_admin(request)
     data = await read_json(request)
@@ -104,7 +105,7 @@ async def faults_show(request: web.Request) -> web.Response:
 async def faults_set(request: web.Request) -> web.Response:
     from pydantic import ValidationError
 
-    from gateway.routes.query import read_json
+    from gateway.http_input import read_json
     from gateway.upstreams.faultinject import DEPENDENCIES, FaultSpec
 
     state = _check_admin(request)

@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.errors import APIError
-from gateway.routes.query import read_json
+from gateway.http_input import read_json
 from gateway.state import DEADLINE, REQUEST_ID, STARTED_RESPONSE, STATE, AppState
 from gateway.upstreams.httperrors import error_for_status
 from resilience import DependencyUnavailable, Reason, UpstreamError

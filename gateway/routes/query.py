@@ -1,7 +1,6 @@
 """POST /v1/query and POST /v1/retrieve: validate, run the pipeline, render the response contract."""
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from typing import Any, Union
@@ -10,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from gateway.errors import APIError
+from gateway.http_input import read_json
 from gateway.pipeline import LadderExhausted, QueryRequest, QueryResult, Trace
 from gateway.state import ANSWER_TEXT, DEADLINE, QUERY_TEXT, REQUEST_ID, STARTED_RESPONSE, STATE, TRACE, AppState
 from resilience import Deadline
@@ -25,39 +25,8 @@ class QueryBody(BaseModel):
     stream: StrictBool = False
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _ERROR_TYPES = {"extra_forbidden": "unknown_field", "missing": "missing_field"}
-
-
-async def read_json(request: web.Request) -> Any:
-    """The request body as JSON, enforcing size and content type. Raises APIError (413/415/400)."""
-    state: AppState = request.app[STATE]
-    limit = state.settings.server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
-    ctype = request.content_type
-    # curl -d sends application/x-www-form-urlencoded; accept it when the body is JSON, like most APIs.
-    if ctype not in ("application/json", "application/x-www-form-urlencoded", "text/plain", ""):
-        raise APIError(415, "unsupported_media_type", f"expected application/json, got {ctype}",
-                       field="Content-Type")
-    # The whole body (it may arrive in pieces), capped by client_max_size, under the request's deadline
-    # so a stalled upload cannot hold the request open.
-    deadline = request.get(DEADLINE)
-    try:
-        async with asyncio.timeout(deadline.remaining() if deadline is not None else None):
-            raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes") from None
-    except TimeoutError:
-        raise APIError(408, "request_timeout", "the request body did not arrive within the request's deadline") \
-            from None
-    if len(raw) > limit:
-        raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
-    if not raw.strip():
-        raise APIError(400, "invalid_json", "request body is empty; expected a JSON object")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
 
 
 def parse_query_body(data: Any, state: AppState) -> QueryBody:
@@ -81,6 +50,9 @@ def parse_query_body(data: Any, state: AppState) -> QueryBody:
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, float) and not math.isfinite(v):
                 raise APIError(422, "invalid_value", "filter values must be finite numbers", field=f"filters.{key}")
+            if isinstance(v, int) and not isinstance(v, bool) and not _INT64_MIN <= v <= _INT64_MAX:
+                # Weaviate and the keyword index store 64-bit integers: beyond that no value can match.
+                raise APIError(422, "invalid_value", "filter integers must fit in 64 bits", field=f"filters.{key}")
             if isinstance(v, str):
                 _check_text(v, f"filters.{key}")
     if not body.query.strip():

@@ -55,7 +55,3 @@ def test_keys_are_compared_in_constant_time_against_every_key():
     assert match_key("sk-\udcff-not-utf8", keys) is None  # undecodable header bytes: no 500
 
 
-async def test_a_non_utf8_api_key_header_is_a_401_not_a_500(gateway_factory, data_dir):
-    client = await gateway_factory(make_settings(data_dir, **{"auth.api_keys": ["sk-real-key-0000000000"]}))
-    resp = await client.post("/v1/query", json={"query": "tea"}, headers={"x-api-key": b"\xff\xfe-key".decode("latin-1")})
-    assert resp.status == 401 and (await resp.json())["error"]["type"] == "unauthorized"

@@ -1,0 +1,91 @@
+"""Reading a request body as JSON, shared by every route that takes one (query, messages, admin).
+
+Every way a body can be wrong ends as a JSON 4xx (``gateway.errors.APIError``), never a 500:
+
+* ``Content-Type`` must be ``application/json`` (or ``application/*+json``), else 415. Form, text/plain
+  and missing types are exactly what a browser sends cross-origin *without* a CORS preflight (HTML forms,
+  ``fetch`` with a string or Blob body), so taking them as JSON let any web page spend the sidecar's
+  Anthropic key on a no-auth deployment. ``curl -d`` therefore needs ``-H 'Content-Type: application/json'``
+  (or ``curl --json``).
+* Size: ``server.max_body_bytes`` (413), decompressed size included; a corrupt ``Content-Encoding`` body
+  is a 400 ``invalid_body``; the whole body must arrive within the request's deadline (408).
+* Nesting deeper than :data:`MAX_DEPTH` is a 400 before parsing (``json.loads`` would raise
+  ``RecursionError`` near 1,000 levels, and later ``json.dumps``/validation could too).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+
+from gateway.errors import APIError
+from gateway.state import DEADLINE, STATE, AppState
+
+MAX_DEPTH = 64
+"""Deepest JSON nesting accepted. Anthropic requests with tool schemas nest ~10-20 levels."""
+
+_JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def is_json_type(content_type: str) -> bool:
+    return bool(_JSON_TYPE.match(content_type.lower()))
+
+
+def nesting_depth(raw: bytes) -> int:
+    """Deepest ``[``/``{`` nesting of a JSON text (strings skipped). Cheap: bracket counts first."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return 0
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub(b"", raw)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON. Raises APIError: 415 (type), 413 (size), 408 (slow upload), 400 (bad JSON,
+    bad encoding, too deep)."""
+    state: AppState = request.app[STATE]
+    limit = state.settings.server.max_body_bytes
+    if not is_json_type(request.content_type) or "Content-Type" not in request.headers:
+        got = request.headers.get("Content-Type") or "no Content-Type"
+        raise APIError(415, "unsupported_media_type", f"expected Content-Type: application/json, got {got}",
+                       field="Content-Type")
+    if request.content_length is not None and request.content_length > limit:
+        raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
+    # The whole body (it may arrive in pieces), capped by client_max_size, under the request's deadline
+    # so a stalled upload cannot hold the request open.
+    deadline = request.get(DEADLINE)
+    try:
+        async with asyncio.timeout(deadline.remaining() if deadline is not None else None):
+            raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes") from None
+    except TimeoutError:
+        raise APIError(408, "request_timeout", "the request body did not arrive within the request's deadline") \
+            from None
+    except (RequestPayloadError, HttpProcessingError) as exc:  # e.g. a corrupt gzip/deflate/br body
+        raise APIError(400, "invalid_body", f"request body could not be read "
+                       f"(Content-Encoding {request.headers.get('Content-Encoding', 'none')}): {exc}".strip(),
+                       field="Content-Encoding" if "Content-Encoding" in request.headers else None,
+                       headers={"Connection": "close"}) from None  # the rest of the stream cannot be resynced
+    if len(raw) > limit:
+        raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
+    if not raw.strip():
+        raise APIError(400, "invalid_json", "request body is empty; expected a JSON object")
+    if nesting_depth(raw) > MAX_DEPTH:
+        raise APIError(400, "invalid_json", f"request body is nested deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise APIError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
