@@ -10,9 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gateway.contract import Mode
+
 VERDICT_BADGE = {"pass": "PASS ✅", "deviated": "DEVIATED ❌", "failed": "FAILED ❌", "aborted": "ABORTED ⚠️"}
-MODE_COLORS = {"full": "#2e7d32", "cached": "#1565c0", "keyword_fallback": "#f9a825", "extractive": "#ef6c00",
-               "retrieval_only": "#6a1b9a", "unavailable": "#c62828"}
+MODE_COLORS = {Mode.FULL: "#2e7d32", Mode.CACHED: "#1565c0", Mode.KEYWORD_FALLBACK: "#f9a825",
+               Mode.EXTRACTIVE: "#ef6c00", Mode.FALLBACK_MODEL: "#6a1b9a", Mode.UNAVAILABLE: "#c62828"}
 _LEGEND = {"loc": "upper left", "bbox_to_anchor": (1.07, 1.0), "fontsize": 8, "borderaxespad": 0.0}
 STATE_COLORS = {"closed": "#66bb6a", "half_open": "#ffa726", "open": "#e53935"}
 

@@ -42,6 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chaos.stubs.faults import Faults
+from gateway.contract import QUERY_MODES
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ ProbeType = Literal["availability", "latency_p99", "mode", "degraded_labelled", 
 ActionType = Literal["toxic_add", "toxic_update", "toxic_remove", "proxy_disable", "proxy_enable",
                      "stub_fault", "stub_clear", "gateway_fault", "gateway_fault_clear",
                      "breaker_open", "breaker_close", "breaker_reset"]
-MODES = ("full", "cached", "keyword_fallback", "extractive", "retrieval_only", "unavailable")
+MODES = tuple(m.value for m in QUERY_MODES)  # the drill's load goes to /v1/query
 # Actions that start a fault (a "during" window) and may carry ``duration_s`` (undone after it).
 FAULT_ACTIONS = frozenset({"toxic_add", "proxy_disable", "stub_fault", "gateway_fault", "breaker_open"})
 TOXIC_TYPES = ("latency", "bandwidth", "slow_close", "timeout", "reset_peer", "slicer", "limit_data")

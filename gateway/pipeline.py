@@ -23,14 +23,14 @@ from fallback import fusion
 from fallback.cache import AnswerStore, CacheEntry, CacheKey
 from fallback.documents import Chunk
 from fallback.extractive import NO_INFO_ANSWER, extractive_answer
+from gateway import contract
 from gateway.config import Settings
+from gateway.contract import Component, Mode
 from gateway.kb import KBVersion
 from gateway.telemetry import Telemetry
 from gateway.tracing import NOOP, Tracer
 from gateway.upstreams.base import LLM, Embedder, VectorStore
 from resilience import Deadline, DependencyUnavailable, GuardRegistry, Reason
-
-MODES = ("full", "cached", "keyword_fallback", "extractive", "retrieval_only", "unavailable")
 
 
 @dataclass
@@ -50,17 +50,15 @@ class Trace:
     timings_ms: dict[str, float] = field(default_factory=dict)
     retriever: str | None = None
     keyword_only: bool = False  # the KB has no vectors by design (embedder.backend none): bm25 is the normal path
-    generation: str | None = None  # full | cached | extractive | retrieval_only
+    generation: Mode | None = None  # full | cached | extractive
     cache: str = "off"  # off | miss | hit | stale | error
     model: str | None = None
     answer_age_s: float | None = None
     started: float = field(default_factory=time.perf_counter)
     tracer: Tracer = field(default=NOOP, repr=False)
 
-    def degrade(self, component: str, reason: str | Reason, **extra: Any) -> None:
-        entry = {"component": component, "reason": Reason(reason).value if isinstance(reason, Reason) else reason}
-        entry.update({k: v for k, v in extra.items() if v is not None})
-        self.degradations.append(entry)
+    def degrade(self, component: str, reason: str | Reason | contract.Reason, **extra: Any) -> None:
+        self.degradations.append(contract.degradation(component, reason, **extra))
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -72,16 +70,16 @@ class Trace:
             self.timings_ms[stage] = round(self.timings_ms.get(stage, 0.0) + (time.perf_counter() - t0) * 1e3, 3)
 
     @property
-    def mode(self) -> str:
-        if self.generation in ("cached", "extractive", "retrieval_only"):
+    def mode(self) -> Mode:
+        if self.generation in (Mode.CACHED, Mode.EXTRACTIVE):
             return self.generation
         if self.retriever == "bm25" and not self.keyword_only:
-            return "keyword_fallback"
-        return "full"
+            return Mode.KEYWORD_FALLBACK
+        return Mode.FULL
 
     @property
     def degraded(self) -> bool:
-        return bool(self.degradations)
+        return contract.is_degraded(self.mode, self.degradations)
 
     def finish(self) -> None:
         self.timings_ms["total"] = round((time.perf_counter() - self.started) * 1e3, 3)
@@ -97,16 +95,10 @@ class QueryResult:
 
     def contract(self) -> dict[str, Any]:
         t = self.trace
-        body: dict[str, Any] = {
-            "answer": self.answer, "mode": t.mode, "degraded": t.degraded, "degradations": t.degradations,
-            "sources": [c.source_view() for c in self.sources], "kb_version": self.kb_version,
-            "request_id": self.request_id, "timings_ms": t.timings_ms,
-        }
-        if t.model:
-            body["model"] = t.model
-        if t.answer_age_s is not None:
-            body["answer_age_s"] = round(t.answer_age_s, 3)
-        return body
+        return contract.body(answer=self.answer, mode=t.mode, degradations=t.degradations,
+                             sources=[c.source_view() for c in self.sources], kb_version=self.kb_version,
+                             request_id=self.request_id, timings_ms=t.timings_ms, model=t.model,
+                             answer_age_s=t.answer_age_s)
 
 
 class LadderExhausted(Exception):
@@ -203,21 +195,22 @@ class Pipeline:
         kb = self._kb()
         index = kb.keyword_index if kb is not None else None
         if index is None or not self.settings.fallback.keyword_index:
-            reason = "disabled" if not self.settings.fallback.keyword_index else "missing"
-            trace.degrade("keyword_index", reason)
-            self.telemetry.degradation("keyword_index", reason)
+            enabled = self.settings.fallback.keyword_index
+            reason = contract.Reason.MISSING if enabled else contract.Reason.DISABLED
+            trace.degrade(Component.KEYWORD_INDEX, reason)
+            self.telemetry.degradation(Component.KEYWORD_INDEX, reason)
             raise LadderExhausted(trace, self._retry_after())
         if kb.manifest.get("synced_from"):
             age = time.time() - kb.created_at
             if age > self.settings.kb.stale_after_s:
-                trace.degrade("keyword_index", "stale", age_s=round(age, 1))
-                self.telemetry.degradation("keyword_index", "stale")
+                trace.degrade(Component.KEYWORD_INDEX, contract.Reason.STALE, age_s=round(age, 1))
+                self.telemetry.degradation(Component.KEYWORD_INDEX, contract.Reason.STALE)
         try:
             with trace.timed("keyword_search"):
                 chunks = index.search(req.query, req.top_k, filters=req.filters)
         except Exception as exc:  # noqa: BLE001 - the last retrieval rung failed: labelled, then 503
-            trace.degrade("keyword_index", "error", detail=type(exc).__name__)
-            self.telemetry.degradation("keyword_index", "error")
+            trace.degrade(Component.KEYWORD_INDEX, contract.Reason.ERROR, detail=type(exc).__name__)
+            self.telemetry.degradation(Component.KEYWORD_INDEX, contract.Reason.ERROR)
             raise LadderExhausted(trace, self._retry_after()) from exc
         self.telemetry.keyword_search(trace.timings_ms["keyword_search"], len(chunks))
         trace.retriever = "bm25"
@@ -258,7 +251,7 @@ class Pipeline:
         kb_version = kb.version if kb is not None else None
         hit = await self._cache_get(req, kb_version, trace)
         if hit is not None and hit.fresh:
-            trace.cache, trace.generation = "hit", "cached"
+            trace.cache, trace.generation = "hit", Mode.CACHED
             trace.answer_age_s = hit.age_s
             self.telemetry.cache_result("hit")
             trace.finish()
@@ -276,7 +269,7 @@ class Pipeline:
                         hit: Any, kb_version: str | None) -> tuple[str | None, list[Chunk]]:
         """The answer and the sources it cites (a stale cached answer cites its own sources)."""
         if not chunks:
-            trace.generation = "full" if self.llm is not None else "extractive"
+            trace.generation = Mode.FULL if self.llm is not None else Mode.EXTRACTIVE
             return NO_INFO_ANSWER, chunks
         if self.llm is not None:
             with trace.timed("generate"):
@@ -290,7 +283,7 @@ class Pipeline:
                         trace.degrade(exc.component, exc.reason, model=model)
                         self.telemetry.degradation(exc.component, exc.reason.value)
                         continue
-                    trace.generation, trace.model = "full", gen.model
+                    trace.generation, trace.model = Mode.FULL, gen.model
                     await self._cache_put(req, kb_version, gen.text, chunks, trace)
                     return gen.text, chunks
             return self._after_llm_failure(req, chunks, trace, hit)
@@ -299,9 +292,9 @@ class Pipeline:
     def _after_llm_failure(self, req: QueryRequest, chunks: list[Chunk], trace: Trace,
                            hit: Any) -> tuple[str | None, list[Chunk]]:
         if hit is not None:  # stale-if-error: a fresh hit was served before reaching the LLM
-            trace.cache, trace.generation, trace.answer_age_s = "stale", "cached", hit.age_s
-            trace.degrade("answer_cache", "stale_answer", age_s=round(hit.age_s, 3))
-            self.telemetry.degradation("answer_cache", "stale_answer")
+            trace.cache, trace.generation, trace.answer_age_s = "stale", Mode.CACHED, hit.age_s
+            trace.degrade(Component.ANSWER_CACHE, contract.Reason.STALE_ANSWER, age_s=round(hit.age_s, 3))
+            self.telemetry.degradation(Component.ANSWER_CACHE, contract.Reason.STALE_ANSWER)
             self.telemetry.cache_result("stale_serve")
             return hit.entry.answer, [_source_chunk(s) for s in hit.entry.sources]
         return self._extractive(req, chunks, trace), chunks
@@ -309,7 +302,7 @@ class Pipeline:
     def _extractive(self, req: QueryRequest, chunks: list[Chunk], trace: Trace) -> str | None:
         with trace.timed("extractive"):
             result = extractive_answer(req.query, chunks, max_sentences=self.settings.fallback.extractive_sentences)
-        trace.generation = "extractive"
+        trace.generation = Mode.EXTRACTIVE
         return result.text
 
     async def _cache_put(self, req: QueryRequest, kb_version: str | None, text: str, chunks: list[Chunk],
@@ -318,7 +311,7 @@ class Pipeline:
         # from BM25 chunks or by the fallback model must not come back later looking healthy.
         if self.cache is None or trace.degraded:
             return
-        entry = CacheEntry(answer=text, sources=[c.source_view() for c in chunks], mode="full",
+        entry = CacheEntry(answer=text, sources=[c.source_view() for c in chunks], mode=Mode.FULL,
                            kb_version=kb_version or "")
         # The set runs in a worker thread inside the cache (~150 µs); awaiting keeps ordering simple.
         await self.cache.put(self._cache_key(req, kb_version), entry)
@@ -335,7 +328,7 @@ class Pipeline:
         kb_version = kb.version if kb is not None else None
         hit = await self._cache_get(req, kb_version, trace)
         if hit is not None and hit.fresh:
-            trace.cache, trace.generation, trace.answer_age_s = "hit", "cached", hit.age_s
+            trace.cache, trace.generation, trace.answer_age_s = "hit", Mode.CACHED, hit.age_s
             self.telemetry.cache_result("hit")
             yield "delta", hit.entry.answer
             trace.finish()
@@ -388,13 +381,13 @@ class Pipeline:
                 except (Exception, TimeoutError) as exc:  # mid-stream cut/stall after text was sent
                     if agen is not None:
                         await agen.aclose()
-                    reason = "timeout" if isinstance(exc, TimeoutError) else "stream_cut"
+                    reason = contract.Reason.TIMEOUT if isinstance(exc, TimeoutError) else contract.Reason.STREAM_CUT
                     trace.degrade(guard_name, reason, model=model)
                     self.telemetry.degradation(guard_name, reason)
                     yield "discard", {"reason": reason, "component": guard_name, "chars": sum(map(len, parts))}
                     break
                 text = "".join(parts)
-                trace.generation, trace.model = "full", model
+                trace.generation, trace.model = Mode.FULL, model
                 await self._cache_put(req, kb_version, text, chunks, trace)
                 trace.finish()
                 yield "done", QueryResult(text, chunks, trace, kb_version, req.request_id)

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import ConfigError, TelemetryConfig, load_settings
-from gateway.pipeline import MODES as PIPELINE_MODES
+from gateway.contract import QUERY_MODES
 from gateway.telemetry import CATALOGUE, MODES, Telemetry, catalogue_markdown, render_doc
 from tests.conftest import make_settings, state_of
 
@@ -152,7 +152,7 @@ def test_catalogue_is_consistent():
         assert s.plotted or s.unplotted_reason, f"{s.name}: unplotted without a reason"
         if s.type in ("distribution", "histogram"):
             assert s.unit == "ms", f"{s.name}: latency metrics are in ms"
-    assert set(MODES) - {"none"} == set(PIPELINE_MODES), "the mode tag's values must follow the pipeline"
+    assert set(MODES) - {"none"} == set(QUERY_MODES), "the mode tag's values must follow the pipeline"
 
 
 def test_observability_doc_has_the_current_catalogue():

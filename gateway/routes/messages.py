@@ -25,6 +25,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway import contract
+from gateway.contract import Component, Mode
 from gateway.errors import APIError
 from gateway.http_input import read_json
 from gateway.state import DEADLINE, REQUEST_ID, STARTED_RESPONSE, STATE, AppState
@@ -115,7 +117,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
                 status = exc.status or 400
                 type_ = {401: "authentication_error", 403: "permission_error"}.get(status, "invalid_request_error")
                 return _anthropic_error(status, type_, exc.detail or str(exc), {"X-Request-Id": request[REQUEST_ID]})
-            degradations.append({"component": guard_name, "reason": exc.reason.value, "model": rung_model})
+            degradations.append(contract.degradation(guard_name, exc.reason, model=rung_model))
             state.telemetry.degradation(guard_name, exc.reason.value)
             last = exc
             continue
@@ -127,9 +129,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
         out.headers.update(_rag_headers(request, degradations))
         return out
 
-    retry_after = str(int((last.retry_after_s if last and last.retry_after_s else 5) + 0.999))
-    headers_out = {"Retry-After": retry_after, "X-RAG-Mode": "unavailable", "X-RAG-Degraded": "true",
-                   "X-RAG-Degradations": json.dumps(degradations), "X-Request-Id": request[REQUEST_ID]}
+    headers_out = contract.headers(Mode.UNAVAILABLE, degraded=True, request_id=request[REQUEST_ID],
+                                   degradations=degradations,
+                                   retry_after_s=last.retry_after_s if last and last.retry_after_s else 5)
     if last is not None and last.reason is Reason.RATE_LIMITED:
         return _anthropic_error(429, "rate_limit_error", "upstream rate limited; retry later", headers_out)
     return _anthropic_error(529, "overloaded_error",
@@ -143,11 +145,8 @@ def _configured_key(state: AppState) -> bool:
 
 
 def _rag_headers(request: web.Request, degradations: list[dict[str, Any]]) -> dict[str, str]:
-    out = {"X-Request-Id": request[REQUEST_ID], "X-RAG-Mode": "fallback_model" if degradations else "full",
-           "X-RAG-Degraded": "true" if degradations else "false"}
-    if degradations:
-        out["X-RAG-Degradations"] = json.dumps(degradations)
-    return out
+    return contract.headers(Mode.FALLBACK_MODEL if degradations else Mode.FULL, degraded=bool(degradations),
+                            request_id=request[REQUEST_ID], degradations=degradations)
 
 
 async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, degradations: list[dict[str, Any]],
@@ -169,8 +168,8 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, degrada
             async for chunk in upstream.content.iter_any():
                 await out.write(chunk)
     except (aiohttp.ClientError, ConnectionResetError, TimeoutError) as exc:
-        reason = "timeout" if isinstance(exc, TimeoutError) else "stream_cut"
-        request.app[STATE].telemetry.degradation("llm", reason)
+        reason = contract.Reason.TIMEOUT if isinstance(exc, TimeoutError) else contract.Reason.STREAM_CUT
+        request.app[STATE].telemetry.degradation(Component.LLM, reason)
         log.warning("LLM stream broke after it started; aborting the client connection",
                     extra={"event": "llm_stream_broken", "reason": reason})
         if request.transport is not None:

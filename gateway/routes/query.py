@@ -8,6 +8,8 @@ from typing import Any, Union
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
+from gateway import contract
+from gateway.contract import Mode
 from gateway.errors import APIError
 from gateway.http_input import read_json
 from gateway.pipeline import LadderExhausted, QueryRequest, QueryResult, Trace
@@ -75,24 +77,24 @@ def _check_text(text: str, field: str) -> None:
 def _require_ready(state: AppState) -> None:
     if not state.ready.is_set() or state.pipeline is None:
         raise APIError(503, "not_ready", f"the knowledge base is still loading ({state.startup_stage})",
-                       headers={"Retry-After": "2"})
+                       headers={"Retry-After": contract.retry_after(2)})
 
 
 def contract_headers(result_trace: Trace, request_id: str) -> dict[str, str]:
-    timing = ", ".join(f"{k};dur={v:.1f}" for k, v in result_trace.timings_ms.items())
-    return {"X-Request-Id": request_id, "X-RAG-Mode": result_trace.mode,
-            "X-RAG-Degraded": "true" if result_trace.degraded else "false", "Server-Timing": timing}
+    return contract.headers(result_trace.mode, degraded=result_trace.degraded, request_id=request_id,
+                            timings_ms=result_trace.timings_ms)
 
 
 def unavailable_response(exc: LadderExhausted, request_id: str) -> web.Response:
     trace = exc.trace
     trace.generation = None
     trace.finish()
-    body = {"answer": None, "mode": "unavailable", "degraded": True, "degradations": trace.degradations,
-            "sources": [], "kb_version": None, "request_id": request_id, "timings_ms": trace.timings_ms,
-            "error": {"type": "unavailable", "message": "every retrieval path failed; retry later", "field": None}}
-    headers = {"Retry-After": str(int(exc.retry_after_s + 0.999)), "X-RAG-Mode": "unavailable",
-               "X-RAG-Degraded": "true", "X-Request-Id": request_id}
+    body = contract.body(answer=None, mode=Mode.UNAVAILABLE, degradations=trace.degradations, sources=[],
+                         kb_version=None, request_id=request_id, timings_ms=trace.timings_ms,
+                         error={"type": "unavailable", "message": "every retrieval path failed; retry later",
+                                "field": None})
+    headers = contract.headers(Mode.UNAVAILABLE, degraded=True, request_id=request_id,
+                               retry_after_s=exc.retry_after_s)
     return web.json_response(body, status=503, headers=headers)
 
 
@@ -174,10 +176,10 @@ async def retrieve(request: web.Request) -> web.Response:
     trace.finish()
     request[TRACE] = trace
     kb = state.kb
-    out = {"answer": None, "mode": trace.mode, "degraded": trace.degraded, "degradations": trace.degradations,
-           "sources": [c.source_view() for c in chunks],
-           "chunks": [{**c.source_view(), "text": c.text} for c in chunks],
-           "kb_version": kb.version if kb else None, "request_id": req.request_id, "timings_ms": trace.timings_ms}
+    out = contract.body(answer=None, mode=trace.mode, degradations=trace.degradations,
+                        sources=[c.source_view() for c in chunks],
+                        chunks=[{**c.source_view(), "text": c.text} for c in chunks],
+                        kb_version=kb.version if kb else None, request_id=req.request_id, timings_ms=trace.timings_ms)
     return web.json_response(out, headers=contract_headers(trace, req.request_id))
 
 

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.contract import QUERY_MODES
+
 MetricType = Literal["count", "gauge", "distribution", "histogram"]
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 # A route we were not told about (a 404 scanner's paths) must not mint new series.
@@ -51,7 +53,7 @@ class MetricSpec:
         return f"{namespace}_{base}" if namespace else base
 
 
-MODES = ("full", "cached", "keyword_fallback", "extractive", "retrieval_only", "unavailable", "none")
+MODES = (*(m.value for m in QUERY_MODES), "none")  # /v1/messages and probes run no pipeline: none
 OUTCOMES = ("success", "timeout", "error", "rate_limited", "overloaded", "caller_error", "cancelled")
 FAILURE_REASONS = ("breaker_open", "timeout", "rate_limited", "error", "shed", "overloaded")
 BREAKER_STATES = tuple(BREAKER_STATE_VALUES)
