@@ -16,9 +16,10 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from gateway import connguard
 from gateway.config import Settings
 from gateway.kb import KBError, KnowledgeBase, load_seed_vectors
-from gateway.logs import setup_logging
+from gateway.logs import install_server_log_filter, setup_logging
 from gateway.middleware import CHAIN
 from gateway.pipeline import Pipeline
 from gateway.retrieval import check_vectors_model
@@ -73,6 +74,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True,
     """
     if configure_logging:
         setup_logging(settings.logging.level, settings.logging.format)
+    install_server_log_filter()  # aiohttp's server logs carry raw request bytes: always redacted
     telemetry = Telemetry(settings.telemetry)
     data_dir = Path(settings.server.data_dir)
     clock = clock or time.monotonic
@@ -80,7 +82,10 @@ def create_app(settings: Settings, *, configure_logging: bool = True,
                      kb_store=KnowledgeBase(data_dir / "kb", keep_versions=settings.kb.keep_versions), clock=clock,
                      tracer=Tracer(settings.telemetry.tracing))
     state.api_keys = key_labels([k.get_secret_value() for k in settings.auth.api_keys])
-    app = web.Application(middlewares=CHAIN, client_max_size=settings.server.max_body_bytes)
+    server = settings.server
+    app = web.Application(middlewares=CHAIN, client_max_size=server.max_body_bytes,
+                          handler_args={"keepalive_timeout": server.keepalive_timeout_s})
+    connguard.install(app, max_connections=server.max_connections, header_timeout_s=server.header_timeout_s)
     app[STATE] = state
     for module in (query, messages, health, admin, metrics):
         module.setup(app)

@@ -40,6 +40,11 @@ class ServerConfig(_Section):
     max_request_timeout_s: float = Field(60.0, gt=0, description="cap on X-Request-Timeout")
     fallback_reserve_s: float = Field(0.25, ge=0, description="budget kept back for the fallback path")
     shutdown_grace_s: float = Field(10.0, ge=0, description="in-flight requests get this long on SIGTERM")
+    header_timeout_s: float = Field(10.0, gt=0, description=(
+        "a new connection must send its request headers within this (slow-header clients are closed)"))
+    max_connections: int = Field(1000, ge=1, description=(
+        "open connections; beyond it the oldest one still sending headers is dropped (lowered to the fd limit)"))
+    keepalive_timeout_s: float = Field(75.0, gt=0, description="idle keep-alive connections are closed after this")
 
     @model_validator(mode="after")
     def _timeouts_consistent(self) -> "ServerConfig":

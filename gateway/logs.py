@@ -20,9 +20,14 @@ _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"messag
 _SECRET_RE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9._\-]{8,})")
 
 
+# A credential-bearing header line, whatever the key looks like (aiohttp quotes raw header bytes in errors).
+_HEADER_RE = re.compile(r"((?:authorization|proxy-authorization|x-api-key|api-key|x-admin-token|cookie|set-cookie)"
+                        r"\s*:\s*)[^\r\n'\"]*", re.IGNORECASE)
+
+
 def redact(value: Any) -> Any:
     if isinstance(value, str):
-        return _SECRET_RE.sub("[REDACTED]", value)
+        return _HEADER_RE.sub(r"\1[REDACTED]", _SECRET_RE.sub("[REDACTED]", value))
     if isinstance(value, dict):
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -66,6 +71,43 @@ class TextFormatter(logging.Formatter):
 QUIET_LOGGERS = ("aiohttp.access", "httpx", "httpx2", "httpcore", "grpc", "anthropic", "openai")
 
 
+# aiohttp's own loggers: "Error handling request" carries the raw request bytes (headers, keys included).
+SERVER_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.internal")
+_RAW_BYTES = re.compile(r"b(['\"]).*?(?<!\\)\1", re.DOTALL)
+
+
+class ServerLogFilter(logging.Filter):
+    """Routes aiohttp's server logs through redaction. A malformed request (the client's mistake) becomes
+    one WARNING line naming the error, without a stack trace or the raw bytes; anything else keeps its
+    traceback, redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "malformed HTTP request refused", ()
+            record.exc_info = record.exc_text = None
+            detail = _RAW_BYTES.sub("[raw bytes withheld]", str(exc.message)).strip()
+            record.__dict__.update(event="bad_http_request", status=exc.code, error=type(exc).__name__,
+                                   detail=redact(" ".join(detail.split()))[:300])
+            return True
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        record.msg = redact(record.getMessage())
+        record.args = ()
+        return True
+
+
+def install_server_log_filter() -> None:
+    """Idempotent: add :class:`ServerLogFilter` to aiohttp's server loggers."""
+    for name in SERVER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ServerLogFilter) for f in logger.filters):
+            logger.addFilter(ServerLogFilter())
+
+
 def setup_logging(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
     """Configure the root logger once (idempotent): JSON or text lines to ``stream`` (stderr)."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -79,3 +121,4 @@ def setup_logging(level: str = "INFO", fmt: str = "json", stream: Any = None) ->
     root.setLevel(level)
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    install_server_log_filter()
