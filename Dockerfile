@@ -11,6 +11,7 @@ COPY gateway ./gateway
 COPY resilience ./resilience
 COPY fallback ./fallback
 COPY chaos ./chaos
+COPY rag_sidecar ./rag_sidecar
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install -c requirements.lock .
 
 FROM python:3.11-slim

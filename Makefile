@@ -42,5 +42,5 @@ clean:
 sample-embeddings: $(STAMP)
 	rm -rf /tmp/rag-sidecar-seed
 	RAG_SIDECAR__SERVER__DATA_DIR=/tmp/rag-sidecar-seed RAG_SIDECAR__KB__SAMPLE_EMBEDDINGS=/nonexistent \
-	  $(BIN)/python -c "import asyncio; from gateway.cli import _in_process; from gateway.config import load_settings; asyncio.run(_in_process(load_settings(), lambda s: asyncio.sleep(0)))"
+	  $(BIN)/python -c "import asyncio; from gateway.ingest import in_process; from gateway.config import load_settings; asyncio.run(in_process(load_settings(), lambda s: asyncio.sleep(0)))"
 	$(BIN)/python -c "from pathlib import Path; from gateway.kb import KnowledgeBase, save_seed_vectors; kb = KnowledgeBase(Path('/tmp/rag-sidecar-seed/kb')); print(save_seed_vectors(kb.versions_dir / kb.active_version(), Path('corpus/embeddings.local.npz')), 'vectors')"

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sys
 from typing import Any
 
 from bench.context import ADMIN_TOKEN, COLLECTION, LLM_KEY, Context, golden_queries
@@ -28,13 +26,12 @@ def gateway_overrides(ctx: Context, data_dir: str) -> dict[str, Any]:
 
 
 def ingest(ctx: Context, overrides: dict[str, Any]) -> None:
-    """The CLI's ingest: a KB version on disk + the same chunks upserted into the fake Weaviate."""
-    from gateway.cli import _ingest
+    """The public ingest: a KB version on disk + the same chunks upserted into the fake Weaviate."""
     from gateway.config import load_settings
+    from gateway.ingest import ingest as ingest_kb
 
     settings = load_settings(None, env={}, overrides=overrides)
-    with contextlib.redirect_stdout(sys.stderr):  # _ingest prints its summary line on stdout
-        asyncio.run(_ingest(settings, [ctx.sample_corpus], True, "bench"))
+    asyncio.run(ingest_kb(settings, [ctx.sample_corpus], label="bench"))
 
 
 def _compare(floor: dict, gw: dict) -> dict[str, Any]:

@@ -12,8 +12,8 @@ embeddings and Anthropic HTTP pools); HTTP-level faults are switched on the stan
 endpoints the drill calls directly (never through a proxy). Three processes share the cores: the
 gateway, the upstreams, and the caller (drill runner + load).
 
-:class:`LocalStack` starts it (ingesting the sample corpus through the proxies with the CLI's own
-``_ingest``), hands out a :class:`~chaos.drill.DrillTarget` and the ``${...}`` variables scenarios use
+:class:`LocalStack` starts it (ingesting the sample corpus through the proxies with the public
+``gateway.ingest``), hands out a :class:`~chaos.drill.DrillTarget` and the ``${...}`` variables scenarios use
 (``open_s``, the stage timeouts in ms …), resets faults and breakers between drills, and stops it.
 Breakers get a short ``open_s`` (default 2 s) so recovery is observable within a drill.
 
@@ -212,13 +212,14 @@ class LocalStack:
         self.gateway_url = f"http://127.0.0.1:{self._port}"
 
     async def _ingest(self) -> None:
-        from gateway.cli import _ingest
         from gateway.config import load_settings
+        from gateway.ingest import ingest
 
         settings = load_settings(self.config_path, env={})
         with open(self.workdir / "ingest.log", "w", encoding="utf-8") as log, \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            await asyncio.wait_for(_ingest(settings, [self.corpus], True, "chaos drill"), START_TIMEOUT_S)
+            result = await asyncio.wait_for(ingest(settings, [self.corpus], label="chaos drill"), START_TIMEOUT_S)
+            print(json.dumps(result.as_dict()), file=log)
 
     async def _start_gateway(self) -> None:
         log = open(self.workdir / "gateway.log", "ab")  # noqa: SIM115 - closed in stop()

@@ -10,13 +10,28 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from chaos.load import RequestRecord
 from chaos.scenario import Probe, Tolerance
 
-if TYPE_CHECKING:
-    from chaos.drill import Drill
+
+class DrillView(Protocol):
+    """What the evaluators read from the running :class:`chaos.drill.Drill` (declared here, so the
+    probes do not import the drill that imports them)."""
+
+    sample_interval_s: float
+    phase_times: dict[str, list[float | None]]
+
+    def spans(self, phase: str) -> list[tuple[float, float]]: ...
+
+    def recovered_at(self, dependency: str) -> float | None: ...
+
+    def guard_of(self, dependency: str) -> str: ...
+
+    def attempts(self, dependency: str, phase: str, source: str) -> tuple[int | None, str]: ...
+
+    def opens(self, dependency: str, phase: str) -> int | None: ...
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -54,7 +69,7 @@ class ProbeInput:
     done: list[RequestRecord]
     answers: list[RequestRecord]
     all_records: list[RequestRecord]
-    drill: "Drill"
+    drill: DrillView
 
     @property
     def tol(self) -> Tolerance:

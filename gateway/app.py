@@ -19,10 +19,10 @@ from aiohttp import web
 from gateway import connguard
 from gateway.config import Settings
 from gateway.kb import KBError, KnowledgeBase, load_seed_vectors
+from gateway.kbload import reload_kb
 from gateway.logs import install_server_log_filter, setup_logging
 from gateway.middleware import CHAIN
 from gateway.pipeline import Pipeline
-from gateway.retrieval import check_vectors_model
 from gateway.routes import admin, health, messages, metrics, query
 from gateway.state import STATE, AppState
 from gateway.telemetry import Telemetry
@@ -150,7 +150,7 @@ async def _load_kb(state: AppState) -> None:
                              overlap=s.kb.chunk_overlap, batch_size=s.embedder.batch_size, progress=progress,
                              label="sample corpus", root=Path(s.kb.sample_corpus).parent, seed_vectors=seed)
         state.startup_stage = "loading KB"
-        await _activate_loaded(state)
+        await reload_kb(state)
     except Exception as exc:  # noqa: BLE001 - reported on /readyz and /health, never kills the process
         state.kb_error = f"{type(exc).__name__}: {exc}"
         state.startup_stage = "failed"
@@ -178,25 +178,7 @@ async def _sync_kb_periodically(state: AppState) -> None:
                         extra={"event": "kb_sync_failed", "error": state.kb_error})
             continue
         log.info("keyword index synced", extra={"event": "kb_synced", "kb_version": version})
-        await _activate_loaded(state)
-
-
-async def _activate_loaded(state: AppState) -> None:
-    kb = await asyncio.to_thread(state.kb_store.load)
-    if kb is None:
-        state.startup_stage = "no KB version: run `rag-sidecar ingest PATH`"
-        return
-    if state.settings.vector_store.backend == "embedded" and state.embedder is not None:
-        check_vectors_model(kb.version, kb.manifest, state.embedder)  # another model's vectors: refused
-        state.store.load(kb.version, kb.path, kb.chunks)
-    previous = state.kb.version if state.kb else None
-    state.kb, state.kb_error = kb, None
-    state.telemetry.kb_state(kb.version, len(kb.chunks), time.time() - kb.created_at)
-    state.ready.set()
-    state.startup_stage = "ready"
-    if previous != kb.version:
-        log.info("kb loaded", extra={"event": "kb_loaded", "kb_version": kb.version, "previous": previous,
-                                     "chunks": len(kb.chunks), "keyword_index": kb.keyword_index is not None})
+        await reload_kb(state)
 
 
 async def _poll_kb(state: AppState) -> None:
@@ -209,16 +191,11 @@ async def _poll_kb(state: AppState) -> None:
             continue
         stamp = new
         try:
-            await _activate_loaded(state)
+            await reload_kb(state)
         except (KBError, OSError, ValueError) as exc:
             state.kb_error = f"{type(exc).__name__}: {exc}"
             log.error("KB reload failed; keeping the loaded version",
                       extra={"event": "kb_reload_failed", "error": state.kb_error})
-
-
-async def reload_kb(state: AppState) -> None:
-    """Load whatever ACTIVE points at now (used by the admin API after activate/rollback)."""
-    await _activate_loaded(state)
 
 
 async def _on_cleanup(app: web.Application) -> None:

@@ -1,4 +1,8 @@
-"""rag-sidecar command line: serve | ingest | query | config | kb | eval | chaos."""
+"""The gateway's commands: serve | ingest | query | config | kb | eval (``python -m gateway.cli``).
+
+The ``rag-sidecar`` entry point (:mod:`rag_sidecar.cli`) adds the ``chaos`` commands on top: the
+gateway never imports the chaos tools.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +12,10 @@ import sys
 import time
 import urllib.error
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from gateway.config import ConfigError, Settings, load_settings, masked_dump
+from gateway.ingest import in_process
 
 
 def _progress_printer(prefix: str = ""):
@@ -64,64 +69,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ingest(settings: Settings, paths: list[Path], activate: bool, label: str) -> str:
-    from gateway.kb import KnowledgeBase
-    from gateway.upstreams.factory import build_embedder, build_store
-
-    kb = KnowledgeBase(Path(settings.server.data_dir) / "kb", keep_versions=settings.kb.keep_versions)
-    embedder = build_embedder(settings)
-    store = build_store(settings)
-    upsert = None
-    try:
-        if settings.vector_store.backend != "embedded":
-            await store.connect()
-            await store.ensure_collection(vectorizer=settings.embedder.backend == "none")
-            upsert = store.upsert
-        t0 = time.perf_counter()
-        version = await kb.ingest(paths, embedder=embedder, chunk_chars=settings.kb.chunk_chars,
-                                  overlap=settings.kb.chunk_overlap, batch_size=settings.embedder.batch_size,
-                                  activate=activate, upsert=upsert, progress=_progress_printer(), label=label)
-        manifest = next(v for v in kb.list_versions() if v["version"] == version)
-        print(json.dumps({"version": version, "activated": activate, "chunks": manifest["chunk_count"],
-                          "documents": manifest["document_count"], "reused_vectors": manifest["reused_vectors"],
-                          "seconds": round(time.perf_counter() - t0, 2)}))
-        return version
-    finally:
-        if embedder is not None:
-            await embedder.close()
-        await store.close()
-
-
 def cmd_ingest(args: argparse.Namespace) -> int:
     settings = _settings(args)
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         print(f"error: no such path: {', '.join(missing)}", file=sys.stderr)
         return 2
-    asyncio.run(_ingest(settings, [Path(p) for p in args.paths], not args.no_activate, args.label or ""))
+    from gateway.ingest import ingest
+
+    result = asyncio.run(ingest(settings, [Path(p) for p in args.paths], activate=not args.no_activate,
+                                label=args.label or "", progress=_progress_printer()))
+    print(json.dumps(result.as_dict()))
     return 0
-
-
-async def _in_process(settings: Settings, fn: Callable[[Any], Awaitable[Any]]) -> Any:
-    """Start the gateway's state without a listener, wait until ready, run ``fn(state)``, clean up."""
-    from aiohttp import web
-
-    from gateway.app import create_app
-    from gateway.state import STATE
-
-    app = create_app(settings, configure_logging=False)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        state = app[STATE]
-        await asyncio.wait_for(state.settled.wait(), timeout=600)
-        if not state.ready.is_set():
-            from gateway.kb import KBError
-
-            raise KBError(f"the gateway did not become ready: {state.kb_error or state.startup_stage}")
-        return await fn(state)
-    finally:
-        await runner.cleanup()
 
 
 async def _query_in_process(settings: Settings, question: str, top_k: int | None) -> dict[str, Any]:
@@ -136,7 +95,7 @@ async def _query_in_process(settings: Settings, question: str, top_k: int | None
             return {"answer": None, "mode": "unavailable", "degradations": exc.trace.degradations}
         return result.contract()
 
-    return await _in_process(settings, ask)
+    return await in_process(settings, ask)
 
 
 async def _evaluate(settings: Settings, golden_path: Path, depth: int) -> dict[str, Any]:
@@ -165,7 +124,7 @@ async def _evaluate(settings: Settings, golden_path: Path, depth: int) -> dict[s
         return {"normal": evaluate(normal, qrels), "keyword_fallback": evaluate(keyword, qrels),
                 "normal_path_modes": modes, "kb_version": state.kb.version if state.kb else None}
 
-    return await _in_process(settings, run)
+    return await in_process(settings, run)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -215,23 +174,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _sync(settings: Settings, kb: Any, activate: bool) -> str:
-    from gateway.upstreams.factory import build_store
-
-    store = build_store(settings)
-    try:
-        if hasattr(store, "connect"):
-            await store.connect()
-        return await kb.sync_from(store, activate=activate, progress=_progress_printer())
-    finally:
-        await store.close()
-
-
 def cmd_kb(args: argparse.Namespace) -> int:
-    from gateway.kb import KBError, KnowledgeBase
+    from gateway.ingest import open_kb, sync
+    from gateway.kb import KBError
 
     settings = _settings(args)
-    kb = KnowledgeBase(Path(settings.server.data_dir) / "kb", keep_versions=settings.kb.keep_versions)
+    kb = open_kb(settings)
     try:
         if args.kb_cmd == "list":
             for v in kb.list_versions():
@@ -243,7 +191,8 @@ def cmd_kb(args: argparse.Namespace) -> int:
         elif args.kb_cmd == "rollback":
             print(json.dumps(kb.rollback()))
         elif args.kb_cmd == "sync":
-            print(json.dumps({"version": asyncio.run(_sync(settings, kb, not args.no_activate))}))
+            version = asyncio.run(sync(settings, activate=not args.no_activate, progress=_progress_printer()))
+            print(json.dumps({"version": version}))
     except KBError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -256,7 +205,11 @@ def _workers(value: str) -> int:
     return parse_workers(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
+Register = Callable[[Any], None]  # adds commands to the subparsers (argparse's _SubParsersAction)
+
+
+def build_parser(*commands: Register) -> argparse.ArgumentParser:
+    """The gateway's commands, plus what each of ``commands`` registers (see :func:`main`)."""
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: `--config` works before or after the command without one overwriting the other.
     common.add_argument("--config", default=argparse.SUPPRESS,
@@ -314,17 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-query", action="store_true", help="with --json: include per-query scores")
     s.set_defaults(func=cmd_eval)
 
-    try:
-        from chaos.cli import register as register_chaos
-    except ImportError:  # the chaos package is optional at run time
-        pass
-    else:
-        register_chaos(sub)
+    for register in commands:
+        register(sub)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, commands: Sequence[Register] = ()) -> int:
+    """Run one command; ``commands`` add subcommands (the ``rag-sidecar`` entry point adds ``chaos``)."""
+    args = build_parser(*commands).parse_args(argv)
     if not hasattr(args, "config"):
         args.config = None
     from gateway.kb import KBError

@@ -29,15 +29,24 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Protocol, TypeVar
 
 import pybreaker
 
 from resilience.config import BreakerConfig
 from resilience.errors import UpstreamError
 
-if TYPE_CHECKING:
-    from resilience.shared import SharedBreakerState
+
+class SharedState(Protocol):
+    """What a breaker tells the state shared with other replicas (:class:`resilience.shared.SharedBreakerState`,
+    or the workers' local hub). Declared here so that the breaker does not depend on its implementations."""
+
+    @property
+    def status(self) -> str: ...
+
+    def publish_open(self, name: str, duration_s: float | None, opened_at_wall: float | None) -> None: ...
+
+    def publish_closed(self, name: str) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +158,7 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._opened_at_wall: float | None = None
         self._open_until: float | None = None  # None while open = held open (forced)
-        self._shared: SharedBreakerState | None = None
+        self._shared: SharedState | None = None
         self._totals = dict.fromkeys(
             ("calls", "successes", "failures", "slow", "ignored", "stale", "short_circuits", "opened"), 0)
 
@@ -315,7 +324,7 @@ class CircuitBreaker:
                 log.exception("breaker %s: state listener failed", self.name)
 
     # ---- shared state (called by SharedBreakerState) -------------------------------------------
-    def attach_shared(self, shared: SharedBreakerState | None) -> None:
+    def attach_shared(self, shared: SharedState | None) -> None:
         self._shared = shared
 
     @property

@@ -131,10 +131,10 @@ def weaviate_overrides(server: Any, **extra: Any) -> dict[str, Any]:
 
 
 async def ingest_into(settings: Settings) -> str:
-    """Run the CLI's ingest (new KB version + upsert into the configured store); returns the version."""
-    from gateway.cli import _ingest
+    """Ingest the tiny corpus (new KB version + upsert into the configured store); returns the version."""
+    from gateway.ingest import ingest
 
-    return await _ingest(settings, [TINY_CORPUS], True, "test")
+    return (await ingest(settings, [TINY_CORPUS], label="test")).version
 
 
 # ---- injectable time --------------------------------------------------------------------------

@@ -66,3 +66,16 @@ def test_query_without_a_kb_fails_fast_instead_of_hanging(tmp_path):
 def test_query_against_an_unreachable_gateway_is_a_clear_error(tmp_path):
     out = run(["query", "--url", "http://127.0.0.1:1", "json"], tmp_path)
     assert out.returncode == 1 and "cannot reach the gateway" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_rag_sidecar_composes_the_gateway_and_chaos_commands(tmp_path):
+    """`rag-sidecar` (rag_sidecar.cli) = the gateway's commands + chaos; `python -m gateway.cli` has no chaos."""
+    from rag_sidecar.cli import main
+
+    assert main(["chaos", "list"]) == 0
+    env = {**os.environ, "RAG_SIDECAR__SERVER__DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "rag_sidecar", "config"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "config OK" in out.stderr, out.stderr
+    gateway_only = run(["chaos", "list"], tmp_path)
+    assert gateway_only.returncode == 2 and "invalid choice: 'chaos'" in gateway_only.stderr

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.errors import APIError
 from gateway.kb import KBCorrupt, KBError
+from gateway.kbload import reload_kb
 from gateway.retrieval import ModelMismatch, check_version_servable
 from gateway.state import STATE, AppState
 
@@ -64,7 +65,6 @@ async def kb_versions(request: web.Request) -> web.Response:
 
 
 async def kb_activate(request: web.Request) -> web.Response:
-    from gateway.app import reload_kb
     from gateway.http_input import read_json
 
     state = _check_admin(request)
@@ -84,7 +84,6 @@ async def kb_activate(request: web.Request) -> web.Response:
 
 
 async def kb_rollback(request: web.Request) -> web.Response:
-    from gateway.app import reload_kb
 
     state = _check_admin(request)
     try:

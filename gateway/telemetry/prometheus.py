@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from functools import partial
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
@@ -16,9 +16,6 @@ from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFami
 from prometheus_client.utils import floatToGoString
 
 from gateway.telemetry.catalogue import CATALOGUE
-
-if TYPE_CHECKING:
-    from gateway.telemetry.core import Telemetry
 
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # "text/plain; version=0.0.4; charset=utf-8"
 # Latency buckets (ms) for the Prometheus histograms; Datadog distributions need none.
@@ -43,10 +40,16 @@ class Histogram:
         self.sum += sum(values)
 
 
+class FamilySource(Protocol):
+    """What the collector reads: :class:`gateway.telemetry.core.Telemetry` (which imports this module)."""
+
+    def _families(self) -> list[Metric]: ...
+
+
 class PrometheusView:
     """A prometheus-client collector over the telemetry's cumulative state."""
 
-    def __init__(self, telemetry: "Telemetry") -> None:
+    def __init__(self, telemetry: FamilySource) -> None:
         self.telemetry = telemetry
 
     def collect(self) -> Iterator[Metric]:

@@ -1,0 +1,118 @@
+"""The public KB API: build KB versions and run a gateway in-process, for the CLI, chaos, bench and tests.
+
+    result = await ingest(settings, [Path("docs/")])       # a new KB version (+ upsert into Weaviate)
+    version = await sync(settings)                          # Weaviate backend: rebuild the keyword index
+    async with serving(settings) as state: ...              # the app's state, ready, without a listener
+
+Nothing here prints: progress goes to the ``progress`` callback, results are returned.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from gateway.config import Settings
+from gateway.kb import KBError, KnowledgeBase, Progress
+
+if TYPE_CHECKING:
+    from gateway.state import AppState
+
+T = TypeVar("T")
+READY_TIMEOUT_S = 600.0  # a first run embeds the sample corpus; a real KB can take minutes to load
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What :func:`ingest` built. ``seconds``: wall time of chunking + embedding + writing."""
+
+    version: str
+    activated: bool
+    chunks: int
+    documents: int
+    reused_vectors: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def open_kb(settings: Settings) -> KnowledgeBase:
+    """The KB versions under ``server.data_dir``."""
+    return KnowledgeBase(Path(settings.server.data_dir) / "kb", keep_versions=settings.kb.keep_versions)
+
+
+async def ingest(settings: Settings, paths: Sequence[Path], *, activate: bool = True, label: str = "",
+                 progress: Progress | None = None) -> IngestResult:
+    """Chunk and embed ``paths`` (files or directories) into a new KB version; with the Weaviate
+    backend the chunks are also upserted into its collection. Raises :class:`KBError` (nothing to
+    ingest), :class:`resilience.UpstreamError` (an upstream failed); the active version is unchanged
+    unless everything succeeded."""
+    from gateway.upstreams.factory import build_embedder, build_store
+
+    kb = open_kb(settings)
+    embedder = build_embedder(settings)
+    store = build_store(settings)
+    upsert = None
+    try:
+        if settings.vector_store.backend != "embedded":
+            await store.connect()
+            await store.ensure_collection(vectorizer=settings.embedder.backend == "none")
+            upsert = store.upsert
+        t0 = time.perf_counter()
+        version = await kb.ingest(list(paths), embedder=embedder, chunk_chars=settings.kb.chunk_chars,
+                                  overlap=settings.kb.chunk_overlap, batch_size=settings.embedder.batch_size,
+                                  activate=activate, upsert=upsert, progress=progress, label=label)
+        manifest = next(v for v in kb.list_versions() if v["version"] == version)
+        return IngestResult(version=version, activated=activate, chunks=manifest["chunk_count"],
+                            documents=manifest["document_count"], reused_vectors=manifest["reused_vectors"],
+                            seconds=round(time.perf_counter() - t0, 2))
+    finally:
+        if embedder is not None:
+            await embedder.close()
+        await store.close()
+
+
+async def sync(settings: Settings, *, activate: bool = True, progress: Progress | None = None) -> str:
+    """Mirror the vector store's collection into a new KB version (its keyword index); returns it."""
+    from gateway.upstreams.factory import build_store
+
+    store = build_store(settings)
+    try:
+        if hasattr(store, "connect"):
+            await store.connect()
+        return await open_kb(settings).sync_from(store, activate=activate, progress=progress)
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
+async def serving(settings: Settings, *, ready_timeout_s: float = READY_TIMEOUT_S) -> AsyncIterator[AppState]:
+    """The gateway's state, started without a listener and ready (KB loaded); cleaned up on exit.
+    Raises :class:`KBError` when it cannot become ready, TimeoutError after ``ready_timeout_s``."""
+    from aiohttp import web
+
+    from gateway.app import create_app
+    from gateway.state import STATE
+
+    app = create_app(settings, configure_logging=False)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        state = app[STATE]
+        await asyncio.wait_for(state.settled.wait(), timeout=ready_timeout_s)
+        if not state.ready.is_set():
+            raise KBError(f"the gateway did not become ready: {state.kb_error or state.startup_stage}")
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+async def in_process(settings: Settings, fn: Callable[[AppState], Awaitable[T]]) -> T:
+    """``fn(state)`` against a ready in-process gateway (see :func:`serving`)."""
+    async with serving(settings) as state:
+        return await fn(state)

@@ -1,0 +1,5 @@
+import sys
+
+from rag_sidecar.cli import main
+
+sys.exit(main())
