@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway import connguard
 from gateway.config import Settings
+from gateway.cors import setup_cors
 from gateway.kb import KBError, KnowledgeBase, load_seed_vectors
 from gateway.kbload import reload_kb
 from gateway.logs import install_server_log_filter, setup_logging
@@ -89,6 +90,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True,
     app[STATE] = state
     for module in (query, messages, health, admin, metrics):
         module.setup(app)
+    setup_cors(app, settings.server.cors_origins)
     telemetry.register_routes(r.canonical for r in app.router.resources())
     telemetry.track_dependencies(g.name for g in state.guards)
     app.on_startup.append(_on_startup)

@@ -45,6 +45,15 @@ class ServerConfig(_Section):
     max_connections: int = Field(1000, ge=1, description=(
         "open connections; beyond it the oldest one still sending headers is dropped (lowered to the fd limit)"))
     keepalive_timeout_s: float = Field(75.0, gt=0, description="idle keep-alive connections are closed after this")
+    cors_origins: list[str] = Field(default_factory=list, description=(
+        "browser origins (https://chat.example.com) allowed to call /v1/* (CORS, no credentials); empty = none"))
+
+    @model_validator(mode="after")
+    def _cors_origins_exact(self) -> "ServerConfig":
+        for origin in self.cors_origins:
+            if origin == "*" or not origin.startswith(("http://", "https://")) or origin.rstrip("/") != origin:
+                raise ValueError(f"cors_origins: {origin!r} must be an exact origin like https://chat.example.com")
+        return self
 
     @model_validator(mode="after")
     def _timeouts_consistent(self) -> "ServerConfig":

@@ -19,6 +19,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.cors import is_preflight
 from gateway.errors import APIError, error_response
 from gateway.logs import request_id_var
 from gateway.telemetry import request_retries
@@ -198,6 +199,8 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     never a header the client chooses (X-Client-Id let anyone rotate past a limit or starve a victim).
     """
     state: AppState = request.app[STATE]
+    if is_preflight(request):  # aiohttp-cors answers it; a browser never sends credentials on a preflight
+        return await handler(request)
     keys = state.api_keys
     presented = _presented_key(request)
     label = match_key(presented, keys) if presented is not None and keys else None
@@ -219,7 +222,7 @@ async def rate_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     """Token bucket per client on /v1/*: 429 + Retry-After + RateLimit-* when empty."""
     state: AppState = request.app[STATE]
     limiter = state.rate_limiter
-    if limiter is None or not request.path.startswith("/v1/"):
+    if limiter is None or not request.path.startswith("/v1/") or is_preflight(request):
         return await handler(request)
     decision = await limiter.acquire(request[CLIENT_ID])
     headers = decision.headers()
