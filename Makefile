@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test install bench drill lock clean sample-embeddings
+.PHONY: serve test install bench drill lock clean sample-embeddings image-check
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ bench: $(STAMP)
 
 drill: $(STAMP)
 	$(BIN)/rag-sidecar chaos run --all --local
+
+## The Dockerfile's install steps in a fresh venv (no container engine needed); prints the venv/image size.
+image-check: $(STAMP)
+	$(BIN)/python deploy/check_image.py
 
 ## Re-pin: resolve the newest allowed versions and write requirements.lock.
 lock:
