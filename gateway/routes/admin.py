@@ -22,15 +22,23 @@ from gateway.retrieval import ModelMismatch, check_version_servable
 from gateway.state import STATE, AppState
 
 
+def presents_admin_token(request: web.Request) -> bool:
+    """Whether the request carries the configured admin token (constant-time; False when none is set)."""
+    token = request.app[STATE].settings.auth.admin_token
+    if token is None or not token.get_secret_value():
+        return False
+    auth = request.headers.get("Authorization", "")
+    presented = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("X-Admin-Token", "")
+    # Undecodable header bytes arrive as surrogates: compare them as bytes (a 401, never a 500).
+    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), token.get_secret_value().encode())
+
+
 def _check_admin(request: web.Request) -> AppState:
     state: AppState = request.app[STATE]
     token = state.settings.auth.admin_token
     if token is None or not token.get_secret_value():
         raise APIError(404, "not_found", "admin API disabled (set auth.admin_token)")
-    auth = request.headers.get("Authorization", "")
-    presented = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("X-Admin-Token", "")
-    # Undecodable header bytes arrive as surrogates: compare them as bytes (a 401, never a 500).
-    if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), token.get_secret_value().encode()):
+    if not presents_admin_token(request):
         raise APIError(401, "unauthorized", "admin token required (Authorization: Bearer …)",
                        headers={"WWW-Authenticate": "Bearer"})
     return state

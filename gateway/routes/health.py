@@ -1,13 +1,35 @@
 """Probes: /livez (process up), /readyz (KB loaded), /health (per-component status)."""
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from aiohttp import web
 
 from gateway.retrieval import retrieval_mode
+from gateway.routes.admin import presents_admin_token
 from gateway.state import STATE, AppState
+
+# An absolute POSIX path of two or more segments (not the path part of a URL: that follows a host; not
+# one of our routes).
+_ABS_PATH = re.compile(r"(?<![\w:/.~-])/(?!v1/|admin/)(?:[^\s/'\"():,;]+/)+([^\s/'\"():,;]*)")
+
+
+def without_paths(value: Any) -> Any:
+    """``value`` with absolute file paths cut to their last segment (``…/chunks.jsonl``): probes are
+    unauthenticated, and a path tells an attacker the layout of the host. Admins see them whole."""
+    if isinstance(value, str):
+        return _ABS_PATH.sub(lambda m: "…/" + m.group(1), value)
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_paths(v) for v in value]
+    return value
+
+
+def _for_caller(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    return body if presents_admin_token(request) else without_paths(body)
 
 
 async def livez(request: web.Request) -> web.Response:
@@ -19,8 +41,8 @@ async def readyz(request: web.Request) -> web.Response:
     if state.ready.is_set():
         return web.json_response({"status": "ready", "kb_version": state.kb.version if state.kb else None,
                                   **({"worker": state.worker} if state.worker else {})})
-    return web.json_response({"status": "not_ready", "stage": state.startup_stage,
-                              "progress": state.startup_progress, "error": state.kb_error},
+    return web.json_response(_for_caller(request, {"status": "not_ready", "stage": state.startup_stage,
+                                                   "progress": state.startup_progress, "error": state.kb_error}),
                              status=503, headers={"Retry-After": "2"})
 
 
@@ -79,7 +101,7 @@ def health_report(state: AppState) -> dict[str, Any]:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response(health_report(request.app[STATE]))
+    return web.json_response(_for_caller(request, health_report(request.app[STATE])))
 
 
 def setup(app: web.Application) -> None:
