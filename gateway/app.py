@@ -127,19 +127,19 @@ async def _load_kb(state: AppState) -> None:
     """Load the active KB version (ingesting the sample corpus on a first embedded run), then poll."""
     s = state.settings
     kbs = state.kb_store
+    store = state.store
+    assert store is not None, "_on_startup builds the store before loading the KB"
     try:
-        connect = getattr(state.store, "connect", None)
-        if connect is not None:
-            state.startup_stage = "connecting vector store"
-            try:
-                await asyncio.wait_for(connect(), timeout=s.vector_store.weaviate.init_timeout_s)
-            except Exception as exc:  # noqa: BLE001 - the guard degrades each call; start-up goes on
-                log.warning("vector store not reachable at start-up; retrieval will degrade",
-                            extra={"event": "vector_store_unreachable", "error": repr(exc)})
+        state.startup_stage = "connecting vector store"
+        try:
+            await asyncio.wait_for(store.connect(), timeout=s.vector_store.weaviate.init_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the guard degrades each call; start-up goes on
+            log.warning("vector store not reachable at start-up; retrieval will degrade",
+                        extra={"event": "vector_store_unreachable", "error": repr(exc)})
         removed = kbs.clean_leftovers()
         if removed:
             log.warning("removed half-built KB versions", extra={"event": "kb_leftovers_removed", "versions": removed})
-        if kbs.active_version() is None and s.kb.auto_ingest_sample and s.vector_store.backend == "embedded":
+        if kbs.active_version() is None and s.kb.auto_ingest_sample and store.serves_kb_versions:
             state.startup_stage = "ingesting sample corpus"
             log.info("no KB yet: ingesting the sample corpus", extra={"event": "kb_auto_ingest",
                                                                        "path": str(s.kb.sample_corpus)})
@@ -157,12 +157,12 @@ async def _load_kb(state: AppState) -> None:
         state.kb_error = f"{type(exc).__name__}: {exc}"
         state.startup_stage = "failed"
         log.error("KB load failed", extra={"event": "kb_load_failed", "error": state.kb_error})
-    if s.vector_store.backend != "embedded" and state.kb is None and state.kb_error is None:
+    if not store.serves_kb_versions and state.kb is None and state.kb_error is None:
         # A Weaviate collection we did not ingest: serve it; the keyword fallback is missing (labelled).
         state.ready.set()
         state.startup_stage = "ready (no local KB version: keyword fallback unavailable)"
     state.settled.set()
-    if s.vector_store.backend != "embedded" and s.kb.sync_interval_s > 0:
+    if not store.serves_kb_versions and s.kb.sync_interval_s > 0:
         state.tasks.append(asyncio.create_task(_sync_kb_periodically(state), name="kb-sync"))
     await _poll_kb(state)
 

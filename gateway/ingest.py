@@ -54,14 +54,16 @@ async def ingest(settings: Settings, paths: Sequence[Path], *, activate: bool = 
     unless everything succeeded."""
     from gateway.upstreams.factory import build_embedder, build_store
 
+    from gateway.upstreams.base import IngestTarget
+
     kb = open_kb(settings)
     embedder = build_embedder(settings)
     store = build_store(settings)
     upsert = None
     try:
-        if settings.vector_store.backend != "embedded":
+        if isinstance(store, IngestTarget):
             await store.connect()
-            await store.ensure_collection(vectorizer=settings.embedder.backend == "none")
+            await store.ensure_collection(vectorizer=embedder is None)  # no embedder: the store embeds
             upsert = store.upsert
         t0 = time.perf_counter()
         version = await kb.ingest(list(paths), embedder=embedder, chunk_chars=settings.kb.chunk_chars,
@@ -83,8 +85,7 @@ async def sync(settings: Settings, *, activate: bool = True, progress: Progress 
 
     store = build_store(settings)
     try:
-        if hasattr(store, "connect"):
-            await store.connect()
+        await store.connect()
         return await open_kb(settings).sync_from(store, activate=activate, progress=progress)
     finally:
         await store.close()

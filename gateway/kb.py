@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -32,12 +32,16 @@ from fallback.chunking import chunk_document, load_documents
 from fallback.chunktable import ChunkTable
 from fallback.documents import Chunk
 
+if TYPE_CHECKING:
+    from gateway.upstreams.base import Embedder, VectorStore
+
 log = logging.getLogger("rag_sidecar.kb")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+Upsert = Callable[[Sequence[Chunk], "np.ndarray | None"], Awaitable[None]]  # IngestTarget.upsert
 
 
-def embedder_id(embedder: Any) -> str:
+def embedder_id(embedder: Embedder) -> str:
     """What makes vectors interchangeable: backend + model (cached vectors are reused only on a match)."""
     return getattr(embedder, "model_id", None) or embedder.name
 
@@ -54,7 +58,7 @@ def save_seed_vectors(version_dir: Path, out: Path) -> int:
     return len(ids)
 
 
-def load_seed_vectors(path: Path, embedder: Any) -> dict[str, np.ndarray]:
+def load_seed_vectors(path: Path, embedder: Embedder) -> dict[str, np.ndarray]:
     """Vectors by chunk id from a seed cache made by the same embedder; {} when absent or for another."""
     try:
         with np.load(path) as data:
@@ -301,8 +305,8 @@ class KnowledgeBase:
             raise KBError("nothing to ingest: no .md/.txt/.html documents with text under the given paths")
         return chunks
 
-    async def ingest(self, paths: Sequence[Path], *, embedder: Any | None, chunk_chars: int, overlap: int,
-                     batch_size: int = 16, activate: bool = True, upsert: Callable | None = None,
+    async def ingest(self, paths: Sequence[Path], *, embedder: Embedder | None, chunk_chars: int, overlap: int,
+                     batch_size: int = 16, activate: bool = True, upsert: Upsert | None = None,
                      progress: Progress | None = None, label: str = "", root: Path | None = None,
                      seed_vectors: dict[str, np.ndarray] | None = None) -> str:
         """Build a new version from documents under ``paths``; returns its name.
@@ -317,7 +321,7 @@ class KnowledgeBase:
             progress=progress, label=label, seed_vectors=seed_vectors,
             extra={"chunk_chars": chunk_chars, "chunk_overlap": overlap, "paths": [str(p) for p in paths]})
 
-    async def sync_from(self, store: Any, *, activate: bool = True, progress: Progress | None = None,
+    async def sync_from(self, store: VectorStore, *, activate: bool = True, progress: Progress | None = None,
                         label: str = "synced from vector store") -> str:
         """A new version mirroring every chunk ``store.iterate()`` yields (cursor over the collection).
 
@@ -334,10 +338,10 @@ class KnowledgeBase:
             raise KBError("the vector store returned no objects to sync")
         progress("sync", len(chunks), len(chunks))
         return await self.create_version(chunks, embedder=None, activate=activate, progress=progress, label=label,
-                                         extra={"synced_from": getattr(store, "name", "vector_store")})
+                                         extra={"synced_from": store.name})
 
-    async def create_version(self, chunks: list[Chunk], *, embedder: Any | None, batch_size: int = 16,
-                             activate: bool = True, upsert: Callable | None = None,
+    async def create_version(self, chunks: list[Chunk], *, embedder: Embedder | None, batch_size: int = 16,
+                             activate: bool = True, upsert: Upsert | None = None,
                              progress: Progress | None = None, label: str = "",
                              extra: dict[str, Any] | None = None,
                              seed_vectors: dict[str, np.ndarray] | None = None) -> str:

@@ -21,7 +21,7 @@ async def reload_kb(state: AppState) -> None:
     if kb is None:
         state.startup_stage = "no KB version: run `rag-sidecar ingest PATH`"
         return
-    if state.settings.vector_store.backend == "embedded" and state.embedder is not None:
+    if state.store is not None and state.store.serves_kb_versions and state.embedder is not None:
         check_vectors_model(kb.version, kb.manifest, state.embedder)  # another model's vectors: refused
         state.store.load(kb.version, kb.path, kb.chunks)
     previous = state.kb.version if state.kb else None

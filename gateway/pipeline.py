@@ -128,9 +128,9 @@ class Pipeline:
         self.reserve_s = settings.server.fallback_reserve_s
         # No embedder in front of the embedded store: the KB has no vectors and its keyword index is the
         # retriever (labelled keyword_only on /health), not a fallback.
-        self.keyword_only = embedder is None and settings.vector_store.backend == "embedded"
+        self.keyword_only = embedder is None and store.serves_kb_versions
         # Hybrid on the normal path: the embedded store is fused here with the KB version's keyword index.
-        self.local_hybrid = settings.retrieval.hybrid and settings.vector_store.backend == "embedded"
+        self.local_hybrid = settings.retrieval.hybrid and store.serves_kb_versions
 
     # ---- retrieval ------------------------------------------------------------------------
     async def retrieve(self, req: QueryRequest, deadline: Deadline, trace: Trace) -> list[Chunk]:

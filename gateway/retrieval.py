@@ -7,16 +7,22 @@ with the reason on /readyz and /health), never silently mixed.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.kb import KBError, embedder_id
+from gateway.upstreams.factory import serves_kb_versions
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+    from gateway.kb import KnowledgeBase
+    from gateway.upstreams.base import Embedder
 
 
 class ModelMismatch(KBError):
     """A KB version's vectors were made by another embedder than the one configured."""
 
 
-def check_vectors_model(version: str, manifest: dict[str, Any], embedder: Any) -> None:
+def check_vectors_model(version: str, manifest: dict[str, Any], embedder: Embedder) -> None:
     """Raise :class:`ModelMismatch` unless ``version``'s vectors were made by ``embedder``'s model."""
     made_by = (manifest.get("embedder") or {}).get("name")
     want = embedder_id(embedder)
@@ -31,18 +37,20 @@ def check_vectors_model(version: str, manifest: dict[str, Any], embedder: Any) -
                         "or configure the embedder it was built with")
 
 
-def retrieval_mode(settings: Any, embedder: Any) -> str:
+def retrieval_mode(settings: Settings, embedder: Embedder | None) -> str:
     """``keyword_only`` (no embedder in front of the embedded store), ``hybrid`` or ``vector``."""
-    if embedder is None and settings.vector_store.backend == "embedded":
+    local = serves_kb_versions(settings)
+    if embedder is None and local:
         return "keyword_only"
-    if settings.retrieval.hybrid and settings.vector_store.backend == "embedded":
+    if settings.retrieval.hybrid and local:
         return "hybrid"
     return "vector"
 
 
-def check_version_servable(kb_store: Any, version: str, settings: Any, embedder: Any) -> None:
+def check_version_servable(kb_store: KnowledgeBase, version: str, settings: Settings,
+                           embedder: Embedder | None) -> None:
     """Before ACTIVE moves: raise :class:`ModelMismatch` if this gateway could not search ``version``."""
-    if settings.vector_store.backend != "embedded" or embedder is None:
+    if not serves_kb_versions(settings) or embedder is None:
         return
     import json
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
 
+from gateway.tracing import NOOP, Tracer
+
 if TYPE_CHECKING:
     from fallback.cache import AnswerStore
     from gateway.config import Settings
@@ -15,7 +17,9 @@ if TYPE_CHECKING:
     from gateway.pipeline import Pipeline
     from gateway.telemetry import Telemetry
     from gateway.upstreams.base import LLM, Embedder, VectorStore
+    from gateway.upstreams.faultinject import FaultRegistry
     from resilience import GuardRegistry
+    from resilience.ratelimit import RateLimiter
 
 
 @dataclass
@@ -29,8 +33,8 @@ class AppState:
     llm: "LLM | None" = None
     cache: "AnswerStore | None" = None
     pipeline: "Pipeline | None" = None
-    rate_limiter: Any = None
-    faults: Any = None  # gateway.upstreams.faultinject.FaultRegistry when chaos.allow_fault_injection
+    rate_limiter: "RateLimiter | None" = None
+    faults: "FaultRegistry | None" = None  # when chaos.allow_fault_injection
     kb: "KBVersion | None" = None
     kb_error: str | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -40,7 +44,7 @@ class AppState:
     api_keys: dict[str, str] = field(default_factory=dict)  # presented key → short label for logs
     tasks: list[asyncio.Task] = field(default_factory=list)
     started_at: float = 0.0
-    tracer: Any = None  # gateway.tracing.Tracer
+    tracer: Tracer = NOOP
     clock: Callable[[], float] = time.monotonic  # monotonic seconds for guards and the rate limiter
     worker: dict[str, Any] | None = None  # {index, count, pid} under `serve --workers N`
 

@@ -7,10 +7,12 @@ them owns timeouts, retries and breakers. They never swallow errors into empty r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, AsyncIterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from fallback.chunktable import ChunkTable
 from fallback.documents import Chunk
 
 
@@ -35,7 +37,23 @@ class Embedder(Protocol):
 
 @runtime_checkable
 class VectorStore(Protocol):
+    """Where the gateway searches. Two kinds, told apart by ``serves_kb_versions`` (never by name):
+
+    - True (the embedded store): it serves the vectors of the local KB version handed to :meth:`load`;
+    - False (Weaviate): it serves its own collection, which ingest fills (it is also an
+      :class:`IngestTarget`) and ``kb sync`` mirrors into a local version for the keyword index.
+    """
+
     name: str
+    serves_kb_versions: bool
+
+    async def connect(self) -> None:
+        """Open connections and check the store is live (idempotent; nothing to do in-process).
+        Raises UpstreamError or TimeoutError."""
+
+    def load(self, version: str, version_dir: Path, chunks: ChunkTable) -> None:
+        """Serve KB version ``version`` (its files under ``version_dir``); a no-op unless
+        ``serves_kb_versions``. Raises ValueError when the version's vectors don't fit its chunks."""
 
     async def search(self, vector: np.ndarray | None, top_k: int, *, query_text: str | None = None,
                      filters: dict[str, Any] | None = None) -> list[Chunk]:
@@ -47,6 +65,17 @@ class VectorStore(Protocol):
         """Every chunk of the active collection/version (for keyword-index sync)."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class IngestTarget(Protocol):
+    """A store whose own collection ingest fills, besides the KB version on disk (Weaviate)."""
+
+    async def ensure_collection(self, vectorizer: bool = False) -> None:
+        """Create the collection if missing; ``vectorizer``: the store embeds the text itself."""
+
+    async def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray | None) -> None:
+        """Insert or overwrite ``chunks`` (row i of ``vectors`` is chunk i; None: the store embeds)."""
 
 
 @dataclass

@@ -21,10 +21,14 @@ class EmbeddedStore:
     """Vector search over a KB version directory holding ``vectors.npy`` and the chunk list."""
 
     name = "embedded"
+    serves_kb_versions = True
 
     def __init__(self) -> None:
         self._state: tuple[np.ndarray, ChunkTable] | None = None
         self.version: str | None = None
+
+    async def connect(self) -> None:
+        """Nothing to open: the vectors are files in the data dir."""
 
     def load(self, version: str, version_dir: Path, chunks: ChunkTable) -> None:
         """Swap in a KB version: one assignment, so a concurrent search sees the old or the new pair."""

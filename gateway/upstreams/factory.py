@@ -35,6 +35,17 @@ def build_store(settings: Settings) -> VectorStore:
     return EmbeddedStore()
 
 
+def serves_kb_versions(settings: Settings) -> bool:
+    """:attr:`VectorStore.serves_kb_versions` of the configured store, for decisions taken without one."""
+    if settings.vector_store.backend == "weaviate":
+        from gateway.upstreams.weaviate import WeaviateStore
+
+        return WeaviateStore.serves_kb_versions
+    from gateway.upstreams.embedded_store import EmbeddedStore
+
+    return EmbeddedStore.serves_kb_versions
+
+
 def build_llm(settings: Settings) -> LLM | None:
     """None means the configured generator is the extractive answerer (no model, no key)."""
     if settings.llm.effective_backend == "anthropic":

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid as uuid_lib
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, NoReturn, Sequence
 
 import grpc
@@ -55,6 +56,7 @@ from weaviate.exceptions import (
 )
 from weaviate.util import generate_uuid5
 
+from fallback.chunktable import ChunkTable
 from fallback.documents import Chunk
 from gateway.config import VectorStoreConfig
 from gateway.upstreams.httperrors import error_for_status
@@ -204,6 +206,7 @@ class WeaviateStore:
     """
 
     name = "weaviate"
+    serves_kb_versions = False  # the collection is the source of truth; ingest upserts into it
 
     def __init__(self, config: VectorStoreConfig) -> None:
         self._config = config
@@ -253,6 +256,9 @@ class WeaviateStore:
             log.warning("weaviate-client internals changed: cannot disable its gRPC UNAVAILABLE retries "
                         "(1,2,4…32 s); calls are bounded by the guard deadline only")
         return client
+
+    def load(self, version: str, version_dir: Path, chunks: ChunkTable) -> None:
+        """Nothing to load: searches go to the collection, whatever the local KB version."""
 
     async def close(self) -> None:
         client, self._client = self._client, None
