@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway import connguard
 from gateway.config import Settings
 from gateway.cors import setup_cors
+from gateway.jobs import routes as jobs
 from gateway.kb import KBError, KnowledgeBase, load_seed_vectors
 from gateway.kbload import reload_kb
 from gateway.logs import install_server_log_filter, setup_logging
@@ -88,7 +89,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True,
                           handler_args={"keepalive_timeout": server.keepalive_timeout_s})
     connguard.install(app, max_connections=server.max_connections, header_timeout_s=server.header_timeout_s)
     app[STATE] = state
-    for module in (query, messages, health, admin, metrics):
+    for module in (query, messages, health, admin, metrics, jobs):
         module.setup(app)
     setup_cors(app, settings.server.cors_origins)
     telemetry.register_routes(r.canonical for r in app.router.resources())

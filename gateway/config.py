@@ -243,6 +243,52 @@ class ChaosConfig(_Section):
     max_fault_duration_s: float = Field(600.0, gt=0, description="an injected fault expires after this long at most")
 
 
+class JobsConfig(_Section):
+    enabled: bool = Field(True, description="serve /v1/jobs and run the batch worker in this process")
+    backend: Literal["embedded", "redis"] = Field(
+        "embedded", description="embedded = SQLite (WAL) in data_dir, one gateway per data dir; redis = Redis "
+        "Streams shared by every replica")
+    redis_url: str | None = Field(None, description="redis backend: the server (unset: resilience.redis_url)")
+    redis_prefix: str = Field("rag-sidecar:jobs", description="redis backend: key prefix")
+    concurrency: int = Field(2, ge=1, le=256, description=(
+        "queries a replica runs at once for jobs (below interactive traffic, which also keeps "
+        "resilience.*.bulkhead.background_share of each dependency)"))
+    max_items: int = Field(5000, ge=1, description="queries accepted in one job (413 naming `queries` above)")
+    max_body_bytes: int = Field(8 << 20, ge=1024, description="POST /v1/jobs bodies above this get 413")
+    max_pending_per_client: int = Field(20000, ge=1, description=(
+        "unfinished queries one client (API key, else address) may have queued; more get 429"))
+    item_timeout_s: float = Field(30.0, gt=0, description="budget of one attempt at one query")
+    visibility_timeout_s: float = Field(120.0, gt=0, description=(
+        "a query claimed this long ago and not finished is handed to another worker (its worker died)"))
+    max_attempts: int = Field(5, ge=1, description="attempts per query, the first included")
+    accept_degraded: bool = Field(True, description=(
+        "store degraded answers as they come; false = retry a query whose answer degraded for a transient "
+        "reason (breaker_open, timeout, shed, rate_limited, overloaded, error) until max_attempts or "
+        "retry_deadline_s, then keep the last answer (per job: `accept_degraded`)"))
+    retry_deadline_s: float = Field(600.0, gt=0, description="no retry starts later than this after a query's "
+                                    "first attempt")
+    backoff_base_s: float = Field(1.0, ge=0, description="retry delay: full jitter in [0, base*2^(attempt-1)]")
+    backoff_max_s: float = Field(60.0, ge=0, description="cap on one retry delay")
+    result_ttl_s: float = Field(86400.0, gt=0, description="a finished job and its results are deleted after this")
+    poll_interval_s: float = Field(0.2, gt=0, description="idle worker: how often it looks for work")
+    webhook_secret: SecretStr | None = Field(None, description=(
+        "HMAC-SHA256 key signing completion webhooks (X-RAG-Signature); unset = jobs with webhook_url get 422"))
+    webhook_allowed_hosts: list[str] = Field(default_factory=list, description=(
+        "hosts a webhook_url may name (empty = any): keep the gateway from being used to reach internal services"))
+    webhook_timeout_s: float = Field(5.0, gt=0, description="one webhook delivery attempt")
+    webhook_max_attempts: int = Field(8, ge=1, description="deliveries tried before the webhook is given up")
+    webhook_backoff_base_s: float = Field(2.0, ge=0, description="webhook retry delay: full jitter in "
+                                          "[0, base*2^(attempt-1)]")
+    webhook_backoff_max_s: float = Field(600.0, ge=0, description="cap on one webhook retry delay")
+
+    @model_validator(mode="after")
+    def _lease_outlives_attempt(self) -> "JobsConfig":
+        if self.visibility_timeout_s <= self.item_timeout_s:
+            raise ValueError("visibility_timeout_s must be longer than item_timeout_s (else a query still "
+                             "running is handed to a second worker)")
+        return self
+
+
 class Settings(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
@@ -258,6 +304,7 @@ class Settings(_Section):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     chaos: ChaosConfig = Field(default_factory=ChaosConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
 
 
 # Vendor variables honoured as-is → dotted config path.

@@ -35,6 +35,9 @@ class BulkheadConfig(_Cfg):
     max_concurrent: int = Field(32, ge=1, description="calls in flight to this dependency at once")
     max_wait_s: float = Field(0.05, ge=0, description="queue wait before a call is shed")
     max_queue: int = Field(128, ge=0, description="callers allowed to wait for a slot; more are shed at once")
+    background_share: float = Field(0.25, gt=0, le=1, description=(
+        "share of max_concurrent that background work (batch jobs) may hold; it also yields to waiting "
+        "interactive calls"))
 
 
 class GuardConfig(_Cfg):

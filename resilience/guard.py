@@ -32,11 +32,12 @@ from contextvars import ContextVar
 from typing import Any, Awaitable, Callable, Iterable, Iterator, TypeVar
 
 from resilience.breaker import CircuitBreaker, StateListener, counts_as_failure
-from resilience.bulkhead import Bulkhead, BulkheadFull
+from resilience.bulkhead import BulkheadFull
 from resilience.config import GuardConfig
 from resilience.deadline import Deadline
 from resilience.errors import DependencyUnavailable, Reason, UpstreamError
 from resilience.observer import GuardObserver, SafeObserver
+from resilience.priority import PriorityBulkhead
 from resilience.retry import RetryPolicy, Sleep
 from resilience.shared import SharedBreakerState
 
@@ -116,7 +117,8 @@ class Guard:
         self.breaker = CircuitBreaker(name, self.config.breaker, clock=clock,
                                       listeners=[self.observer.on_state_change, *listeners])
         b = self.config.bulkhead
-        self.bulkhead = Bulkhead(b.max_concurrent, b.max_wait_s, max_queue=b.max_queue, name=name)
+        self.bulkhead = PriorityBulkhead(b.max_concurrent, b.max_wait_s, background_share=b.background_share,
+                                         max_queue=b.max_queue, name=name)
         self.retry = RetryPolicy(self.config.retry, clock=clock, sleep=sleep, random=random)
         self._on_call = on_call
         self.stats: dict[str, Any] = {"calls": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "attempts": 0,

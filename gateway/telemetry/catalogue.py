@@ -116,12 +116,48 @@ KB_AGE = MetricSpec(
 KB_CHUNKS = MetricSpec(
     "kb.chunks", "gauge", "chunks", (),
     "Chunks in the active KB version.")
+JOB_OUTCOMES = ("ok", "degraded", "failed", "duplicate", "cancelled")
+JOBS_SUBMITTED = MetricSpec(
+    "jobs.submitted", "count", "queries", (),
+    "Queries accepted into the job queue (POST /v1/jobs → 202).")
+JOBS_REJECTED = MetricSpec(
+    "jobs.rejected", "count", "jobs", ("reason",),
+    "Job submissions refused with 429 because the client's unfinished queries hit the quota.",
+    values={"reason": ("quota",)})
+JOBS_ITEMS = MetricSpec(
+    "jobs.items", "count", "queries", ("outcome",),
+    "Job queries finished by this replica (its throughput): ok, degraded (answer stored with its "
+    "degradations), failed (no answer after the retries), duplicate (a re-run whose result was already "
+    "stored: discarded), cancelled.", values={"outcome": JOB_OUTCOMES})
+JOBS_ITEM_DURATION = MetricSpec(
+    "jobs.item.duration", "distribution", "ms", ("outcome",),
+    "Time of the last attempt at one job query, background-priority waits included.",
+    values={"outcome": JOB_OUTCOMES})
+JOBS_RETRIES = MetricSpec(
+    "jobs.retries", "count", "retries", ("reason",),
+    "Job queries given back to the queue for a later attempt (backoff with jitter).",
+    values={"reason": ("degraded", "unavailable", "error")})
+JOBS_QUEUE_DEPTH = MetricSpec(
+    "jobs.queue.depth", "gauge", "queries", (),
+    "Job queries waiting to run (queued or waiting for a retry); with Redis, the shared queue (sent every flush).")
+JOBS_QUEUE_IN_FLIGHT = MetricSpec(
+    "jobs.queue.in_flight", "gauge", "queries", (),
+    "Job queries claimed by a worker and not finished (sent every flush).")
+JOBS_QUEUE_OLDEST_AGE = MetricSpec(
+    "jobs.queue.oldest_age", "gauge", "seconds", (),
+    "Age of the oldest waiting job query (since its job was submitted); 0 when the queue is empty.")
+JOBS_WEBHOOKS = MetricSpec(
+    "jobs.webhooks", "count", "deliveries", ("outcome",),
+    "Completion webhook attempts: delivered (2xx), retry (will be retried with backoff), failed (given up).",
+    values={"outcome": ("delivered", "retry", "failed")})
 
 CATALOGUE: tuple[MetricSpec, ...] = (
     REQUEST_COUNT, REQUEST_DURATION, REQUEST_IN_FLIGHT, RATE_LIMITED, DEGRADATION_COUNT,
     DEPENDENCY_ATTEMPTS, DEPENDENCY_DURATION, DEPENDENCY_RETRIES, DEPENDENCY_SHED, DEPENDENCY_SHORT_CIRCUITS,
     BREAKER_STATE, BREAKER_TRANSITIONS, CACHE_RESULTS, KEYWORD_DURATION, KEYWORD_SEARCHES,
     KB_INFO, KB_AGE, KB_CHUNKS,
+    JOBS_SUBMITTED, JOBS_REJECTED, JOBS_ITEMS, JOBS_ITEM_DURATION, JOBS_RETRIES, JOBS_QUEUE_DEPTH,
+    JOBS_QUEUE_IN_FLIGHT, JOBS_QUEUE_OLDEST_AGE, JOBS_WEBHOOKS,
 )
 # Slot of each metric in the per-catalogue lists below (the request path indexes, never looks up).
 _REQ_COUNT, _REQ_DURATION, _IN_FLIGHT, _RATE_LIMITED, _DEGRADATION = map(CATALOGUE.index, (
@@ -131,6 +167,7 @@ _DEP_ATTEMPTS, _DEP_DURATION, _DEP_RETRIES, _DEP_SHED, _DEP_SHORT = map(CATALOGU
 _BREAKER_STATE, _BREAKER_TRANSITIONS, _CACHE, _KW_DURATION, _KW_SEARCHES = map(CATALOGUE.index, (
     BREAKER_STATE, BREAKER_TRANSITIONS, CACHE_RESULTS, KEYWORD_DURATION, KEYWORD_SEARCHES))
 _KB_INFO, _KB_AGE, _KB_CHUNKS = map(CATALOGUE.index, (KB_INFO, KB_AGE, KB_CHUNKS))
+_JOBS = {spec.name: CATALOGUE.index(spec) for spec in CATALOGUE if spec.name.startswith("jobs.")}
 _SAMPLED = frozenset(i for i, s in enumerate(CATALOGUE) if s.type in ("distribution", "histogram"))
 _COUNTED = frozenset(i for i, s in enumerate(CATALOGUE) if s.type == "count")
 # Every count slot records a list per key (its length is the count); in these the values are

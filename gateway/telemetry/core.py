@@ -25,6 +25,7 @@ from gateway.telemetry.catalogue import (_BREAKER_STATE, _BREAKER_TRANSITIONS, _
                                          _KB_CHUNKS, _KB_INFO, _KW_SEARCHES, _RATE_LIMITED, _REQ_COUNT, _SAMPLED,
                                          BREAKER_STATE_VALUES, CATALOGUE, MAX_SERIES_PER_METRIC, _expand,
                                          _label_values, _tag_value, route_tag, UNMATCHED_ROUTE)
+from gateway.telemetry.catalogue import _JOBS
 from gateway.telemetry.prometheus import Histogram, PrometheusView, build_families
 
 if TYPE_CHECKING:
@@ -158,6 +159,35 @@ class Telemetry:
     def kb_age_s(self) -> float | None:
         """Seconds since the active KB version was built; None before one is loaded."""
         return None if self.kb_created_at is None else max(0.0, time.time() - self.kb_created_at)
+
+    # ---- job queue (gateway.jobs) ------------------------------------------------------------
+    def job_submitted(self, queries: int) -> None:
+        self._pending[_JOBS["jobs.submitted"]].setdefault((), []).extend([1] * queries)
+
+    def job_rejected(self, reason: str) -> None:
+        self._pending[_JOBS["jobs.rejected"]].setdefault((reason,), []).append(1)
+
+    def job_item(self, outcome: str, duration_ms: float) -> None:
+        """One job query finished (``outcome`` in JOB_OUTCOMES); ``duration_ms`` of its last attempt."""
+        self._pending[_JOBS["jobs.items"]].setdefault((outcome,), []).append(1)
+        self._pending[_JOBS["jobs.item.duration"]].setdefault((outcome,), []).append(duration_ms)
+
+    def job_cancelled(self, queries: int) -> None:
+        self._pending[_JOBS["jobs.items"]].setdefault(("cancelled",), []).extend([1] * queries)
+
+    def job_retry(self, reason: str) -> None:
+        self._pending[_JOBS["jobs.retries"]].setdefault((reason,), []).append(1)
+
+    def job_webhook(self, outcome: str) -> None:
+        self._pending[_JOBS["jobs.webhooks"]].setdefault((outcome,), []).append(1)
+
+    def job_queue(self, depth: float, in_flight: float, oldest_age_s: float) -> None:
+        """The queue as the store sees it (the worker reports every few seconds)."""
+        gauges = dict(self._gauges)
+        gauges[(_JOBS["jobs.queue.depth"], ())] = depth
+        gauges[(_JOBS["jobs.queue.in_flight"], ())] = in_flight
+        gauges[(_JOBS["jobs.queue.oldest_age"], ())] = oldest_age_s
+        self._gauges = gauges
 
     # ---- resilience observer (called by resilience.Guard) ------------------------------------
     def on_attempt(self, dependency: str, outcome: str, seconds: float) -> None:

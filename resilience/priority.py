@@ -1,0 +1,118 @@
+"""Two priorities for calls to a dependency: interactive (the default) and background.
+
+Background work (batches, re-indexing, anything nobody is waiting on) marks its task with
+:func:`background_priority`; every :class:`PriorityBulkhead` it meets then treats it as second
+class:
+
+* it may hold at most ``background_share`` of the bulkhead's slots (at least one);
+* it is admitted only when no interactive caller is waiting, and a freed slot goes to the oldest
+  interactive waiter first;
+* it waits for a slot as long as its caller allows (the attempt's time) instead of being shed after
+  the short interactive ``max_wait_s``: background work queues, interactive work fails fast.
+
+The mark is a context variable, so it follows the task (and tasks it creates) through the guard
+without any argument threading. Knows nothing about what the background work is.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from contextvars import ContextVar
+from typing import Any, Iterator
+
+from resilience.bulkhead import Bulkhead, BulkheadFull
+
+_background: ContextVar[bool] = ContextVar("resilience_background_priority", default=False)
+
+
+@contextlib.contextmanager
+def background_priority() -> Iterator[None]:
+    """Run the body (and tasks it creates) at background priority."""
+    token = _background.set(True)
+    try:
+        yield
+    finally:
+        _background.reset(token)
+
+
+def is_background() -> bool:
+    return _background.get()
+
+
+class PriorityBulkhead(Bulkhead):
+    """A :class:`Bulkhead` where background callers get a bounded share and yield to interactive ones.
+
+    With no background caller it behaves exactly like :class:`Bulkhead`.
+    """
+
+    def __init__(self, max_concurrent: int, max_wait_s: float, *, background_share: float = 0.25,
+                 max_queue: int | None = None, name: str = "") -> None:
+        super().__init__(max_concurrent, max_wait_s, max_queue=max_queue, name=name)
+        self.background_share = background_share
+        self.background_in_flight = 0
+        self._bg_waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def background_cap(self) -> int:
+        return max(1, int(self.max_concurrent * self.background_share))
+
+    def _background_admits(self) -> bool:
+        return (self.in_flight < self.max_concurrent and self.background_in_flight < self.background_cap
+                and self.waiting == 0)
+
+    async def acquire(self, max_wait_s: float | None = None) -> None:
+        if not is_background():
+            return await super().acquire(max_wait_s)
+        if self._background_admits() and not any(not w.done() for w in self._bg_waiters):
+            self.in_flight += 1
+            self.background_in_flight += 1
+            self.admitted += 1
+            return
+        wait = self.max_wait_s if max_wait_s is None else max_wait_s
+        if wait <= 0:
+            self.shed += 1
+            raise BulkheadFull(self.name, 0.0)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._bg_waiters.append(fut)
+        start = loop.time()
+        try:
+            async with asyncio.timeout(wait):
+                await fut
+        except TimeoutError:
+            if fut.done() and not fut.cancelled():
+                self.admitted += 1
+                return
+            fut.cancel()
+            self.shed += 1
+            raise BulkheadFull(self.name, loop.time() - start) from None
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot but cancelled before using it (we are background here)
+            else:
+                fut.cancel()
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._bg_waiters.remove(fut)
+        self.admitted += 1
+
+    def release(self) -> None:
+        if is_background():
+            self.background_in_flight -= 1
+        super().release()  # an interactive waiter, if any, takes the slot
+        self._wake_background()
+
+    def _wake_background(self) -> None:
+        while self._bg_waiters and self._background_admits():
+            fut = self._bg_waiters.popleft()
+            if not fut.done():
+                self.in_flight += 1
+                self.background_in_flight += 1
+                fut.set_result(None)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**super().snapshot(), "background_in_flight": self.background_in_flight,
+                "background_waiting": sum(1 for w in self._bg_waiters if not w.done()),
+                "background_cap": self.background_cap}
