@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from gateway.jobs.routes import JOBS
 from tests.conftest import make_settings, state_of
 
 TOPICS = [("What temperature should water be for green tea", "tea.md"),
@@ -133,3 +134,34 @@ async def test_idempotency_key_returns_the_same_job(gateway):
     a = await (await gateway.post("/v1/jobs", json={"query": "tea"}, headers=headers)).json()
     b = await (await gateway.post("/v1/jobs", json={"query": "tea"}, headers=headers)).json()
     assert a["id"] == b["id"]
+
+
+async def test_degraded_answers_are_retried_until_the_dependency_recovers_when_not_accepted(gateway_factory, data_dir):
+    client = await gateway_factory(make_settings(data_dir, **{"jobs.backoff_base_s": 0.05, "jobs.max_attempts": 50}))
+    runtime = client.server.app[JOBS]
+    breaker = state_of(client).guards["vector_db"].breaker
+    breaker.force_open()
+    strict = await (await client.post("/v1/jobs", json={"query": "green tea", "accept_degraded": False})).json()
+    lenient = await (await client.post("/v1/jobs", json={"query": "green tea"})).json()
+    await wait_finished(client, lenient["id"])
+    async with asyncio.timeout(30):
+        while runtime.worker.executed < 4:  # the strict job has been retried a few times
+            await asyncio.sleep(0.02)
+    assert (await (await client.get(f"/v1/jobs/{strict['id']}?limit=0")).json())["status"] == "running"
+    breaker.reset()
+    await wait_finished(client, strict["id"])
+    got = (await (await client.get(f"/v1/jobs/{strict['id']}")).json())["results"][0]
+    assert got["attempts"] >= 3 and got["result"]["degraded"] is False
+    kept = (await (await client.get(f"/v1/jobs/{lenient['id']}")).json())["results"][0]
+    assert kept["attempts"] == 1 and kept["result"]["degraded"] is True
+
+
+async def test_retries_end_at_max_attempts_with_the_last_answer_labelled(gateway_factory, data_dir):
+    client = await gateway_factory(make_settings(data_dir, **{"jobs.backoff_base_s": 0.01, "jobs.max_attempts": 3,
+                                                               "jobs.accept_degraded": False}))
+    state_of(client).guards["vector_db"].breaker.force_open()
+    job = await (await client.post("/v1/jobs", json={"query": "green tea"})).json()
+    await wait_finished(client, job["id"])
+    got = (await (await client.get(f"/v1/jobs/{job['id']}")).json())["results"][0]
+    assert got["status"] == "done" and got["attempts"] == 3
+    assert got["result"]["degraded"] is True and got["result"]["retries_exhausted"] is True
