@@ -138,6 +138,12 @@ def drive_every_method(t: Telemetry) -> None:
     t.on_shed("llm")
     t.on_short_circuit("vector_db")
     t.on_state_change("vector_db", "closed", "open")
+    t.job_submitted(2)
+    t.job_rejected("quota")
+    t.job_item("degraded", 40.0)
+    t.job_retry("degraded")
+    t.job_webhook("retry")
+    t.job_queue(7, 2, 30.0)
 
 
 # ---- the catalogue ----------------------------------------------------------------------------
@@ -181,6 +187,15 @@ EXPECTED = {  # (name, type, value, tags without the constant ones), one per cal
     ("rag.dependency.short_circuits", "c", 1.0, (("dependency", "vector_db"),)),
     ("rag.breaker.state", "g", 2.0, (("dependency", "vector_db"),)),
     ("rag.breaker.transitions", "c", 1.0, (("dependency", "vector_db"), ("from", "closed"), ("to", "open"))),
+    ("rag.jobs.submitted", "c", 2.0, ()),
+    ("rag.jobs.rejected", "c", 1.0, (("reason", "quota"),)),
+    ("rag.jobs.items", "c", 1.0, (("outcome", "degraded"),)),
+    ("rag.jobs.item.duration", "d", 40.0, (("outcome", "degraded"),)),
+    ("rag.jobs.retries", "c", 1.0, (("reason", "degraded"),)),
+    ("rag.jobs.webhooks", "c", 1.0, (("outcome", "retry"),)),
+    ("rag.jobs.queue.depth", "g", 7.0, ()),
+    ("rag.jobs.queue.in_flight", "g", 2.0, ()),
+    ("rag.jobs.queue.oldest_age", "g", 30.0, ()),
 }
 
 
