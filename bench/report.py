@@ -87,6 +87,15 @@ def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         out.append(_target("Cached answer p99 ≤ 3 ms at c=4", None, 3.0, "<=", "ms", "section rag"))
 
+    jb = sections.get("jobs") or {}
+    if jb.get("p99_ratio"):
+        why = (f"p99 {_f(jb['alone']['p99_ms'])} ms alone vs {_f(jb['with_batch']['p99_ms'])} ms beside the batch "
+               f"({_f(jb.get('batch_queries_per_s'), 1)} batch queries/s): the batch shares the 2 cores and the "
+               "local embedder's single thread with interactive requests")
+        out.append(_target("Running batch raises interactive p99 by ≤ 20%", jb["p99_ratio"], 1.2, "<=", "× alone",
+                           f"/v1/query c={jb['interactive_concurrency']}, interleaved slices", why))
+    else:
+        out.append(_target("Running batch raises interactive p99 by ≤ 20%", None, 1.2, "<=", "× alone", "section jobs"))
     if mem.get("peak_rss_mb"):
         why = _rss_why(mem, scale)
         out.append(_target(f"Gateway RSS ≤ 400 MB with {mem['chunks']:,} chunks", mem["peak_rss_mb"], 400.0, "<=",
@@ -336,6 +345,22 @@ def _memory_md(mem: dict) -> list[str]:
     return lines
 
 
+def _jobs_md(jobs: dict) -> list[str]:
+    lines = [f"Interactive /v1/query at c={jobs['interactive_concurrency']}, {jobs['slices_per_side']} interleaved "
+             f"slices per side; batch jobs of {jobs['batch_size']} queries submitted before each 'with batch' "
+             "slice and cancelled after it.", "",
+             "| side | requests | req/s | p50 ms | p99 ms | p99 per slice |", "|---|---:|---:|---:|---:|---|"]
+    for label, key in (("interactive alone", "alone"), ("beside a running batch", "with_batch")):
+        r = jobs[key]
+        per = ", ".join(_f(s["p99_ms"], 1) for s in r.get("slices", []))
+        lines.append(f"| {label} | {r['requests']} | {_f(r['rps'], 1)} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} | {per} |")
+    lines += ["", f"p99 ratio {_f(jobs.get('p99_ratio'), 3)}, p50 ratio {_f(jobs.get('p50_ratio'), 3)}; the batch "
+                  f"finished {_f(jobs.get('batch_queries_per_s'), 1)} queries/s meanwhile "
+                  f"({_f(jobs.get('batch_alone_queries_per_s'), 1)} queries/s with no interactive load).", ""]
+    lines += [f"- {n}" for n in jobs.get("notes", [])]
+    return lines
+
+
 SECTION_TITLES = {
     "overhead": "1. Gateway overhead vs the Python floor",
     "rag": "2. RAG query on embedded defaults (warm)",
@@ -343,9 +368,10 @@ SECTION_TITLES = {
     "scale": "4. Scale: keyword index and embedded vector store",
     "memory": "5. Gateway memory with a large KB",
     "workers": "6. Scale-out: `serve --workers N` vs the pass-through",
+    "jobs": "7. Interactive latency beside a running batch job",
 }
 RENDER = {"overhead": _overhead_md, "rag": _rag_md, "costs": _costs_md, "scale": _scale_md, "memory": _memory_md,
-          "workers": _workers_md}
+          "workers": _workers_md, "jobs": _jobs_md}
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -253,6 +253,12 @@ class JobsConfig(_Section):
     concurrency: int = Field(2, ge=1, le=256, description=(
         "queries a replica runs at once for jobs (below interactive traffic, which also keeps "
         "resilience.*.bulkhead.background_share of each dependency)"))
+    yield_to_interactive: bool = Field(True, description=(
+        "start a job query only while no interactive request is in flight in this process (CPU and the "
+        "local embedder are shared); after yield_max_wait_s it starts anyway, so batches never starve"))
+    yield_max_wait_s: float = Field(2.0, gt=0, description=(
+        "longest a job query waits for a quiet moment (aging): under constant interactive load a replica "
+        "still runs about concurrency / this many job queries per second"))
     max_items: int = Field(5000, ge=1, description="queries accepted in one job (413 naming `queries` above)")
     max_body_bytes: int = Field(8 << 20, ge=1024, description="POST /v1/jobs bodies above this get 413")
     max_pending_per_client: int = Field(20000, ge=1, description=(

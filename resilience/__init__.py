@@ -6,7 +6,7 @@ from resilience.deadline import Deadline, DeadlineExceeded
 from resilience.errors import DependencyUnavailable, Reason, UpstreamError
 from resilience.guard import Guard, GuardRegistry
 from resilience.observer import GuardObserver, NoopObserver
-from resilience.priority import PriorityBulkhead, background_priority, is_background
+from resilience.priority import IdleGate, PriorityBulkhead, background_priority, is_background
 from resilience.ratelimit import Decision, LocalRateLimiter, RateLimiter, RedisRateLimiter, make_rate_limiter
 from resilience.retry import RetryBudget, RetryDecision, RetryPolicy
 from resilience.shared import SharedBreakerState
@@ -16,7 +16,7 @@ __all__ = [
     "Deadline", "DeadlineExceeded", "DependencyUnavailable", "Reason", "UpstreamError",
     "Guard", "GuardRegistry", "GuardObserver", "NoopObserver",
     "CircuitBreaker", "CircuitOpenError", "Permit", "SharedBreakerState",
-    "Bulkhead", "BulkheadFull", "PriorityBulkhead", "background_priority", "is_background",
+    "Bulkhead", "BulkheadFull", "IdleGate", "PriorityBulkhead", "background_priority", "is_background",
     "RetryBudget", "RetryDecision", "RetryPolicy",
     "Decision", "LocalRateLimiter", "RateLimiter", "RedisRateLimiter", "make_rate_limiter",
 ]

@@ -11,15 +11,18 @@ class:
   the short interactive ``max_wait_s``: background work queues, interactive work fails fast.
 
 The mark is a context variable, so it follows the task (and tasks it creates) through the guard
-without any argument threading. Knows nothing about what the background work is.
+without any argument threading. :class:`IdleGate` covers what no bulkhead sees (CPU, an in-process
+model on one thread): background work starts only while the foreground is quiet, with aging so it
+never starves. Knows nothing about what the background work is.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from contextvars import ContextVar
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from resilience.bulkhead import Bulkhead, BulkheadFull
 
@@ -116,3 +119,35 @@ class PriorityBulkhead(Bulkhead):
         return {**super().snapshot(), "background_in_flight": self.background_in_flight,
                 "background_waiting": sum(1 for w in self._bg_waiters if not w.done()),
                 "background_cap": self.background_cap}
+
+
+class IdleGate:
+    """Lets background work *start* only while the foreground is quiet, for resources no bulkhead
+    sees (the process's CPU, an in-process model on one thread).
+
+    ``busy()`` returns the foreground work in progress (e.g. interactive requests in flight);
+    :meth:`wait_turn` returns once it is below ``idle_below``. Aging keeps background work from
+    starving under constant foreground load: after ``max_wait_s`` it starts anyway, so a saturated
+    process still runs about one background item per ``max_wait_s`` per waiting worker.
+    Non-preemptive: work already started runs to its end.
+    """
+
+    def __init__(self, busy: Callable[[], int], *, idle_below: int = 1, max_wait_s: float = 2.0,
+                 poll_s: float = 0.01, clock: Callable[[], float] = time.monotonic) -> None:
+        self.busy = busy
+        self.idle_below = idle_below
+        self.max_wait_s = max_wait_s
+        self.poll_s = poll_s
+        self.clock = clock
+        self.turns = {"idle": 0, "aged": 0}
+
+    async def wait_turn(self) -> str:
+        """``"idle"`` (the foreground was quiet) or ``"aged"`` (waited ``max_wait_s``)."""
+        start = self.clock()
+        while self.busy() >= self.idle_below:
+            if self.clock() - start >= self.max_wait_s:
+                self.turns["aged"] += 1
+                return "aged"
+            await asyncio.sleep(self.poll_s)
+        self.turns["idle"] += 1
+        return "idle"

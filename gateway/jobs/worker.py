@@ -18,7 +18,7 @@ import aiohttp
 
 from gateway.jobs.store import Claim, Job, JobStore
 from gateway.jobs.webhook import ATTEMPT_HEADER, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, backoff_s, event_body, sign
-from resilience import Deadline, background_priority
+from resilience import Deadline, IdleGate, background_priority
 
 if TYPE_CHECKING:
     from gateway.config import JobsConfig
@@ -55,6 +55,10 @@ class JobWorker:
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self.executed = 0  # attempts run by this replica (tests and logs)
+        # Interactive requests in flight (the access-log middleware counts them); our own job-status
+        # polls count too, which only makes the batch more polite.
+        self.gate = IdleGate(lambda: telemetry.in_flight, max_wait_s=config.yield_max_wait_s) \
+            if config.yield_to_interactive else None
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._claim_loop(), name="jobs-claim"),
@@ -104,6 +108,8 @@ class JobWorker:
 
     async def _run(self, claim: Claim) -> None:
         try:
+            if self.gate is not None:
+                await self.gate.wait_turn()
             await self._execute(claim)
         except asyncio.CancelledError:
             raise  # shutting down: the lease runs out and another worker (or our next start) takes it

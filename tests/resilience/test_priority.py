@@ -81,3 +81,20 @@ async def test_a_cancelled_background_waiter_leaks_no_slot():
     with pytest.raises(asyncio.CancelledError):
         await bg
     assert b.in_flight == 0 and b.background_in_flight == 0
+
+
+async def test_idle_gate_waits_for_a_quiet_moment_and_ages_instead_of_starving():
+    from resilience import IdleGate
+
+    busy = {"n": 2}
+    ticks = iter(range(10**6))
+    gate = IdleGate(lambda: busy["n"], max_wait_s=50, poll_s=0, clock=lambda: float(next(ticks)))
+    waiting = asyncio.create_task(gate.wait_turn())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done()  # the foreground is busy: background does not start
+    busy["n"] = 0
+    assert await waiting == "idle"
+    busy["n"] = 1  # busy for good: after max_wait_s (50 ticks of the injected clock) it starts anyway
+    assert await gate.wait_turn() == "aged"
+    assert gate.turns == {"idle": 1, "aged": 1}
