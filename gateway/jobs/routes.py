@@ -8,15 +8,18 @@ submitted them (API key, else address): another client gets 404.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from gateway.errors import APIError
 from gateway.jobs.store import Job, JobStore, QuotaExceeded
@@ -26,6 +29,7 @@ from gateway.state import CLIENT_ID, DEADLINE, STATE, AppState
 
 log = logging.getLogger("rag_sidecar.jobs")
 JOB_FIELDS = frozenset({"queries", "webhook_url", "accept_degraded"})
+STORE_ERRORS = (RedisError, sqlite3.Error, OSError, TimeoutError)
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
@@ -180,9 +184,21 @@ def _runtime(request: web.Request) -> tuple[JobStore, JobWorker]:
     return runtime.store, runtime.worker
 
 
+@contextlib.asynccontextmanager
+async def _store_errors() -> AsyncIterator[None]:
+    """The queue's storage failing (Redis down, disk full) is a labelled 503, not a 500."""
+    try:
+        yield
+    except STORE_ERRORS as exc:
+        log.warning("job queue unavailable", extra={"event": "jobs_store_error", "error": repr(exc)})
+        raise APIError(503, "queue_unavailable", f"the job queue is unavailable: {type(exc).__name__}",
+                       headers={"Retry-After": "5"}) from None
+
+
 async def _own_job(request: web.Request) -> tuple[JobStore, Job]:
     store, _ = _runtime(request)
-    job = await store.get(request.match_info["job_id"])
+    async with _store_errors():
+        job = await store.get(request.match_info["job_id"])
     if job is None or job.client != request[CLIENT_ID]:
         raise APIError(404, "not_found", "no such job (it may have expired)", field="job_id")
     return store, job
@@ -196,10 +212,14 @@ async def submit(request: web.Request) -> web.Response:
     idem = request.headers.get("Idempotency-Key")
     if idem is not None and not 1 <= len(idem) <= 255:
         raise APIError(400, "invalid_header", "Idempotency-Key must be 1-255 characters", field="Idempotency-Key")
-    job = Job(id=uuid.uuid4().hex, client=request[CLIENT_ID], total=len(payloads), options=options)
+    # The client rides along in the options: the worker runs each query as that client's flow in the
+    # fair embedder queue.
+    job = Job(id=uuid.uuid4().hex, client=request[CLIENT_ID], total=len(payloads),
+              options={**options, "client": request[CLIENT_ID]})
     try:
-        stored = await store.create(job, payloads, max_pending_per_client=cfg.max_pending_per_client,
-                                            idempotency_key=idem)
+        async with _store_errors():
+            stored = await store.create(job, payloads, max_pending_per_client=cfg.max_pending_per_client,
+                                        idempotency_key=idem)
     except QuotaExceeded as exc:
         state.telemetry.job_rejected("quota")
         raise APIError(429, "quota_exceeded", f"{exc}; wait for earlier jobs to finish", field="queries",
@@ -218,7 +238,8 @@ async def status(request: web.Request) -> web.Response:
     store, job = await _own_job(request)
     offset = _int_param(request, "offset", 0, 0, 10**9)
     limit = _int_param(request, "limit", DEFAULT_PAGE, 0, MAX_PAGE)
-    items = await store.items(job.id, offset, limit) if limit else []
+    async with _store_errors():
+        items = await store.items(job.id, offset, limit) if limit else []
     nxt = offset + len(items) if limit and offset + len(items) < job.total else None
     links = {"self": f"/v1/jobs/{job.id}"}
     if nxt is not None:
@@ -229,8 +250,10 @@ async def status(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     store, job = await _own_job(request)
-    cancelled = await store.cancel(job.id)
-    assert cancelled is not None
+    async with _store_errors():
+        cancelled = await store.cancel(job.id)
+    if cancelled is None:  # expired between the two calls
+        raise APIError(404, "not_found", "no such job (it may have expired)", field="job_id")
     if job.status != cancelled.status:
         request.app[STATE].telemetry.job_cancelled(cancelled.cancelled)
         log.info("job cancelled", extra={"event": "job_cancelled", "job_id": job.id,

@@ -31,7 +31,7 @@ class Job:
     done: int = 0
     failed: int = 0
     cancelled: int = 0
-    options: dict[str, Any] = field(default_factory=dict)  # accept_degraded, webhook_url
+    options: dict[str, Any] = field(default_factory=dict)  # accept_degraded, webhook_url, client
     webhook_status: str = "none"  # none | pending | delivered | failed
     webhook_attempts: int = 0
 

@@ -18,6 +18,7 @@ import aiohttp
 
 from gateway.jobs.store import Claim, Job, JobStore
 from gateway.jobs.webhook import ATTEMPT_HEADER, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, backoff_s, event_body, sign
+from gateway.upstreams.fair import current_client
 from resilience import Deadline, IdleGate, background_priority
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class JobWorker:
         self.telemetry = telemetry
         self.block_s = block_s  # backends that can wait for work server-side (Redis) block in claim()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._running: set[asyncio.Task[Any]] = set()
+        self._running: dict[asyncio.Task[Any], Claim] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
@@ -70,9 +71,19 @@ class JobWorker:
         self._wake.set()
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._running]:
+        running = dict(self._running)
+        for task in [*self._tasks, *running]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._running, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *running, return_exceptions=True)
+        # Give interrupted queries back at once (a rolling restart must not park them for a whole
+        # visibility timeout); a query whose outcome was recorded is not touched by retry().
+        for claim in running.values():
+            try:
+                await asyncio.wait_for(self.store.retry(claim, 0.0, {"type": "interrupted",
+                                                                      "message": "the worker stopped"}), 2.0)
+            except Exception as exc:  # noqa: BLE001 - the lease runs out and the query runs again anyway
+                log.warning("could not give an interrupted job query back", extra={
+                    "event": "jobs_give_back_failed", "job_id": claim.job_id, "error": repr(exc)})
         if self._session is not None:
             await self._session.close()
 
@@ -98,8 +109,8 @@ class JobWorker:
                 self._slots.release()
             for claim in claims:
                 task = asyncio.create_task(self._run(claim), name=f"job-{claim.job_id}-{claim.index}")
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+                self._running[task] = claim
+                task.add_done_callback(lambda t: self._running.pop(t, None))
             if not claims:
                 try:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_interval_s)
@@ -130,6 +141,9 @@ class JobWorker:
         accept_degraded = claim.options.get("accept_degraded", self.config.accept_degraded)
         t0 = time.perf_counter()
         self.executed += 1
+        # The fair embedder queue sees each client's batch as its own flow: interactive clients (sparse)
+        # go first, and two clients' batches share the engine evenly.
+        current_client.set(f"job:{claim.options.get('client', claim.job_id)}")
         with background_priority():
             try:
                 result = await pipeline.answer(req, Deadline(self.config.item_timeout_s))

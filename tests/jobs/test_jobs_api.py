@@ -9,6 +9,9 @@ import pytest
 from gateway.jobs.routes import JOBS
 from tests.conftest import make_settings, state_of
 
+ALICE = {"Authorization": "Bearer key-alice-0001"}
+BOB = {"Authorization": "Bearer key-bob-0002"}
+KEYS = {"auth.api_keys": ["key-alice-0001", "key-bob-0002"]}
 TOPICS = [("What temperature should water be for green tea", "tea.md"),
           ("Mauna Loa shield volcano basaltic lava", "volcanoes.html"),
           ("circuit breaker half-open trial calls", "breakers.md")]
@@ -98,35 +101,35 @@ async def test_bad_items_are_4xx_naming_the_field_with_its_index(gateway, body, 
 
 
 async def test_too_many_queries_is_413_and_quota_is_429(gateway_factory, data_dir):
-    client = await gateway_factory(make_settings(data_dir, **{"jobs.max_items": 5, "jobs.max_pending_per_client": 6,
-                                                               "jobs.concurrency": 1}))
-    resp = await client.post("/v1/jobs", json={"queries": [{"query": "tea"}] * 6})
+    client = await gateway_factory(make_settings(data_dir, **KEYS, **{
+        "jobs.max_items": 5, "jobs.max_pending_per_client": 6, "jobs.concurrency": 1}))
+    resp = await client.post("/v1/jobs", json={"queries": [{"query": "tea"}] * 6}, headers=ALICE)
     assert resp.status == 413 and (await resp.json())["error"]["field"] == "queries"
     state_of(client).ready.clear()  # hold the worker: nothing finishes while we fill the quota
-    assert (await client.post("/v1/jobs", json={"queries": [{"query": "tea"}] * 5})).status == 202
-    resp = await client.post("/v1/jobs", json={"queries": [{"query": "tea"}] * 2})
+    assert (await client.post("/v1/jobs", json={"queries": [{"query": "tea"}] * 5}, headers=ALICE)).status == 202
+    resp = await client.post("/v1/jobs", json={"queries": [{"query": "tea"}] * 2}, headers=ALICE)
     assert resp.status == 429 and resp.headers["Retry-After"]
     assert (await resp.json())["error"]["type"] == "quota_exceeded"
-    # Another client (its own address/header identity) has its own quota.
-    assert (await client.post("/v1/jobs", json={"query": "tea"}, headers={"X-Client-Id": "other"})).status == 202
+    # Another client (another API key) has its own quota.
+    assert (await client.post("/v1/jobs", json={"query": "tea"}, headers=BOB)).status == 202
 
 
 async def test_jobs_belong_to_their_client_and_cancel_stops_the_rest(gateway_factory, data_dir):
-    client = await gateway_factory(make_settings(data_dir, **{"jobs.concurrency": 1}))
+    client = await gateway_factory(make_settings(data_dir, **KEYS, **{"jobs.concurrency": 1}))
     state_of(client).ready.clear()  # nothing runs: every item is still pending when we cancel
-    job = await (await client.post("/v1/jobs", json={"queries": [{"query": "tea"}] * 4},
-                                   headers={"X-Client-Id": "alice"})).json()
-    assert (await client.get(f"/v1/jobs/{job['id']}", headers={"X-Client-Id": "bob"})).status == 404
-    assert (await client.delete(f"/v1/jobs/{job['id']}", headers={"X-Client-Id": "bob"})).status == 404
-    resp = await client.delete(f"/v1/jobs/{job['id']}", headers={"X-Client-Id": "alice"})
+    job = await (await client.post("/v1/jobs", json={"queries": [{"query": "tea"}] * 4}, headers=ALICE)).json()
+    assert (await client.get(f"/v1/jobs/{job['id']}", headers=BOB)).status == 404
+    assert (await client.delete(f"/v1/jobs/{job['id']}", headers=BOB)).status == 404
+    assert (await client.get(f"/v1/jobs/{job['id']}")).status == 401
+    resp = await client.delete(f"/v1/jobs/{job['id']}", headers=ALICE)
     body = await resp.json()
     assert resp.status == 200 and body["status"] == "cancelled" and body["progress"]["cancelled"] == 4
     state_of(client).ready.set()
-    again = await (await client.delete(f"/v1/jobs/{job['id']}", headers={"X-Client-Id": "alice"})).json()
+    again = await (await client.delete(f"/v1/jobs/{job['id']}", headers=ALICE)).json()
     assert again["status"] == "cancelled" and again["progress"]["done"] == 0
-    items = (await (await client.get(f"/v1/jobs/{job['id']}", headers={"X-Client-Id": "alice"})).json())["results"]
+    items = (await (await client.get(f"/v1/jobs/{job['id']}", headers=ALICE)).json())["results"]
     assert {i["status"] for i in items} == {"cancelled"}
-    assert (await client.get("/v1/jobs/nope")).status == 404
+    assert (await client.get("/v1/jobs/nope", headers=ALICE)).status == 404
 
 
 async def test_idempotency_key_returns_the_same_job(gateway):

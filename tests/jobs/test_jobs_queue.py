@@ -127,3 +127,43 @@ async def test_two_replicas_share_one_redis_batch(gateway_factory, data_dir, tmp
     executed = [gw.server.app[__import__("gateway.jobs.routes", fromlist=["JOBS"]).JOBS].worker.executed
                 for gw in (a, b)]
     assert sum(executed) >= 300 and min(executed) > 0, executed
+
+
+@pytest.mark.redis
+async def test_a_stopping_replica_gives_its_running_query_back_at_once(gateway_factory, data_dir, tmp_path, redis_url):
+    """Rolling restart: the query a stopping replica was running is not parked for the visibility timeout."""
+    import shutil
+
+    from gateway.jobs.routes import JOBS
+    from gateway.upstreams.faultinject import DelayFault, FaultSpec
+
+    other_dir = tmp_path / "replica-b"
+    shutil.copytree(data_dir, other_dir)
+    over = {"jobs.backend": "redis", "jobs.redis_url": redis_url, "jobs.poll_interval_s": 0.05,
+            "jobs.visibility_timeout_s": 300, "jobs.concurrency": 1}
+    a = await gateway_factory(make_settings(data_dir, **over, **{"chaos.allow_fault_injection": True}))
+    state_of(a).faults.set("embedder", FaultSpec(delay=DelayFault(fixed_delay_s=1.5)))
+    job = await (await a.post("/v1/jobs", json={"query": "green tea"})).json()
+    worker = a.server.app[JOBS].worker
+    async with asyncio.timeout(10):
+        while not worker._running:  # the query is in flight on replica A
+            await asyncio.sleep(0.01)
+    await a.close()  # graceful stop mid-query
+    b = await gateway_factory(make_settings(other_dir, **over))
+    done = await wait_finished(b, job["id"], timeout_s=20)  # far below the 300 s visibility timeout
+    assert done["progress"]["done"] == 1
+    item = (await (await b.get(f"/v1/jobs/{job['id']}")).json())["results"][0]
+    assert item["attempts"] == 2 and item["result"]["sources"][0]["source"] == "tea.md"
+
+
+@pytest.mark.redis
+async def test_redis_down_is_a_labelled_503_and_interactive_queries_still_answer(gateway_factory, data_dir,
+                                                                                 redis_server):
+    client = await gateway_factory(make_settings(data_dir, **{"jobs.backend": "redis",
+                                                              "jobs.redis_url": redis_server.url}))
+    redis_server.stop()
+    resp = await client.post("/v1/jobs", json={"query": "green tea"})
+    assert resp.status == 503 and resp.headers["Retry-After"]
+    assert (await resp.json())["error"]["type"] == "queue_unavailable"
+    assert (await client.get("/v1/jobs/abc")).status == 503
+    assert (await client.post("/v1/query", json={"query": "green tea"})).status == 200
