@@ -52,11 +52,24 @@ def nesting_depth(raw: bytes) -> int:
     return deepest
 
 
-async def read_json(request: web.Request) -> Any:
+async def _read_capped(request: web.Request, limit: int) -> bytes:
+    """The body read past the app's ``client_max_size`` (a route with its own, larger limit), stopping at
+    ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: web.Request, max_bytes: int | None = None) -> Any:
     """The request body as JSON. Raises APIError: 415 (type), 413 (size), 408 (slow upload), 400 (bad JSON,
-    bad encoding, too deep)."""
+    bad encoding, too deep). ``max_bytes``: this route's own size limit (default ``server.max_body_bytes``)."""
     state: AppState = request.app[STATE]
-    limit = state.settings.server.max_body_bytes
+    limit = max_bytes or state.settings.server.max_body_bytes
     if not is_json_type(request.content_type) or "Content-Type" not in request.headers:
         got = request.headers.get("Content-Type") or "no Content-Type"
         raise APIError(415, "unsupported_media_type", f"expected Content-Type: application/json, got {got}",
@@ -68,7 +81,7 @@ async def read_json(request: web.Request) -> Any:
     deadline = request.get(DEADLINE)
     try:
         async with asyncio.timeout(deadline.remaining() if deadline is not None else None):
-            raw = await request.read()
+            raw = await (_read_capped(request, limit) if max_bytes else request.read())
     except web.HTTPRequestEntityTooLarge:
         raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes") from None
     except TimeoutError:

@@ -50,9 +50,14 @@ class Bulkhead:
         if wait <= 0 or (self.max_queue is not None and self.waiting >= self.max_queue):
             self.shed += 1
             raise BulkheadFull(self.name, 0.0)
+        await self._wait_in(self._waiters, wait)
+
+    async def _wait_in(self, queue: deque[asyncio.Future[None]], wait: float) -> None:
+        """Queue a waiter in ``queue`` until :meth:`release` hands it a slot; :class:`BulkheadFull`
+        after ``wait`` seconds. A slot handed over as the caller is cancelled is passed on, never leaked."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(fut)
+        queue.append(fut)
         start = loop.time()
         try:
             async with asyncio.timeout(wait):
@@ -72,7 +77,7 @@ class Bulkhead:
             raise
         finally:
             with contextlib.suppress(ValueError):
-                self._waiters.remove(fut)
+                queue.remove(fut)
         self.admitted += 1
 
     def release(self) -> None:

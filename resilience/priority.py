@@ -76,30 +76,7 @@ class PriorityBulkhead(Bulkhead):
         if wait <= 0:
             self.shed += 1
             raise BulkheadFull(self.name, 0.0)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._bg_waiters.append(fut)
-        start = loop.time()
-        try:
-            async with asyncio.timeout(wait):
-                await fut
-        except TimeoutError:
-            if fut.done() and not fut.cancelled():
-                self.admitted += 1
-                return
-            fut.cancel()
-            self.shed += 1
-            raise BulkheadFull(self.name, loop.time() - start) from None
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()  # handed a slot but cancelled before using it (we are background here)
-            else:
-                fut.cancel()
-            raise
-        finally:
-            with contextlib.suppress(ValueError):
-                self._bg_waiters.remove(fut)
-        self.admitted += 1
+        await self._wait_in(self._bg_waiters, wait)  # on a late cancel, release() runs in our context
 
     def release(self) -> None:
         if is_background():

@@ -7,7 +7,6 @@ submitted them (API key, else address): another client gets 404.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -22,10 +21,11 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway.errors import APIError
+from gateway.http_input import read_json
 from gateway.jobs.store import Job, JobStore, QuotaExceeded
 from gateway.jobs.worker import JobWorker
 from gateway.routes.query import parse_query_body
-from gateway.state import CLIENT_ID, DEADLINE, STATE, AppState
+from gateway.state import CLIENT_ID, STATE, AppState
 
 log = logging.getLogger("rag_sidecar.jobs")
 JOB_FIELDS = frozenset({"queries", "webhook_url", "accept_degraded"})
@@ -63,35 +63,6 @@ def build_store(state: AppState) -> tuple[JobStore, float]:
 
 
 # ---- request parsing ----------------------------------------------------------------------------
-async def _read_json(request: web.Request, limit: int) -> Any:
-    """The body as JSON with the jobs limit (batches are bigger than the app's client_max_size)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
-    if request.content_type not in ("application/json", "application/x-www-form-urlencoded", "text/plain", ""):
-        raise APIError(415, "unsupported_media_type", f"expected application/json, got {request.content_type}",
-                       field="Content-Type")
-    deadline = request.get(DEADLINE)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(deadline.remaining() if deadline is not None else None):
-            async for chunk in request.content.iter_chunked(1 << 16):
-                size += len(chunk)
-                if size > limit:
-                    raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
-                chunks.append(chunk)
-    except TimeoutError:
-        raise APIError(408, "request_timeout", "the request body did not arrive within the request's deadline") \
-            from None
-    raw = b"".join(chunks)
-    if not raw.strip():
-        raise APIError(400, "invalid_json", "request body is empty; expected a JSON object")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
-
-
 def _item_error(exc: APIError, prefix: str) -> APIError:
     message = json.loads(exc.text)["error"]["message"] if exc.text else exc.error_type
     field = f"{prefix}.{exc.field}" if exc.field else prefix
@@ -207,7 +178,7 @@ async def _own_job(request: web.Request) -> tuple[JobStore, Job]:
 async def submit(request: web.Request) -> web.Response:
     state: AppState = request.app[STATE]
     cfg = state.settings.jobs
-    payloads, options = parse_job(await _read_json(request, cfg.max_body_bytes), state)
+    payloads, options = parse_job(await read_json(request, cfg.max_body_bytes), state)
     store, worker = _runtime(request)
     idem = request.headers.get("Idempotency-Key")
     if idem is not None and not 1 <= len(idem) <= 255:

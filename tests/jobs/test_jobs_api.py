@@ -168,3 +168,20 @@ async def test_retries_end_at_max_attempts_with_the_last_answer_labelled(gateway
     got = (await (await client.get(f"/v1/jobs/{job['id']}")).json())["results"][0]
     assert got["status"] == "done" and got["attempts"] == 3
     assert got["result"]["degraded"] is True and got["result"]["retries_exhausted"] is True
+
+
+async def test_batches_may_exceed_the_query_body_limit_up_to_their_own(gateway_factory, data_dir):
+    import json as _json
+
+    client = await gateway_factory(make_settings(data_dir, **{"jobs.max_body_bytes": 200_000}))
+    state_of(client).ready.clear()  # only the submission is under test
+    batch = {"queries": [{"query": f"green tea question number {i} " + "x" * 60} for i in range(1500)]}
+    body = _json.dumps(batch).encode()
+    assert 64 * 1024 < len(body) < 200_000  # above server.max_body_bytes, below jobs.max_body_bytes
+    resp = await client.post("/v1/jobs", data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 202 and (await resp.json())["progress"]["total"] == 1500
+    too_big = _json.dumps({"queries": batch["queries"] * 2}).encode()
+    resp = await client.post("/v1/jobs", data=too_big, headers={"Content-Type": "application/json"})
+    assert resp.status == 413 and (await resp.json())["error"]["type"] == "body_too_large"
+    resp = await client.post("/v1/jobs", data=b'{"query": "tea"}', headers={"Content-Type": "text/plain"})
+    assert resp.status == 415
