@@ -1,7 +1,8 @@
 """The embedded job queue: one SQLite file in the data dir (WAL), every call on one worker thread.
 
-One gateway per data dir (like the KB): on open, leases left by a previous process (killed -9,
-OOM-killed) are released at once instead of waiting out the visibility timeout. WAL with
+Several processes may share the file (``serve --workers N``: claims are single transactions). On
+open, leases held by a process of this host that no longer exists (killed -9, OOM-killed) are released
+at once instead of waiting out the visibility timeout; other leases expire normally. WAL with
 ``synchronous=NORMAL``: a committed result survives a process crash (what kill -9 tests); a power
 loss may lose the last transactions, which then simply run again (at-least-once).
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import sqlite3
 import time
 import uuid
@@ -53,6 +56,24 @@ def _job(row: tuple[Any, ...]) -> Job:
                webhook_status=wh_status, webhook_attempts=wh_att)
 
 
+def _dead_local_process(owner: str | None) -> bool:
+    """Whether a lease ``owner`` (``host:pid:nonce``) was a process of this host that is gone."""
+    host, _, rest = (owner or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True  # our pid, another nonce: an earlier process that had our pid has ended
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
+
+
 class SQLiteJobStore:
     def __init__(self, path: Path, *, visibility_timeout_s: float, result_ttl_s: float,
                  clock: Callable[[], float] = time.time) -> None:
@@ -60,7 +81,7 @@ class SQLiteJobStore:
         self.visibility_timeout_s = visibility_timeout_s
         self.result_ttl_s = result_ttl_s
         self.clock = clock
-        self.owner = uuid.uuid4().hex
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs-sqlite")
         self._db: sqlite3.Connection | None = None
 
@@ -78,9 +99,10 @@ class SQLiteJobStore:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=OFF")
             db.executescript(SCHEMA)
-            # Leases of a previous process of this data dir: that process is gone (one gateway per dir).
-            db.execute("UPDATE items SET status='pending', lease_owner=NULL, lease_until=NULL "
-                       "WHERE status='running' AND lease_owner IS NOT ?", (self.owner,))
+            owners = [r[0] for r in db.execute("SELECT DISTINCT lease_owner FROM items WHERE status='running'")]
+            for owner in filter(_dead_local_process, owners):
+                db.execute("UPDATE items SET status='pending', lease_owner=NULL, lease_until=NULL "
+                           "WHERE status='running' AND lease_owner=?", (owner,))
             self._db = db
         await asyncio.get_running_loop().run_in_executor(self._pool, connect)
 
