@@ -18,12 +18,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from fallback.documents import Chunk
+from fallback.formats import docx_to_markdown, pdf_to_markdown, rst_to_markdown
 from fallback.text import split_sentences
 
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
 TEXT_SUFFIXES = frozenset({".txt"})
-SUPPORTED_SUFFIXES = MARKDOWN_SUFFIXES | HTML_SUFFIXES | TEXT_SUFFIXES
+RST_SUFFIXES = frozenset({".rst", ".rest"})  # and Sphinx's ``*.rst.txt`` sources
+BINARY_SUFFIXES = frozenset({".pdf", ".docx"})
+SUPPORTED_SUFFIXES = MARKDOWN_SUFFIXES | HTML_SUFFIXES | TEXT_SUFFIXES | RST_SUFFIXES | BINARY_SUFFIXES
 
 _ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 _SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)\s*$")
@@ -373,9 +376,21 @@ def _files(path: Path) -> Iterator[Path]:
             yield child
 
 
+def _read_binary(path: Path, suffix: str) -> tuple[str, str]:
+    """PDF and DOCX through their libraries; a damaged file raises ``ValueError`` naming it."""
+    reader = pdf_to_markdown if suffix == ".pdf" else docx_to_markdown
+    try:
+        return reader(path)
+    except (OSError, ImportError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - pypdf/python-docx raise many types for a bad file
+        raise ValueError(f"{path}: unreadable {suffix[1:].upper()} ({type(exc).__name__}: {exc})") from exc
+
+
 def load_documents(paths: Iterable[str | Path], *, root: str | Path | None = None,
                    ) -> Iterator[tuple[str, str, str]]:
-    """Yield ``(source, title, text)`` for every .md/.markdown/.txt/.html/.htm file under ``paths``.
+    """Yield ``(source, title, text)`` for every .md/.markdown/.txt/.html/.htm/.rst/.pdf/.docx file under
+    ``paths`` (reStructuredText, PDF and DOCX read into Markdown by :mod:`fallback.formats`).
 
     Directories are walked recursively in name order, skipping hidden files and directories. ``source``
     is the POSIX path relative to ``root`` if given, else to the directory argument it was found under
@@ -397,9 +412,15 @@ def load_documents(paths: Iterable[str | Path], *, root: str | Path | None = Non
                 source = f.relative_to(base).as_posix()
             else:
                 source = f.name
-            raw = f.read_bytes().decode("utf-8", errors="replace").lstrip("\ufeff")
             suffix = f.suffix.lower()
-            if suffix in HTML_SUFFIXES:
+            if suffix in BINARY_SUFFIXES:
+                text, title = _read_binary(f, suffix)
+                yield source, title or f.stem, text
+                continue
+            raw = f.read_bytes().decode("utf-8", errors="replace").lstrip("\ufeff")
+            if suffix in RST_SUFFIXES or f.name.lower().endswith(".rst.txt"):
+                text, title = rst_to_markdown(raw)
+            elif suffix in HTML_SUFFIXES:
                 text, title = html_to_text(raw)
             elif suffix in MARKDOWN_SUFFIXES:
                 text, title = raw, first_heading(raw)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fallback.documents import Chunk
+from fallback.formats import plain_text
 from fallback.text import split_sentences, tokenize
 
 NO_INFO_ANSWER = "I could not find relevant information in the knowledge base for this question."
@@ -153,7 +154,9 @@ def extractive_answer(question: str, chunks: Sequence[Chunk], *, max_sentences: 
     for c in picked:
         if c.chunk_index + 1 not in citations:
             citations.append(c.chunk_index + 1)
-    text = " ".join(f"{c.text} [{c.chunk_index + 1}]" for c in picked)
+    # Quoted as prose: inline markup left in the source (rST roles and ``literals``, Markdown `code`,
+    # **strong**) is resolved to its text, so an answer never shows markup.
+    text = " ".join(f"{plain_text(c.text)} [{c.chunk_index + 1}]" for c in picked)
     return ExtractiveAnswer(text, citations, [chunks[i - 1].id for i in citations])
 
 
