@@ -309,7 +309,7 @@ def ingest_sample(data_dir: Path, corpus: Path) -> dict:
     """Embed ``corpus`` with the gateway's local embedder into a KB version, as a first ``make serve`` does."""
     from gateway.config import load_settings
     from gateway.kb import KnowledgeBase
-    from gateway.upstreams.local_embedder import LocalEmbedder
+    from gateway.upstreams.factory import build_local_embedder
 
     s = load_settings(None, env={}, overrides={"server.data_dir": str(data_dir)})
     last = [-1]
@@ -321,7 +321,7 @@ def ingest_sample(data_dir: Path, corpus: Path) -> dict:
             print(f"[bench worker] ingest {stage}: {done}/{total}", file=sys.stderr, flush=True)
 
     async def run() -> str:
-        emb = LocalEmbedder(batch_size=s.embedder.batch_size)
+        emb = build_local_embedder(s)
         try:
             return await KnowledgeBase(data_dir / "kb").ingest(
                 [corpus], embedder=emb, chunk_chars=s.kb.chunk_chars, overlap=s.kb.chunk_overlap,

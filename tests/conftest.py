@@ -29,12 +29,12 @@ def make_settings(data_dir: Path, env: dict[str, str] | None = None, **overrides
 @pytest.fixture(scope="session")
 def ingested_kb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir whose KB holds the tiny corpus, embedded once per session with the local embedder."""
-    from gateway.upstreams.local_embedder import LocalEmbedder
+    from gateway.upstreams.factory import build_local_embedder
 
     data = tmp_path_factory.mktemp("kb-template")
 
     async def build() -> None:
-        emb = LocalEmbedder()
+        emb = build_local_embedder(make_settings(data))  # the model the gateway's default config runs
         try:
             await KnowledgeBase(data / "kb").ingest([TINY_CORPUS], embedder=emb, chunk_chars=400, overlap=80,
                                                     label="tiny")

