@@ -244,22 +244,29 @@ class Pipeline:
             hit = await self.cache.get(self._cache_key(req, kb_version))
         return hit
 
-    async def answer(self, req: QueryRequest, deadline: Deadline) -> QueryResult:
-        """Run the whole ladder; raises :class:`LadderExhausted` only when retrieval is impossible."""
+    async def _open(self, req: QueryRequest) -> tuple[Trace, str | None, Any, QueryResult | None]:
+        """What :meth:`answer` and :meth:`stream` start with: the trace, the KB version, the cache
+        lookup, and — for a fresh hit — the finished result (nothing else runs then)."""
         trace = Trace(tracer=self.tracer)
         kb = self._kb()
         kb_version = kb.version if kb is not None else None
         hit = await self._cache_get(req, kb_version, trace)
         if hit is not None and hit.fresh:
-            trace.cache, trace.generation = "hit", Mode.CACHED
-            trace.answer_age_s = hit.age_s
+            trace.cache, trace.generation, trace.answer_age_s = "hit", Mode.CACHED, hit.age_s
             self.telemetry.cache_result("hit")
             trace.finish()
-            return QueryResult(hit.entry.answer, [_source_chunk(s) for s in hit.entry.sources],
-                               trace, kb_version, req.request_id)
+            return trace, kb_version, hit, QueryResult(
+                hit.entry.answer, [_source_chunk(s) for s in hit.entry.sources], trace, kb_version, req.request_id)
         if self.cache is not None and self.llm is not None:
             trace.cache = "miss"
             self.telemetry.cache_result("miss")
+        return trace, kb_version, hit, None
+
+    async def answer(self, req: QueryRequest, deadline: Deadline) -> QueryResult:
+        """Run the whole ladder; raises :class:`LadderExhausted` only when retrieval is impossible."""
+        trace, kb_version, hit, cached = await self._open(req)
+        if cached is not None:
+            return cached
         chunks = await self.retrieve(req, deadline, trace)
         text, sources = await self._generate(req, chunks, deadline, trace, hit, kb_version)
         trace.finish()
@@ -323,21 +330,11 @@ class Pipeline:
         A stream that fails after text was sent cannot be retried transparently: the client is told
         to discard what it got (``discard`` event) and the next rung's answer follows.
         """
-        trace = Trace(tracer=self.tracer)
-        kb = self._kb()
-        kb_version = kb.version if kb is not None else None
-        hit = await self._cache_get(req, kb_version, trace)
-        if hit is not None and hit.fresh:
-            trace.cache, trace.generation, trace.answer_age_s = "hit", Mode.CACHED, hit.age_s
-            self.telemetry.cache_result("hit")
-            yield "delta", hit.entry.answer
-            trace.finish()
-            yield "done", QueryResult(hit.entry.answer, [_source_chunk(s) for s in hit.entry.sources],
-                                      trace, kb_version, req.request_id)
+        trace, kb_version, hit, cached = await self._open(req)
+        if cached is not None:
+            yield "delta", cached.answer
+            yield "done", cached
             return
-        if self.cache is not None and self.llm is not None:
-            trace.cache = "miss"
-            self.telemetry.cache_result("miss")
         chunks = await self.retrieve(req, deadline, trace)
         if not chunks or self.llm is None:
             text, sources = await self._generate(req, chunks, deadline, trace, hit, kb_version)

@@ -1,0 +1,3 @@
+from chaos.stubs.weaviate.server import main
+
+main()
