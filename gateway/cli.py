@@ -16,22 +16,7 @@ from typing import Any, Callable, Sequence
 
 from gateway.config import ConfigError, Settings, load_settings, masked_dump
 from gateway.ingest import in_process
-
-
-def _progress_printer(prefix: str = ""):
-    """Progress on stderr: a rewritten line on a terminal, a line per 10% otherwise."""
-    tty = sys.stderr.isatty()
-    last: dict[str, int] = {}
-
-    def show(stage: str, done: int, total: int) -> None:
-        pct = int(100 * done / total) if total else 100
-        if tty:
-            print(f"\r{prefix}{stage}: {done}/{total} ({pct}%)", end="" if done < total else "\n",
-                  file=sys.stderr, flush=True)
-        elif pct // 10 != last.get(stage, -1) or done == total:
-            last[stage] = pct // 10
-            print(f"{prefix}{stage}: {done}/{total} ({pct}%)", file=sys.stderr, flush=True)
-    return show
+from gateway.progress import progress_printer
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -78,7 +63,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from gateway.ingest import ingest
 
     result = asyncio.run(ingest(settings, [Path(p) for p in args.paths], activate=not args.no_activate,
-                                label=args.label or "", progress=_progress_printer()))
+                                label=args.label or "", progress=progress_printer()))
     print(json.dumps(result.as_dict()))
     return 0
 
@@ -111,7 +96,7 @@ async def _evaluate(settings: Settings, golden_path: Path, depth: int) -> dict[s
         normal: dict[str, list[str]] = {}
         keyword: dict[str, list[str]] = {}
         modes: dict[str, int] = {}
-        show = _progress_printer("eval ")
+        show = progress_printer("eval ")
         for n, q in enumerate(golden, 1):
             trace = Trace()
             req = QueryRequest(query=q.query, top_k=depth, request_id=f"eval-{q.id}")
@@ -191,7 +176,7 @@ def cmd_kb(args: argparse.Namespace) -> int:
         elif args.kb_cmd == "rollback":
             print(json.dumps(kb.rollback()))
         elif args.kb_cmd == "sync":
-            version = asyncio.run(sync(settings, activate=not args.no_activate, progress=_progress_printer()))
+            version = asyncio.run(sync(settings, activate=not args.no_activate, progress=progress_printer()))
             print(json.dumps({"version": version}))
     except KBError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -98,7 +98,7 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
 
 # ---- commands -----------------------------------------------------------------------------------
 def cmd_submit(args: argparse.Namespace) -> int:
-    from gateway.cli import _progress_printer
+    from gateway.progress import progress_printer
 
     path = Path(args.file)
     if not path.is_file():
@@ -127,7 +127,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.no_wait:
         print(json.dumps({"jobs": [j["id"] for j in state["jobs"]], "queries": len(queries)}))
         return 0
-    show = _progress_printer()
+    show = progress_printer()
     while True:
         views = [_call(args, "GET", f"/v1/jobs/{j['id']}?limit=0") for j in state["jobs"]]
         total = sum(v["progress"]["total"] for v in views)
