@@ -31,6 +31,7 @@ import tantivy
 
 from fallback.documents import Chunk
 from fallback.filters import matches
+from fallback.leftovers import owner_tag
 from fallback.text import MAX_TOKEN_CHARS, STOPWORDS
 
 FORMAT = 1
@@ -43,6 +44,7 @@ _MANIFEST = "manifest.json"
 _ENGINE_DIR = "tantivy"
 _WRITER_HEAP_BYTES = 64_000_000
 _PROGRESS_EVERY = 1_000
+BUILD_PREFIX = "rag-bm25-build-"  # + owner tag: a crashed build's directory in the temp dir (see leftovers)
 
 FilterValue = str | int | float | bool
 Filters = Mapping[str, FilterValue | Sequence[FilterValue]]
@@ -155,7 +157,7 @@ class KeywordIndex:
         a private temporary directory until ``save``; it is deleted when this object is collected.
         Raises ``TypeError`` if a chunk's metadata is not JSON-serialisable.
         """
-        tmp = Path(tempfile.mkdtemp(prefix="rag-bm25-build-"))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{BUILD_PREFIX}{owner_tag()}-"))
         path = tmp / _ENGINE_DIR
         path.mkdir()
         try:

@@ -5,6 +5,9 @@ Python objects cost ~140 MB of the gateway's memory (bench: RSS 559 MB at 100k c
 *light* record per chunk stays in memory — id, source, title, doc_id (interned: a document's chunks
 share them), position, metadata — plus the byte offset of its line; a chunk's text is read back from
 the memory-mapped file when the chunk is returned (top-k results only: a few µs each).
+
+A memory map of a file that another process truncates kills the reader with SIGBUS: the gateway
+therefore hands this class a private, unlinked copy (``gateway.kb``), never a path others can write.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import mmap
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -23,15 +26,21 @@ from fallback.documents import Chunk
 class ChunkTable:
     """Read-only, indexable chunk records of one ``chunks.jsonl`` (line i ↔ chunk i ↔ vector i).
 
-    Raises ``OSError`` / ``ValueError`` at construction for an unreadable or malformed file.
+    ``source`` is a path, or an open binary file positioned at its start (the table then owns it and
+    maps it). Raises ``OSError`` / ``ValueError`` at construction for an unreadable or malformed file.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, source: Path | BinaryIO) -> None:
+        if isinstance(source, (str, Path)):
+            self.path = Path(source)
+            fh: BinaryIO = open(self.path, "rb")
+        else:
+            fh = source
+            self.path = Path(getattr(source, "name", "") if isinstance(getattr(source, "name", None), str) else "")
         light: list[Chunk] = []
         offsets: list[int] = []
         pos = 0
-        with open(self.path, "rb") as fh:
+        try:
             for line in fh:
                 if line.strip():
                     rec = json.loads(line)
@@ -42,10 +51,21 @@ class ChunkTable:
                     light.append(Chunk.from_record(rec))
                     offsets.append(pos)
                 pos += len(line)
+            self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if pos else None
+        except BaseException:
+            fh.close()
+            raise
         self._light = light
         self._offsets = np.asarray(offsets, dtype=np.int64)
-        self._fh = open(self.path, "rb")
-        self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ) if pos else None
+        self._fh: BinaryIO | None = fh
+
+    @classmethod
+    def empty(cls) -> "ChunkTable":
+        """A table of no chunks (a KB served from its keyword index alone)."""
+        table = cls.__new__(cls)
+        table.path, table._light, table._fh, table._mm = Path(""), [], None, None
+        table._offsets = np.zeros(0, dtype=np.int64)
+        return table
 
     def __len__(self) -> int:
         return len(self._light)
@@ -71,4 +91,5 @@ class ChunkTable:
     def close(self) -> None:
         if self._mm is not None:
             self._mm.close()
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()

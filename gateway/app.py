@@ -21,7 +21,7 @@ from gateway.config import Settings
 from gateway.cors import setup_cors
 from gateway.jobs import routes as jobs
 from gateway.kb import KBError, KnowledgeBase, load_seed_vectors
-from gateway.kbload import reload_kb
+from gateway.kbload import reload_kb, serve_best
 from gateway.logs import install_server_log_filter, setup_logging
 from gateway.middleware import CHAIN
 from gateway.pipeline import Pipeline
@@ -138,10 +138,11 @@ async def _load_kb(state: AppState) -> None:
         except Exception as exc:  # noqa: BLE001 - the guard degrades each call; start-up goes on
             log.warning("vector store not reachable at start-up; retrieval will degrade",
                         extra={"event": "vector_store_unreachable", "error": repr(exc)})
-        removed = kbs.clean_leftovers()
+        removed = await asyncio.to_thread(kbs.clean_leftovers)
         if removed:
-            log.warning("removed half-built KB versions", extra={"event": "kb_leftovers_removed", "versions": removed})
-        if kbs.active_version() is None and s.kb.auto_ingest_sample and store.serves_kb_versions:
+            log.warning("removed leftovers of crashed KB writes",
+                        extra={"event": "kb_leftovers_removed", "versions": removed})
+        if not kbs.version_names() and s.kb.auto_ingest_sample and store.serves_kb_versions:
             state.startup_stage = "ingesting sample corpus"
             log.info("no KB yet: ingesting the sample corpus", extra={"event": "kb_auto_ingest",
                                                                        "path": str(s.kb.sample_corpus)})
@@ -156,13 +157,15 @@ async def _load_kb(state: AppState) -> None:
         state.startup_stage = "loading the embedder"
         await warm_embedder(state.embedder, log)
         state.startup_stage = "loading KB"
-        await reload_kb(state)
+        # Verification reads every byte of the version: off the event loop.
+        await serve_best(state)
     except Exception as exc:  # noqa: BLE001 - reported on /readyz and /health, never kills the process
         state.kb_error = f"{type(exc).__name__}: {exc}"
         state.startup_stage = "failed"
         log.error("KB load failed", extra={"event": "kb_load_failed", "error": state.kb_error})
-    if not store.serves_kb_versions and state.kb is None and state.kb_error is None:
-        # A Weaviate collection we did not ingest: serve it; the keyword fallback is missing (labelled).
+    if not store.serves_kb_versions and state.kb is None:
+        # A Weaviate collection we did not ingest (or whose local versions are all damaged): serve it;
+        # the keyword fallback is missing (labelled).
         state.ready.set()
         state.startup_stage = "ready (no local KB version: keyword fallback unavailable)"
     state.settled.set()
@@ -197,6 +200,9 @@ async def _poll_kb(state: AppState) -> None:
             continue
         stamp = new
         try:
+            active = state.kb_store.active_version()
+            if state.kb is not None and state.kb.degraded is None and active == state.kb.version:
+                continue  # already serving it (the admin API activated it in this process)
             await reload_kb(state)
         except (KBError, OSError, ValueError) as exc:
             state.kb_error = f"{type(exc).__name__}: {exc}"

@@ -47,6 +47,7 @@ class Component(StrEnum):
     LLM = "llm"
     LLM_FALLBACK = "llm_fallback"
     ANSWER_CACHE = "answer_cache"
+    KB = "kb"  # the served KB version is not (all of) the one ACTIVE names: it was damaged
 
 
 class Reason(StrEnum):
@@ -67,6 +68,8 @@ class Reason(StrEnum):
     STALE_ANSWER = "stale_answer"  # a cached answer past its TTL served after the LLM failed
     MISSING = "missing"            # no keyword index for the active KB version
     DISABLED = "disabled"          # the keyword fallback is switched off in the config
+    FALLBACK_VERSION = "fallback_version"  # the active KB version failed verification: an older one answers
+    KEYWORD_ONLY = "keyword_only"  # no KB version verified: only a keyword index answers
 
 
 def reason_of(value: str | Enum) -> str:

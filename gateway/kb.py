@@ -10,14 +10,23 @@ Layout under ``<data_dir>/kb``::
 
 A version directory is built under ``.tmp-*`` and renamed into ``versions/`` only when complete, so a
 crash mid-ingest leaves the previous version active and usable; leftovers are removed at start-up.
+
+A version is named by its directory (a copied directory is another version, whatever its manifest
+says). The manifest records the size and sha256 of ``chunks.jsonl`` and ``vectors.npy``; loading
+copies both into private, unlinked files while checking them, and serves from the copies (and from a
+checked copy of the keyword index): a version file truncated or rewritten under a running gateway
+cannot reach it (a memory map of a file that shrinks kills the process with SIGBUS).
 """
 from __future__ import annotations
 
 import asyncio
+import errno
+import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,10 +36,11 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
 
 import numpy as np
 
-from fallback.bm25 import KeywordIndex, fsync_dir
+from fallback.bm25 import BUILD_PREFIX, KeywordIndex, fsync_dir
 from fallback.chunking import chunk_document, load_documents
 from fallback.chunktable import ChunkTable
 from fallback.documents import Chunk
+from fallback.leftovers import owner_tag, remove_dead
 
 if TYPE_CHECKING:
     from gateway.upstreams.base import Embedder, VectorStore
@@ -77,6 +87,150 @@ class KBCorrupt(KBError):
     """A version exists but cannot be served (unreadable chunks, vectors that don't match them)."""
 
 
+class KBInvalidName(KBError):
+    """Not a version name: a path, ``.``/``..``, a hidden name, NUL, or over 255 bytes."""
+
+
+class KBStorageError(KBError):
+    """The disk refused a write (full, over quota, read-only); nothing half-written was left behind."""
+
+    def __init__(self, message: str, errno_: int | None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+    @property
+    def no_space(self) -> bool:
+        return self.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+MAX_VERSION_NAME_BYTES = 255  # NAME_MAX of Linux filesystems
+VERSION_FILES = ("chunks.jsonl", "vectors.npy")  # checksummed in the manifest, served from private copies
+SERVING_PREFIX = ".serving-"  # + owner tag: private copies being made (unlinked once open)
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def check_version_name(name: object) -> str:
+    """``name`` if it can only name a directory directly under ``versions/``; else KBInvalidName."""
+    if not isinstance(name, str) or not name:
+        raise KBInvalidName("a version name must be a non-empty string")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise KBInvalidName("a version name must be valid Unicode") from None
+    if size > MAX_VERSION_NAME_BYTES:
+        raise KBInvalidName(f"a version name has at most {MAX_VERSION_NAME_BYTES} bytes (got {size})")
+    if "/" in name or "\\" in name or "\0" in name or name.startswith(".") or name != name.strip():
+        raise KBInvalidName(f"not a version name: {name[:80]!r} (a directory name under versions/, "
+                            "no path, not hidden)")
+    return name
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex}`` of ``path`` (read in 1 MB blocks; call it off the event loop)."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+            n += len(block)
+    return {"bytes": n, "sha256": h.hexdigest()}
+
+
+def _storage_error(exc: OSError, what: str) -> KBError:
+    if exc.errno in _WRITE_ERRNOS:
+        return KBStorageError(f"{what}: {exc.strerror or exc}", exc.errno)
+    return KBError(f"{what}: {exc.strerror or exc}")
+
+
+def _private_copy(src: Path, expect: dict[str, Any] | None, into: Path) -> Any:
+    """An open, unlinked copy of ``src`` (a binary file at offset 0), checked against ``expect``
+    (``bytes`` + ``sha256``) while copying. Nobody else can open it by name, so it cannot shrink
+    under a memory map. Raises KBCorrupt (missing, unreadable or different from the manifest) or
+    KBStorageError (the copy could not be written: nothing is left behind)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=into, prefix=f"{SERVING_PREFIX}{owner_tag()}-")
+    except OSError as exc:
+        raise _storage_error(exc, f"private copy of {src.name}") from exc
+    os.unlink(tmp)
+    try:
+        h = hashlib.sha256()
+        n = 0
+        try:
+            src_fh = open(src, "rb")
+        except OSError as exc:
+            raise KBCorrupt(f"{src.parent.name}/{src.name}: {exc.strerror or exc}") from exc
+        with src_fh:
+            while True:
+                try:
+                    block = src_fh.read(1 << 20)
+                except OSError as exc:
+                    raise KBCorrupt(f"{src.parent.name}/{src.name}: {exc.strerror or exc}") from exc
+                if not block:
+                    break
+                h.update(block)
+                n += len(block)
+                view = memoryview(block)
+                while view:  # unbuffered: a full disk fails here, not later in a close that flushes
+                    try:
+                        view = view[os.write(fd, view):]
+                    except OSError as exc:
+                        raise _storage_error(exc, f"private copy of {src.name}") from exc
+        if expect is not None and (n != expect.get("bytes") or h.hexdigest() != expect.get("sha256")):
+            raise KBCorrupt(f"{src.parent.name}/{src.name} does not match its manifest "
+                            f"({n} bytes, expected {expect.get('bytes')})")
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, data offset) of an open ``.npy`` file; ValueError if malformed."""
+    fh.seek(0)
+    major, _minor = np.lib.format.read_magic(fh)
+    if major == 1:
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif major in (2, 3):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise ValueError(f"unsupported .npy format {major}")
+    return shape, fortran, dtype, fh.tell()
+
+
+def _map_vectors(fh: Any) -> np.ndarray:
+    """The float matrix in an open ``.npy`` private copy, memory-mapped read-only (``fh`` is closed: the
+    map keeps its own handle); ValueError if it is not a 2-D float array of exactly its header's size."""
+    with fh:
+        return _map_open_vectors(fh)
+
+
+def _map_open_vectors(fh: Any) -> np.ndarray:
+    shape, fortran, dtype, offset = _npy_header(fh)
+    if len(shape) != 2 or dtype.hasobject or dtype.kind != "f":
+        raise ValueError(f"vectors.npy holds {dtype} {shape}, not a 2-D float matrix")
+    size = os.fstat(fh.fileno()).st_size
+    expected = offset + int(np.prod(shape)) * dtype.itemsize
+    if size != expected:
+        raise ValueError(f"vectors.npy is {size} bytes, its header says {expected}")
+    if shape[0] == 0 or shape[1] == 0:
+        return np.zeros(shape, dtype=np.float32)
+    return np.memmap(fh, dtype=dtype, mode="r", shape=shape, offset=offset, order="F" if fortran else "C")
+
+
+@dataclass(frozen=True)
+class KBDegraded:
+    """Why the served version is not (all of) the one ACTIVE names: ``reason`` is ``fallback_version``
+    (an older verified version) or ``keyword_only`` (only a keyword index was intact)."""
+
+    reason: str
+    active: str | None  # what ACTIVE names (None: missing or unreadable)
+    error: str  # why the active version could not be served
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "active": self.active, "error": self.error}
+
+
 @dataclass
 class KBVersion:
     """One loaded, immutable KB version. The gateway swaps whole objects, never mutates one."""
@@ -88,6 +242,8 @@ class KBVersion:
     keyword_index: KeywordIndex | None = None
     keyword_error: str | None = None  # why the keyword index is unusable, if it is
     loaded_at: float = field(default_factory=time.time)
+    vectors: np.ndarray | None = None  # rows ↔ chunks, mapped from a private copy (embedded store)
+    degraded: KBDegraded | None = None  # set when this is not the version ACTIVE names
 
     @property
     def created_at(self) -> float:
@@ -130,12 +286,18 @@ def _write_chunks(path: Path, chunks: Sequence[Chunk]) -> None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` via a temp sibling + rename; on any failure (disk full) the temp file is removed and
+    ``path`` is untouched."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -151,7 +313,9 @@ class KnowledgeBase:
 
     # ---- listing / activation -------------------------------------------------------------
     def clean_leftovers(self) -> list[str]:
-        """Remove half-built versions left by a crash (their builder's PID is gone). Returns their names.
+        """Remove what crashed writers left behind: half-built versions (their builder's PID is gone),
+        ``.ACTIVE.*.tmp`` pointers, private copies of dead processes, and keyword-index builds in the
+        temp dir whose process is gone. Returns their names.
 
         A build in progress in another process (an ingest running beside the gateway) is left alone.
         """
@@ -161,31 +325,81 @@ class KnowledgeBase:
                 continue
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp.name)
+        # An ACTIVE temp exists only between its write and its rename (microseconds): one found at
+        # start is a crashed write.
+        for tmp in self.root.glob(f".{self.active_file.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp.name)
+        removed += remove_dead(self.root, SERVING_PREFIX)
+        removed += remove_dead(Path(tempfile.gettempdir()), BUILD_PREFIX)
         return removed
 
-    def list_versions(self) -> list[dict[str, Any]]:
-        """Every complete version, oldest first, with its manifest and whether it is active."""
-        active = self.active_version()
+    def version_dir(self, version: object) -> Path:
+        """The directory of an existing version; KBInvalidName for a name that is not one, KBError when
+        no such version exists (a symlink does not count: a version lives under ``versions/``)."""
+        d = self.versions_dir / check_version_name(version)
+        if d.is_symlink() or not d.is_dir():
+            raise KBError(f"unknown KB version: {version}")
+        return d
+
+    def version_names(self) -> list[str]:
+        """Directory names of every version (complete or not), newest first (manifest ``created_at``,
+        else the directory's mtime)."""
         out = []
-        for d in sorted(self.versions_dir.iterdir()):
-            manifest_path = d / "manifest.json"
-            if not manifest_path.exists():
+        try:
+            entries = list(self.versions_dir.iterdir())
+        except OSError:
+            return []
+        for d in entries:
+            if d.name.startswith(".") or d.is_symlink() or not d.is_dir():
                 continue
             try:
-                manifest = json.loads(manifest_path.read_text())
+                created = float(json.loads((d / "manifest.json").read_text())["created_at"])
+            except (OSError, ValueError, KeyError, TypeError):
+                try:
+                    created = d.stat().st_mtime
+                except OSError:
+                    continue
+            out.append((created, d.name))
+        return [name for _, name in sorted(out, reverse=True)]
+
+    def list_versions(self) -> list[dict[str, Any]]:
+        """Every version with a readable manifest, oldest first, named by its directory, with whether it is
+        active (``manifest_version`` when the manifest names another: a copied directory)."""
+        active = self.active_or_none()
+        out = []
+        for name in reversed(self.version_names()):
+            try:
+                manifest = json.loads((self.versions_dir / name / "manifest.json").read_text())
             except (OSError, ValueError):
                 continue
-            out.append({**manifest, "active": d.name == active})
-        out.sort(key=lambda m: (m.get("created_at", 0), m.get("version", "")))
+            if not isinstance(manifest, dict):
+                continue
+            entry = {**manifest, "version": name, "active": name == active}
+            if manifest.get("version") != name:
+                entry["manifest_version"] = manifest.get("version")
+            out.append(entry)
         return out
 
     def active_version(self) -> str | None:
+        """What ACTIVE names; None when there is no ACTIVE; KBError when it is unreadable or garbage."""
         try:
-            return json.loads(self.active_file.read_text())["version"]
+            version = json.loads(self.active_file.read_text())["version"]
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError) as exc:
-            raise KBError(f"{self.active_file}: unreadable ({exc})") from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KBError(f"ACTIVE pointer unreadable ({type(exc).__name__})") from exc
+        try:
+            return check_version_name(version)
+        except KBInvalidName as exc:
+            raise KBError(f"ACTIVE pointer unreadable ({exc})") from None
+
+    def active_or_none(self) -> str | None:
+        """:meth:`active_version`, with an unreadable ACTIVE read as none."""
+        try:
+            return self.active_version()
+        except KBError:
+            return None
 
     def active_stamp(self) -> float | None:
         """mtime of the ACTIVE pointer, for cheap change polling by a running gateway."""
@@ -194,47 +408,78 @@ class KnowledgeBase:
         except FileNotFoundError:
             return None
 
-    def activate(self, version: str) -> dict[str, Any]:
-        """Point ACTIVE at ``version`` atomically, after checking it loads (chunks readable, one vector per
-        chunk). Raises KBError for an unknown, incomplete or corrupt version; ACTIVE is then unchanged."""
-        d = self.versions_dir / version
-        if not (d / "manifest.json").exists():
-            raise KBError(f"unknown KB version: {version}")
-        self.verify(version)
-        previous = self.active_version()
-        _atomic_write_text(self.active_file, json.dumps(
-            {"version": version, "previous": previous, "activated_at": time.time()}))
+    def activate(self, version: str, *, verified: bool = False) -> dict[str, Any]:
+        """Point ACTIVE at ``version`` atomically, after checking it (sizes and checksums from its
+        manifest; one vector per chunk). ``verified``: the caller has just loaded it (skip the check).
+        Raises KBInvalidName, KBError for an unknown version, KBCorrupt for a damaged one,
+        KBStorageError when ACTIVE cannot be written (disk full); ACTIVE is then unchanged."""
+        if verified:
+            self.version_dir(version)
+        else:
+            self.verify(version)
+        previous = self.active_or_none()
+        try:
+            _atomic_write_text(self.active_file, json.dumps(
+                {"version": version, "previous": previous, "activated_at": time.time()}))
+        except OSError as exc:
+            raise _storage_error(exc, "cannot write ACTIVE") from exc
         log.info("kb activated", extra={"event": "kb_activated", "kb_version": version, "previous": previous})
         return {"version": version, "previous": previous}
 
-    def verify(self, version: str) -> None:
-        """Raise KBError unless ``version``'s chunks parse and its vectors (if any) match them one to one."""
-        d = self.versions_dir / version
+    def _manifest(self, d: Path) -> dict[str, Any]:
         try:
-            table = ChunkTable(d / "chunks.jsonl")
-            n = len(table)
-            table.close()
+            manifest = json.loads((d / "manifest.json").read_text())
+        except FileNotFoundError:
+            raise KBCorrupt(f"KB version {d.name} has no manifest.json") from None
+        except (OSError, ValueError) as exc:
+            raise KBCorrupt(f"KB version {d.name}: unreadable manifest ({type(exc).__name__})") from exc
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+            raise KBCorrupt(f"KB version {d.name}: malformed manifest")
+        return manifest
+
+    def verify(self, version: str) -> None:
+        """Raise unless ``version``'s files match their manifest (size + sha256) and its vectors (if any)
+        match its chunks one to one. Reads every byte: call it off the event loop. Versions written
+        before checksums were recorded are checked by parsing their chunks."""
+        d = self.version_dir(version)
+        manifest = self._manifest(d)
+        files = manifest.get("files") or {}
+        try:
+            for name in VERSION_FILES:
+                if name in files and file_digest(d / name) != {k: files[name].get(k) for k in ("bytes", "sha256")}:
+                    raise KBCorrupt(f"KB version {version} is corrupt: {name} does not match its manifest")
+            if "chunks.jsonl" in files and isinstance(manifest.get("chunk_count"), int):
+                n = manifest["chunk_count"]
+            else:
+                table = ChunkTable(d / "chunks.jsonl")
+                n = len(table)
+                table.close()
             vectors_path = d / "vectors.npy"
             if vectors_path.exists():
-                rows = np.load(vectors_path, mmap_mode="r").shape[0]
+                with open(vectors_path, "rb") as fh:
+                    rows = _npy_header(fh)[0][0]
                 if rows != n:
                     raise KBCorrupt(f"KB version {version} is corrupt: {rows} vectors for {n} chunks")
-        except (OSError, ValueError) as exc:
-            raise KBCorrupt(f"KB version {version} is unreadable: {exc}") from exc
+        except (OSError, ValueError, IndexError) as exc:
+            raise KBCorrupt(f"KB version {version} is unreadable: {type(exc).__name__}: {exc}") from exc
 
-    def rollback(self) -> dict[str, Any]:
-        """Activate the version created before the active one."""
+    def rollback_target(self) -> str:
+        """The version created before the active one; KBError when there is none."""
         versions = [v["version"] for v in self.list_versions()]
-        active = self.active_version()
+        active = self.active_or_none()
         if active not in versions:
             raise KBError("no active version to roll back from")
         idx = versions.index(active)
         if idx == 0:
             raise KBError(f"{active} is the oldest version; nothing to roll back to")
-        return self.activate(versions[idx - 1])
+        return versions[idx - 1]
+
+    def rollback(self) -> dict[str, Any]:
+        """Activate the version created before the active one."""
+        return self.activate(self.rollback_target())
 
     def prune(self) -> list[str]:
-        """Delete the oldest inactive versions beyond ``keep_versions``."""
+        """Delete the oldest inactive versions beyond ``keep_versions`` (by directory name)."""
         versions = self.list_versions()
         removed = []
         excess = len(versions) - self.keep_versions
@@ -250,45 +495,144 @@ class KnowledgeBase:
 
     # ---- loading --------------------------------------------------------------------------
     def load(self, version: str | None = None) -> KBVersion | None:
-        """Load ``version`` (default: the active one). None when there is no active version.
+        """Load ``version`` (default: the active one), verified, from private copies. None when there
+        is no active version. Reads every byte: call it off the event loop.
 
-        A missing or corrupt keyword index does not fail the load: it is reported in
-        ``keyword_error`` so the gateway can label the degradation.
+        Raises KBInvalidName / KBError (unknown), KBCorrupt (a file differs from the manifest, chunks
+        and vectors disagree) or KBStorageError (no room for the private copies). A missing or corrupt
+        keyword index does not fail the load: it is reported in ``keyword_error`` so the gateway can
+        label the degradation.
         """
-        version = version or self.active_version()
+        version = version if version is not None else self.active_version()
         if version is None:
             return None
-        d = self.versions_dir / version
+        d = self.version_dir(version)
+        manifest = self._manifest(d)
+        files = manifest.get("files") or {}
         try:
-            manifest = json.loads((d / "manifest.json").read_text())
-            chunks = ChunkTable(d / "chunks.jsonl")
-        except (OSError, ValueError, TypeError) as exc:
-            raise KBError(f"KB version {version} is unreadable: {exc}") from exc
-        kb = KBVersion(version=version, path=d, manifest=manifest, chunks=chunks)
+            chunks = ChunkTable(_private_copy(d / "chunks.jsonl", files.get("chunks.jsonl"), self.root))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise KBCorrupt(f"KB version {version}: chunks.jsonl unreadable ({type(exc).__name__})") from exc
+        vectors = None
         try:
-            kb.keyword_index = KeywordIndex.load(d / "keyword")
+            count = manifest.get("chunk_count")
+            if isinstance(count, int) and count != len(chunks):
+                raise KBCorrupt(f"KB version {version} is corrupt: {len(chunks)} chunks, manifest says {count}")
+            if "vectors.npy" in files or (d / "vectors.npy").exists():
+                try:
+                    vectors = _map_vectors(_private_copy(d / "vectors.npy", files.get("vectors.npy"), self.root))
+                except (OSError, ValueError) as exc:
+                    raise KBCorrupt(f"KB version {version}: vectors.npy unreadable ({exc})") from exc
+                if vectors.shape[0] != len(chunks):
+                    raise KBCorrupt(f"KB version {version} is corrupt: {vectors.shape[0]} vectors for "
+                                    f"{len(chunks)} chunks")
+        except BaseException:
+            chunks.close()
+            raise
+        kb = KBVersion(version=version, path=d, manifest=manifest, chunks=chunks, vectors=vectors)
+        try:
+            kb.keyword_index = self._load_keyword(d)
+        except KBStorageError:
+            raise
         except Exception as exc:  # typed IndexMissing/IndexCorrupt and anything else: labelled, not fatal
             kb.keyword_error = f"{type(exc).__name__}: {exc}"
             log.warning("keyword index unusable", extra={"event": "keyword_index_unusable",
                                                           "kb_version": version, "error": kb.keyword_error})
         return kb
 
+    def _load_keyword(self, d: Path) -> KeywordIndex:
+        """The keyword index of version dir ``d``, loaded from a checked private copy (tantivy maps its
+        files: the copy is removed once open, which a memory map survives, unlike a truncation)."""
+        src = d / "keyword"
+        if not src.is_dir() or src.is_symlink():
+            return KeywordIndex.load(src)  # raises IndexMissing with the usual message
+        copy = self.root / f"{SERVING_PREFIX}{owner_tag()}-{uuid.uuid4().hex[:8]}"
+        try:
+            try:
+                shutil.copytree(src, copy / "keyword", symlinks=True)
+            except OSError as exc:
+                raise _storage_error(exc, "private copy of the keyword index") from exc
+            except shutil.Error as exc:
+                raise KBCorrupt(f"keyword index of {d.name} unreadable: {exc}") from exc
+            return KeywordIndex.load(copy / "keyword")
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+
+    def load_serving(self) -> KBVersion | None:
+        """What a starting gateway should serve: the active version; else the newest version that
+        verifies (``degraded.reason == "fallback_version"``); else the newest intact keyword index alone
+        (``"keyword_only"``: no chunks, no vectors). None when there is no version and no ACTIVE.
+
+        Raises KBError when versions exist but nothing of them is usable, KBStorageError when the
+        private copies cannot be written (a full disk is not a damaged version).
+        """
+        problems: list[str] = []
+        try:
+            active = self.active_version()
+        except KBError as exc:
+            active = None
+            problems.append(str(exc))
+        names = self.version_names()
+        if active is not None:
+            try:
+                return self.load(active)
+            except KBStorageError:
+                raise
+            except KBError as exc:
+                problems.append(str(exc))
+        elif not names and not problems:
+            return None
+        elif not problems:
+            problems.append("no ACTIVE pointer")
+        for name in names:
+            if name == active:
+                continue
+            try:
+                kb = self.load(name)
+            except KBStorageError:
+                raise
+            except KBError as exc:
+                problems.append(str(exc))
+                continue
+            kb.degraded = KBDegraded("fallback_version", active, "; ".join(problems))
+            return kb
+        for name in ([active] if active in names else []) + [n for n in names if n != active]:
+            d = self.versions_dir / name
+            try:
+                index = self._load_keyword(d)
+            except KBStorageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - typed index errors and anything else: try the next
+                problems.append(f"{name} keyword index: {exc}")
+                continue
+            try:
+                manifest = self._manifest(d)
+            except KBCorrupt:
+                manifest = {"created_at": index.built_at}
+            return KBVersion(version=name, path=d, manifest=manifest, chunks=ChunkTable.empty(),
+                             keyword_index=index,
+                             degraded=KBDegraded("keyword_only", active, "; ".join(problems)))
+        raise KBError("no usable KB version: " + "; ".join(problems))
+
     def cached_vectors(self, embedder_name: str, dim: int | None) -> dict[str, np.ndarray]:
         """Vectors of the active version by chunk id, if made by the same embedder (re-ingest cache)."""
-        kb_version = self.active_version()
+        kb_version = self.active_or_none()
         if kb_version is None:
             return {}
         d = self.versions_dir / kb_version
         try:
             made_by = json.loads((d / "manifest.json").read_text()).get("embedder") or {}
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             return {}
         if made_by.get("name") != embedder_name or (dim and made_by.get("dim") not in (None, dim)):
             return {}
         try:
-            vectors = np.load(d / "vectors.npy", mmap_mode="r")
+            # Read, not mapped: a file truncated meanwhile is a short read (ValueError), never a SIGBUS.
+            vectors = np.load(d / "vectors.npy")
             ids = [json.loads(line)["id"] for line in (d / "chunks.jsonl").read_text().splitlines() if line]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return {}
+        if vectors.ndim != 2:
             return {}
         if len(ids) != vectors.shape[0]:
             return {}
@@ -385,11 +729,14 @@ class KnowledgeBase:
             index = await asyncio.to_thread(KeywordIndex.build, chunks)
             await asyncio.to_thread(index.save, tmp / "keyword")
             progress("keyword_index", len(chunks), len(chunks))
+            files = {name: await asyncio.to_thread(file_digest, tmp / name)
+                     for name in VERSION_FILES if (tmp / name).exists()}
             manifest = {
                 "version": version, "label": label, "created_at": time.time(),
                 "chunk_count": len(chunks), "document_count": len({c.source for c in chunks}),
                 "embedder": None if embedder is None else {"name": embedder_id(embedder), "dim": embedder.dim},
-                "reused_vectors": reused, "parent": self.active_version(), **(extra or {}),
+                "reused_vectors": reused, "parent": self.active_or_none(), **(extra or {}),
+                "files": files,
             }
             _atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))
             (tmp / BUILDER_FILE).unlink()

@@ -135,6 +135,10 @@ class Pipeline:
     # ---- retrieval ------------------------------------------------------------------------
     async def retrieve(self, req: QueryRequest, deadline: Deadline, trace: Trace) -> list[Chunk]:
         """Vector search under guards; on any DependencyUnavailable, the local keyword index."""
+        kb = self._kb()
+        if kb is not None and kb.degraded is not None:  # not the version ACTIVE names (damaged): say so
+            trace.degrade(contract.Component.KB, kb.degraded.reason, kb_version=kb.version)
+            self.telemetry.degradation(contract.Component.KB, kb.degraded.reason)
         with trace.timed("retrieve"):
             if self.keyword_only:
                 trace.keyword_only = True

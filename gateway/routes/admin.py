@@ -11,12 +11,13 @@
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 
 from aiohttp import web
 
 from gateway.errors import APIError
-from gateway.kb import KBCorrupt, KBError
+from gateway.kb import KBCorrupt, KBError, KBInvalidName, KBStorageError, check_version_name
 from gateway.kbload import reload_kb
 from gateway.retrieval import ModelMismatch, check_version_servable
 from gateway.state import STATE, AppState
@@ -69,7 +70,30 @@ async def breaker_action(request: web.Request) -> web.Response:
 
 async def kb_versions(request: web.Request) -> web.Response:
     state = _check_admin(request)
-    return web.json_response({"active": state.kb_store.active_version(), "versions": state.kb_store.list_versions()})
+    return web.json_response({"active": state.kb_store.active_or_none(), "versions": state.kb_store.list_versions()})
+
+
+async def _switch_to(state: AppState, version: str, field: str | None) -> web.Response:
+    """Load ``version`` (verified private copies, off the event loop), point ACTIVE at it, serve it.
+
+    Unknown → 404, damaged or another model's vectors → 409, disk full → 507 (other write failures 503);
+    in every failure ACTIVE and the served version are unchanged and nothing half-written is left."""
+    kbs = state.kb_store
+    try:
+        check_version_servable(kbs, version, state.settings, state.embedder)
+        kb = await asyncio.to_thread(kbs.load, version)
+        result = await asyncio.to_thread(kbs.activate, version, verified=True)
+    except KBStorageError as exc:
+        if exc.no_space:
+            raise APIError(507, "insufficient_storage", f"{exc} (free disk space and retry)",
+                           headers={"Retry-After": "60"}) from None
+        raise APIError(503, "storage_error", str(exc), headers={"Retry-After": "60"}) from None
+    except (KBCorrupt, ModelMismatch) as exc:
+        raise APIError(409, "conflict", str(exc), field=field) from None
+    except KBError as exc:
+        raise APIError(404, "not_found", str(exc), field=field) from None
+    await reload_kb(state, kb)
+    return web.json_response(result)
 
 
 async def kb_activate(request: web.Request) -> web.Response:
@@ -78,28 +102,20 @@ async def kb_activate(request: web.Request) -> web.Response:
     state = _check_admin(request)
     data = await read_json(request)
     version = data.get("version") if isinstance(data, dict) else None
-    if not isinstance(version, str) or not version:
-        raise APIError(422, "invalid_value", "version must be a non-empty string", field="version")
     try:
-        check_version_servable(state.kb_store, version, state.settings, state.embedder)
-        result = state.kb_store.activate(version)
-    except (KBCorrupt, ModelMismatch) as exc:
-        raise APIError(409, "conflict", str(exc), field="version") from None
-    except KBError as exc:
-        raise APIError(404, "not_found", str(exc), field="version") from None
-    await reload_kb(state)
-    return web.json_response(result)
+        check_version_name(version)
+    except KBInvalidName as exc:
+        raise APIError(422, "invalid_value", f"version: {exc}", field="version") from None
+    return await _switch_to(state, version, "version")
 
 
 async def kb_rollback(request: web.Request) -> web.Response:
-
     state = _check_admin(request)
     try:
-        result = state.kb_store.rollback()
+        target = state.kb_store.rollback_target()
     except KBError as exc:
         raise APIError(409, "conflict", str(exc)) from None
-    await reload_kb(state)
-    return web.json_response(result)
+    return await _switch_to(state, target, None)
 
 
 async def faults_show(request: web.Request) -> web.Response:

@@ -47,7 +47,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def health_report(state: AppState) -> dict[str, Any]:
-    """Every component's status; ``status`` is ok | degraded | starting."""
+    """Every component's status; ``status`` is ok | degraded | starting | unavailable (start-up
+    finished with nothing to serve; the endpoint then answers 503)."""
     s = state.settings
     kb = state.kb
     now = time.time()
@@ -65,9 +66,13 @@ def health_report(state: AppState) -> dict[str, Any]:
                        error=kb.keyword_error, size=getattr(idx, "size", None) if idx else None,
                        age_s=round(now - kb.created_at, 1))
     components["keyword_index"] = keyword
-    components["kb"] = {"version": kb.version if kb else None, "chunks": len(kb.chunks) if kb else 0,
-                        "created_at": kb.created_at if kb else None,
-                        "age_s": round(now - kb.created_at, 1) if kb else None, "error": state.kb_error}
+    # status: ok | fallback_version (an older verified version) | keyword_only | unavailable | starting
+    kb_status = ("starting" if not state.settled.is_set() else "unavailable") if kb is None else \
+        (kb.degraded.reason if kb.degraded is not None else "ok")
+    components["kb"] = {"status": kb_status, "version": kb.version if kb else None,
+                        "chunks": len(kb.chunks) if kb else 0, "created_at": kb.created_at if kb else None,
+                        "age_s": round(now - kb.created_at, 1) if kb else None, "error": state.kb_error,
+                        "fallback": kb.degraded.as_dict() if kb is not None and kb.degraded is not None else None}
     cache = state.cache
     components["answer_cache"] = {"enabled": cache is not None, **(cache.snapshot() if cache is not None else {})}
     limiter = state.rate_limiter
@@ -83,6 +88,10 @@ def health_report(state: AppState) -> dict[str, Any]:
         state_name = (g.get("breaker") or {}).get("state") if isinstance(g.get("breaker"), dict) else g.get("state")
         if state_name not in (None, "closed"):
             degraded.append(f"{name}:{state_name}")
+    if kb is not None and kb.degraded is not None:
+        degraded.append(f"kb:{kb.degraded.reason}")
+    if kb is not None and state.kb_error:
+        degraded.append("kb:error")  # a reload or sync failed: serving an older version than intended
     if kb is not None and kb.keyword_index is None:
         degraded.append("keyword_index:unavailable")
     if cache is not None and getattr(cache, "healthy", True) is False:
@@ -93,7 +102,11 @@ def health_report(state: AppState) -> dict[str, Any]:
         degraded.append("shared_state:degraded")
     if components["rate_limit"].get("status") == "degraded":
         degraded.append("rate_limit:degraded")
-    status = "starting" if not state.ready.is_set() else ("degraded" if degraded else "ok")
+    if not state.ready.is_set():
+        # Start-up over and nothing servable: say so (a failed start is not "starting" forever).
+        status = "unavailable" if state.settled.is_set() else "starting"
+    else:
+        status = "degraded" if degraded else "ok"
     return {"status": status, "retrieval": retrieval_mode(s, state.embedder),
             "degraded_components": degraded, "components": components,
             "uptime_s": round(time.monotonic() - state.started_at, 1) if state.started_at else 0.0,
@@ -101,7 +114,8 @@ def health_report(state: AppState) -> dict[str, Any]:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response(_for_caller(request, health_report(request.app[STATE])))
+    report = health_report(request.app[STATE])
+    return web.json_response(_for_caller(request, report), status=503 if report["status"] == "unavailable" else 200)
 
 
 def setup(app: web.Application) -> None:

@@ -51,9 +51,11 @@ class VectorStore(Protocol):
         """Open connections and check the store is live (idempotent; nothing to do in-process).
         Raises UpstreamError or TimeoutError."""
 
-    def load(self, version: str, version_dir: Path, chunks: ChunkTable) -> None:
-        """Serve KB version ``version`` (its files under ``version_dir``); a no-op unless
-        ``serves_kb_versions``. Raises ValueError when the version's vectors don't fit its chunks."""
+    def load(self, version: str, version_dir: Path, chunks: ChunkTable, vectors: np.ndarray | None = None,
+             *, unavailable: str | None = None) -> None:
+        """Serve KB version ``version``: ``vectors`` as loaded (verified, private copy) by ``gateway.kb``;
+        ``unavailable`` says why there are none to serve (searches then raise UpstreamError). A no-op
+        unless ``serves_kb_versions``. Raises ValueError when the vectors don't fit the chunks."""
 
     async def search(self, vector: np.ndarray | None, top_k: int, *, query_text: str | None = None,
                      filters: dict[str, Any] | None = None) -> list[Chunk]:

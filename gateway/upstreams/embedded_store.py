@@ -15,6 +15,7 @@ import numpy as np
 from fallback.chunktable import ChunkTable
 from fallback.documents import Chunk
 from fallback.filters import matches
+from resilience.errors import UpstreamError
 
 
 class EmbeddedStore:
@@ -26,22 +27,35 @@ class EmbeddedStore:
     def __init__(self) -> None:
         self._state: tuple[np.ndarray, ChunkTable] | None = None
         self.version: str | None = None
+        self.unavailable: str | None = None
 
     async def connect(self) -> None:
         """Nothing to open: the vectors are files in the data dir."""
 
-    def load(self, version: str, version_dir: Path, chunks: ChunkTable) -> None:
-        """Swap in a KB version: one assignment, so a concurrent search sees the old or the new pair."""
-        path = version_dir / "vectors.npy"
-        vectors = np.load(path, mmap_mode="r") if path.exists() else np.zeros((0, 0), np.float32)
+    def load(self, version: str, version_dir: Path, chunks: ChunkTable, vectors: np.ndarray | None = None,
+             *, unavailable: str | None = None) -> None:
+        """Swap in a KB version: one assignment, so a concurrent search sees the old or the new pair.
+
+        ``vectors``: the version's matrix as loaded by ``gateway.kb`` (a private copy; mapping
+        ``version_dir`` itself is only for callers that own the directory). ``unavailable``: why there
+        are no vectors to serve (a KB served from its keyword index alone): searches then raise.
+        """
+        if unavailable is not None:
+            self._state, self.version, self.unavailable = None, version, unavailable
+            return
+        if vectors is None:
+            path = version_dir / "vectors.npy"
+            vectors = np.load(path, mmap_mode="r") if path.exists() else np.zeros((0, 0), np.float32)
         if vectors.shape[0] != len(chunks):
-            raise ValueError(f"{path}: {vectors.shape[0]} vectors for {len(chunks)} chunks")
-        self._state, self.version = (vectors, chunks), version
+            raise ValueError(f"{version}: {vectors.shape[0]} vectors for {len(chunks)} chunks")
+        self._state, self.version, self.unavailable = (vectors, chunks), version, None
 
     async def search(self, vector: np.ndarray | None, top_k: int, *, query_text: str | None = None,
                      filters: dict[str, Any] | None = None) -> list[Chunk]:
         if vector is None:
             raise ValueError("the embedded store needs a query vector (embedder backend 'none' is for Weaviate)")
+        if self.unavailable is not None:
+            raise UpstreamError(f"no verified vectors to search: {self.unavailable}", retryable=False)
         if self._state is None or len(self._state[1]) == 0:
             return []
         vectors, chunks = self._state

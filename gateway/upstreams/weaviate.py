@@ -257,7 +257,8 @@ class WeaviateStore:
                         "(1,2,4…32 s); calls are bounded by the guard deadline only")
         return client
 
-    def load(self, version: str, version_dir: Path, chunks: ChunkTable) -> None:
+    def load(self, version: str, version_dir: Path, chunks: ChunkTable, vectors: np.ndarray | None = None,
+             *, unavailable: str | None = None) -> None:
         """Nothing to load: searches go to the collection, whatever the local KB version."""
 
     async def close(self) -> None:
