@@ -26,10 +26,8 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 # ---- commands -------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from gateway.app import create_app
-
+    from gateway.shutdown import serve
     from gateway.workers import WorkerContext, supervise
 
     settings = _settings(args, **{"server.host": args.host, "server.port": args.port})
@@ -46,11 +44,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"rag-sidecar serving on http://{settings.server.host}:{settings.server.port} "
           f"(llm={settings.llm.effective_backend}, vector_store={settings.vector_store.backend}, "
           f"embedder={settings.embedder.backend}, data_dir={settings.server.data_dir})", file=sys.stderr, flush=True)
-    # aiohttp ≥ 3.9 no longer cancels a handler whose client went away (handler_cancellation defaults to
-    # False): without this, a disconnected client's upstream calls would run on to their timeouts.
-    web.run_app(app, host=settings.server.host, port=settings.server.port, print=None,
-                shutdown_timeout=settings.server.shutdown_grace_s, access_log=None, handler_cancellation=True,
-                **(worker.site_options() if worker is not None else {}))
+    # Own serve loop, not web.run_app: the grace is honoured exactly and cut requests are 503s (shutdown.py).
+    asyncio.run(serve(app, settings.server.host, settings.server.port, settings.server.shutdown_grace_s,
+                      **(worker.site_options() if worker is not None else {})))
     return 0
 
 

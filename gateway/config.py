@@ -39,7 +39,9 @@ class ServerConfig(_Section):
     request_timeout_s: float = Field(10.0, gt=0, description="default per-request budget")
     max_request_timeout_s: float = Field(60.0, gt=0, description="cap on X-Request-Timeout")
     fallback_reserve_s: float = Field(0.25, ge=0, description="budget kept back for the fallback path")
-    shutdown_grace_s: float = Field(10.0, ge=0, description="in-flight requests get this long on SIGTERM")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM/SIGINT the listener closes at once and "
+                                    "in-flight requests get exactly this long; those still running are "
+                                    "answered and logged as 503")
     header_timeout_s: float = Field(10.0, gt=0, description=(
         "a new connection must send its request headers within this (slow-header clients are closed)"))
     max_connections: int = Field(1000, ge=1, description=(

@@ -1,6 +1,6 @@
 """The middleware chain, in the order a request meets it (like Envoy's filter chain):
 
-    request_id → access_log → errors → auth → rate_limit → deadline → handler
+    request_id → access_log → drain → errors → auth → rate_limit → deadline → handler
 
 Body size/type/validation happen in the handlers (they know the schema); everything here is
 route-agnostic and does one thing each.
@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.cors import is_preflight
 from gateway.errors import APIError, error_response
 from gateway.logs import request_id_var
+from gateway.shutdown import drain
 from gateway.telemetry import request_retries
 from gateway.upstreams.fair import current_client
 from gateway.state import (ANSWER_TEXT, CLIENT_ID, DEADLINE, QUERY_TEXT, REQUEST_ID, STARTED_RESPONSE, STATE,
@@ -86,7 +87,9 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         status = exc.status
         raise
     except asyncio.CancelledError:
-        status = 499  # the client went away (nginx's convention): not a server error, not a 5xx alert
+        # The client went away (nginx's 499: not a server error, not a 5xx alert) — unless the shutdown
+        # grace ran out: that cut is ours, a 503.
+        status = 503 if state.drain.was_cut(asyncio.current_task()) else 499
         raise
     finally:
         request_retries.reset(retries_token)
@@ -256,4 +259,4 @@ async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse
     return await handler(request)
 
 
-CHAIN = [request_id, access_log, errors, auth, rate_limit, deadline]
+CHAIN = [request_id, access_log, drain, errors, auth, rate_limit, deadline]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
 
+from gateway.drain import Drain
 from gateway.tracing import NOOP, Tracer
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class AppState:
     tracer: Tracer = NOOP
     clock: Callable[[], float] = time.monotonic  # monotonic seconds for guards and the rate limiter
     worker: dict[str, Any] | None = None  # {index, count, pid} under `serve --workers N`
+    drain: Drain = field(default_factory=Drain)  # in-flight requests and the shutdown sequence
 
 
 STATE: web.AppKey[AppState] = web.AppKey("rag_sidecar_state", AppState)
