@@ -58,9 +58,27 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return 2
     from gateway.ingest import ingest
 
-    result = asyncio.run(ingest(settings, [Path(p) for p in args.paths], activate=not args.no_activate,
-                                label=args.label or "", progress=progress_printer()))
-    print(json.dumps(result.as_dict()))
+    from gateway.quality import QualityGateFailed
+
+    if args.golden and not Path(args.golden).is_file():
+        print(f"error: --golden: no such file: {args.golden}", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(ingest(settings, [Path(p) for p in args.paths], activate=not args.no_activate,
+                                    label=args.label or "", progress=progress_printer(),
+                                    golden=Path(args.golden) if args.golden else None, min_mrr=args.min_mrr,
+                                    max_mrr_drop=args.max_mrr_drop))
+    except QualityGateFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print(json.dumps({"version": exc.version, "activated": False, "evaluation": exc.evaluation}))
+        return 1
+    out = result.as_dict()
+    if args.golden:
+        from gateway.ingest import open_kb
+
+        out["evaluation"] = next(v for v in open_kb(settings).list_versions()
+                                 if v["version"] == result.version).get("evaluation")
+    print(json.dumps(out))
     return 0
 
 
@@ -165,8 +183,12 @@ def cmd_kb(args: argparse.Namespace) -> int:
         if args.kb_cmd == "list":
             for v in kb.list_versions():
                 mark = "*" if v["active"] else " "
+                ev = v.get("evaluation") or {}
+                quality = (f"  mrr={ev['normal']['mrr']:.3f} (keyword {ev['keyword_fallback']['mrr']:.3f}, "
+                           f"{ev['golden']})" if ev else "")
                 print(f"{mark} {v['version']}  chunks={v['chunk_count']:<6} docs={v['document_count']:<4} "
-                      f"created={time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(v['created_at']))}  {v.get('label', '')}")
+                      f"created={time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(v['created_at']))}  "
+                      f"{v.get('label', '')}{quality}")
         elif args.kb_cmd == "activate":
             print(json.dumps(kb.activate(args.version)))
         elif args.kb_cmd == "rollback":
@@ -215,6 +237,11 @@ def build_parser(*commands: Register) -> argparse.ArgumentParser:
     s.add_argument("paths", nargs="+", help="files or directories")
     s.add_argument("--no-activate", action="store_true", help="build the version but keep the current one active")
     s.add_argument("--label", help="free text stored in the version's manifest")
+    s.add_argument("--golden", help="golden set (JSON lines): evaluate the new version before activating it")
+    s.add_argument("--min-mrr", type=float, help="with --golden: refuse activation below this MRR")
+    s.add_argument("--max-mrr-drop", type=float, default=0.02,
+                   help="with --golden: refuse activation when MRR drops more than this below the active "
+                        "version's on the same golden file (default 0.02)")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("query", help="ask a question (in-process, or against --url)")

@@ -47,11 +47,13 @@ def open_kb(settings: Settings) -> KnowledgeBase:
 
 
 async def ingest(settings: Settings, paths: Sequence[Path], *, activate: bool = True, label: str = "",
-                 progress: Progress | None = None) -> IngestResult:
+                 progress: Progress | None = None, golden: Path | None = None, min_mrr: float | None = None,
+                 max_mrr_drop: float = 0.02) -> IngestResult:
     """Chunk and embed ``paths`` (files or directories) into a new KB version; with the Weaviate
     backend the chunks are also upserted into its collection. Raises :class:`KBError` (nothing to
     ingest), :class:`resilience.UpstreamError` (an upstream failed); the active version is unchanged
-    unless everything succeeded."""
+    unless everything succeeded. With ``golden``, the version is evaluated before activation and
+    :class:`gateway.quality.QualityGateFailed` is raised on a regression (see :mod:`gateway.quality`)."""
     from gateway.upstreams.factory import build_embedder, build_store
 
     from gateway.upstreams.base import IngestTarget
@@ -61,6 +63,9 @@ async def ingest(settings: Settings, paths: Sequence[Path], *, activate: bool = 
     store = build_store(settings)
     upsert = None
     try:
+        if golden is not None and isinstance(store, IngestTarget):
+            raise KBError("--golden gates versions of the embedded store; an external store's collection is "
+                          "written during ingest, so there is no old version to keep active")
         if isinstance(store, IngestTarget):
             await store.connect()
             await store.ensure_collection(vectorizer=embedder is None)  # no embedder: the store embeds
@@ -68,7 +73,17 @@ async def ingest(settings: Settings, paths: Sequence[Path], *, activate: bool = 
         t0 = time.perf_counter()
         version = await kb.ingest(list(paths), embedder=embedder, chunk_chars=settings.kb.chunk_chars,
                                   overlap=settings.kb.chunk_overlap, batch_size=settings.embedder.batch_size,
-                                  activate=activate, upsert=upsert, progress=progress, label=label)
+                                  activate=activate and golden is None, upsert=upsert, progress=progress,
+                                  label=label)
+        if golden is not None:
+            from gateway.quality import evaluate_version, gate, store_evaluation
+
+            evaluation = await evaluate_version(kb, version, golden, settings, embedder)
+            store_evaluation(kb, version, evaluation)
+            gate(kb, version, evaluation, min_mrr=min_mrr, max_drop=max_mrr_drop)
+            if activate:
+                kb.activate(version)
+                await asyncio.to_thread(kb.prune)
         manifest = next(v for v in kb.list_versions() if v["version"] == version)
         return IngestResult(version=version, activated=activate, chunks=manifest["chunk_count"],
                             documents=manifest["document_count"], reused_vectors=manifest["reused_vectors"],

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.quality import evaluation_summary
 from gateway.retrieval import retrieval_mode
 from gateway.routes.admin import presents_admin_token
 from gateway.state import STATE, AppState
@@ -72,7 +73,8 @@ def health_report(state: AppState) -> dict[str, Any]:
     components["kb"] = {"status": kb_status, "version": kb.version if kb else None,
                         "chunks": len(kb.chunks) if kb else 0, "created_at": kb.created_at if kb else None,
                         "age_s": round(now - kb.created_at, 1) if kb else None, "error": state.kb_error,
-                        "fallback": kb.degraded.as_dict() if kb is not None and kb.degraded is not None else None}
+                        "fallback": kb.degraded.as_dict() if kb is not None and kb.degraded is not None else None,
+                        "evaluation": evaluation_summary(kb.manifest) if kb else None}
     cache = state.cache
     components["answer_cache"] = {"enabled": cache is not None, **(cache.snapshot() if cache is not None else {})}
     limiter = state.rate_limiter
