@@ -5,6 +5,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gateway.extras import require
+
 WARNING = ("Absolute figures vary with the machine and with whatever else runs on it; compare the ratios "
            "measured in the same run (gateway vs floor, fallback vs direct), not numbers across machines.")
 
@@ -400,13 +402,10 @@ def markdown(results: dict[str, Any]) -> str:
 # --- plots ---------------------------------------------------------------------------------------
 
 def plots(results: dict[str, Any], out_dir: Path) -> list[str]:
-    """Write the PNGs; returns their file names (none if matplotlib is missing)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
+    """Write the PNGs; returns their file names. Raises :class:`gateway.extras.MissingExtra` without matplotlib."""
+    matplotlib = require("matplotlib", extra="bench", purpose="the benchmark plots")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     written = []
     sections = results["sections"]
     ov = sections.get("overhead")

@@ -59,6 +59,21 @@ def _dump_tasks() -> None:
 
 
 # ---- run ----------------------------------------------------------------------------------------
+def _missing_extras(args: argparse.Namespace) -> str:
+    """Why the drill could not finish, said before it starts (the PNG is drawn at the end)."""
+    from gateway.extras import MissingExtra, require
+
+    needs = [] if args.no_png else [("matplotlib", "timeline.png")]
+    if args.local:
+        needs.append(("grpc_health", "the local stack's Weaviate stand-in"))
+    for module, purpose in needs:
+        try:
+            require(module, extra="chaos", purpose=purpose)
+        except MissingExtra as exc:
+            return str(exc) + (" (or pass --no-png)" if module == "matplotlib" else "")
+    return ""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     names = [str(p) for p in all_scenarios()] if args.all else list(args.scenarios)
     if not names:
@@ -70,6 +85,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.local and (args.target or args.toxiproxy or args.stub):
         _say("chaos run: --local brings up its own gateway, fault proxy and stand-ins; "
              "drop --target/--toxiproxy/--stub")
+        return 2
+    missing = _missing_extras(args)
+    if missing:
+        _say(f"chaos run: {missing}")
         return 2
     out = Path(args.out) if args.out else Path("drills") / time.strftime("%Y%m%dT%H%M%S")
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.contract import Mode
+from gateway.extras import require
 
 VERDICT_BADGE = {"pass": "PASS ✅", "deviated": "DEVIATED ❌", "failed": "FAILED ❌", "aborted": "ABORTED ⚠️"}
 MODE_COLORS = {Mode.FULL: "#2e7d32", Mode.CACHED: "#1565c0", Mode.KEYWORD_FALLBACK: "#f9a825",
@@ -157,7 +158,8 @@ def render_summary(summary: dict[str, Any], out_dir: Path | None = None) -> str:
 
 def plot_timeline(journal: dict[str, Any], path: Path) -> None:
     """timeline.png: latency p50/p99, availability, mode mix and breaker states per second, with the
-    fault windows shaded."""
+    fault windows shaded. Raises :class:`gateway.extras.MissingExtra` without matplotlib."""
+    require("matplotlib", extra="chaos", purpose="the drill timeline (timeline.png)")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch

@@ -7,11 +7,10 @@ import json
 
 import grpc
 from aiohttp import web
-from grpc_health.v1 import health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 from weaviate.proto.v1 import weaviate_pb2_grpc
 
 from chaos.stubs.httpfaults import FaultInjector, serve_until_signalled
+from gateway.extras import require
 from chaos.stubs.weaviate.core import _rest_error_body
 from chaos.stubs.weaviate.grpc_api import GrpcHalf, _Servicer
 from chaos.stubs.weaviate.rest_api import RestHalf
@@ -45,6 +44,11 @@ class FakeWeaviate(RestHalf, GrpcHalf):
             ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_SIZE),
         ])
         weaviate_pb2_grpc.add_WeaviateServicer_to_server(_Servicer(self), server)
+        # The client's is_live() and connect-time ping use grpc.health.v1 (grpcio-health-checking: [chaos] extra).
+        require("grpc_health", extra="chaos", purpose="the Weaviate stand-in")
+        from grpc_health.v1 import health_pb2_grpc
+        from grpc_health.v1.health import aio as health_aio
+
         health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), server)
         self.grpc_port = server.add_insecure_port(f"{host}:{grpc_port}")
         await server.start()
