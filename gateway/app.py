@@ -192,7 +192,9 @@ async def _sync_kb_periodically(state: AppState) -> None:
 
 async def _poll_kb(state: AppState) -> None:
     """Swap in a newly activated version (CLI ingest/activate/rollback) without a restart."""
-    stamp = state.kb_store.active_stamp()
+    # Nothing loaded yet: any ACTIVE is news (another process — a second worker's first-run ingest —
+    # may have written it between our failed load and this line; its stamp must not count as seen).
+    stamp = state.kb_store.active_stamp() if state.kb is not None else None
     while True:
         await asyncio.sleep(KB_POLL_S)
         new = state.kb_store.active_stamp()

@@ -183,3 +183,23 @@ async def test_sighup_reloads_every_worker_while_serving(served):
     print(f"\nrolling reload: {took:.1f} s, {answered} probes answered, {failures} failed")
     assert failures == 0
     assert served.proc.poll() is None
+
+
+async def test_first_run_one_worker_ingests_and_every_worker_serves_it(tmp_path, fake_anthropic):
+    port = free_port()
+    env = {**os.environ, "RAG_SIDECAR__SERVER__DATA_DIR": str(tmp_path / "fresh"),
+           "RAG_SIDECAR__SERVER__PORT": str(port), "RAG_SIDECAR__KB__SAMPLE_CORPUS": str(TINY_CORPUS),
+           "RAG_SIDECAR__KB__CHUNK_CHARS": "400", "RAG_SIDECAR__KB__CHUNK_OVERLAP": "80",
+           "RAG_SIDECAR__TELEMETRY__STATSD_ENABLED": "false", "RAG_SIDECAR__LOGGING__LEVEL": "WARNING"}
+    env.pop("RAG_SIDECAR_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--workers", "2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    s = Served(proc, f"http://127.0.0.1:{port}", env)
+    try:
+        seen = await s.per_worker("/readyz", timeout_s=90)
+        assert len({b["kb_version"] for b in seen.values()}) == 1
+        versions = [p.name for p in (tmp_path / "fresh" / "kb" / "versions").iterdir()]
+        assert len(versions) == 1, versions  # one first-run ingest, not one per worker
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
