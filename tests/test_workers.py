@@ -203,3 +203,22 @@ async def test_first_run_one_worker_ingests_and_every_worker_serves_it(tmp_path,
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_each_worker_tags_its_dogstatsd_stream(monkeypatch, tmp_path):
+    """One agent, N senders: counts and distributions add up across workers; gauges stay apart by `worker`."""
+    from gateway.config import TelemetryConfig
+    from gateway.telemetry.statsd import make_statsd
+    from gateway.workers import Supervisor
+
+    monkeypatch.setenv("DATADOG_TAGS", "team:rag,worker:stale")
+    sup = Supervisor(count=2, host="127.0.0.1", port=0, config=None, grace_s=1.0)
+    try:
+        env = sup._env(1)
+    finally:
+        sup.run_dir.rmdir()
+    assert env["DATADOG_TAGS"] == "team:rag,worker:1" and env["RAG_SIDECAR_WORKER"] == "1/2"
+    assert env["RAG_SIDECAR__KB__AUTO_INGEST_SAMPLE"] == "false" and "RAG_SIDECAR__KB__AUTO_INGEST_SAMPLE" not in sup._env(0)
+    monkeypatch.setenv("DATADOG_TAGS", env["DATADOG_TAGS"])
+    statsd = make_statsd(TelemetryConfig())
+    assert "worker:1" in statsd.constant_tags and "team:rag" in statsd.constant_tags
