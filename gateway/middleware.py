@@ -15,7 +15,7 @@ import logging
 import re
 import time
 import uuid
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -58,6 +58,19 @@ async def request_id(request: web.Request, handler: Handler) -> web.StreamRespon
     return resp
 
 
+def told_mode(resp: web.StreamResponse | None, trace: Any) -> tuple[str | None, bool]:
+    """(mode, degraded) as the client was told: the ``X-RAG-Mode``/``X-RAG-Degraded`` headers when the
+    response has them (JSON answers, the 503 of an exhausted ladder, /v1/messages), else the trace (an
+    SSE answer's contract travels in its ``done`` event); (None, False) when no pipeline ran. Metrics and
+    the access log use this, so a 503 is ``unavailable`` there exactly as in its body."""
+    header = resp.headers.get("X-RAG-Mode") if resp is not None else None
+    if header:
+        return header, resp.headers.get("X-RAG-Degraded") == "true"  # type: ignore[union-attr]
+    if trace is not None:
+        return trace.mode, bool(trace.degraded)
+    return None, False
+
+
 @web.middleware
 async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One JSON line per request with every decision the pipeline took (see Trace)."""
@@ -68,6 +81,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
     retries: dict[str, int] = {}
     retries_token = request_retries.set(retries)
     status = 500
+    resp: web.StreamResponse | None = None
     span = state.tracer.span("rag.request", **{"http.route": route, "http.method": request.method,
                                                 "rag.request_id": request.get(REQUEST_ID)})
     try:
@@ -95,8 +109,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         request_retries.reset(retries_token)
         ms = (time.perf_counter() - t0) * 1e3
         trace = request.get(TRACE)
-        mode = trace.mode if trace is not None else None
-        degraded = bool(trace and trace.degraded)
+        mode, degraded = told_mode(resp, trace)
         state.telemetry.request_finished(route, status, mode, degraded, ms)
         fields = {"event": "request", "method": request.method, "route": route, "path": request.path,
                   "status": status, "duration_ms": round(ms, 3), "client": request.get(CLIENT_ID)}

@@ -26,6 +26,17 @@ def make_settings(data_dir: Path, env: dict[str, str] | None = None, **overrides
     return load_settings(None, env=env or {}, overrides=base)
 
 
+@pytest.fixture(autouse=True)
+def no_undeclared_metric_values() -> Any:
+    """Every tag value a test made the gateway emit is declared in the metric catalogue."""
+    from gateway.telemetry.core import UNDECLARED_SEEN
+
+    seen = len(UNDECLARED_SEEN)
+    yield
+    new = UNDECLARED_SEEN[seen:]
+    assert not new, f"emitted but not declared in gateway/telemetry/catalogue.py: {sorted(set(new))}"
+
+
 @pytest.fixture(scope="session")
 def ingested_kb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir whose KB holds the tiny corpus, embedded once per session with the local embedder."""
@@ -74,6 +85,7 @@ async def gateway_factory() -> AsyncIterator[GatewayFactory]:
 
     yield start
     for c in clients:
+        state_of(c).telemetry.flush()  # fold what is buffered: an undeclared tag value surfaces now
         await c.close()
 
 

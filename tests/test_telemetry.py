@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import ConfigError, TelemetryConfig, load_settings
-from gateway.contract import QUERY_MODES
+from gateway.contract import Mode
 from gateway.telemetry import CATALOGUE, MODES, Telemetry, catalogue_markdown, render_doc
 from tests.conftest import make_settings, state_of
 
@@ -158,7 +158,7 @@ def test_catalogue_is_consistent():
         assert s.plotted or s.unplotted_reason, f"{s.name}: unplotted without a reason"
         if s.type in ("distribution", "histogram"):
             assert s.unit == "ms", f"{s.name}: latency metrics are in ms"
-    assert set(MODES) - {"none"} == set(QUERY_MODES), "the mode tag's values must follow the pipeline"
+    assert set(MODES) - {"none"} == {m.value for m in Mode}, "the mode tag's values are the contract's modes"
 
 
 def test_observability_doc_has_the_current_catalogue():
@@ -478,3 +478,37 @@ async def test_reading_health_metrics_and_admin_never_moves_an_open_breaker(gate
     prom = prometheus_series(await (await client.get("/metrics")).text())
     assert prom["rag.breaker.state"][(("dependency", "vector_db"),)] == 0
     assert prom["rag.breaker.transitions"][(("dependency", "vector_db"), ("from", "open"), ("to", "half_open"))] == 1
+
+
+async def test_unavailable_answers_are_counted_as_unavailable(gateway_factory, data_dir):
+    """A 503 whose body says ``mode: unavailable`` is counted (and logged) as unavailable, not full."""
+    client = await gateway_factory(make_settings(data_dir, **{"fallback.keyword_index": False}))
+    state = state_of(client)
+    state.guards["vector_db"].breaker.force_open()
+    resp = await client.post("/v1/query", json={"query": "green tea"})
+    body = await resp.json()
+    assert resp.status == 503 and body["mode"] == "unavailable" and resp.headers["X-RAG-Mode"] == "unavailable"
+    prom = prometheus_series(await (await client.get("/metrics")).text())
+    counted = {dict(k)["mode"]: v for k, v in prom["rag.request.count"].items() if dict(k)["route"] == "/v1/query"}
+    assert counted == {"unavailable": 1}
+    [series] = [dict(k) for k in prom["rag.request.count"] if dict(k)["route"] == "/v1/query"]
+    assert series["status"] == "503" and series["degraded"] == "true"
+
+
+def test_a_value_emitted_but_undeclared_is_caught():
+    """The suite-wide check (tests/conftest.py) sees every series whose tag value the catalogue does not
+    declare: here a mode nobody declared and a degradation reason outside the vocabulary."""
+    from gateway.telemetry.core import UNDECLARED_SEEN
+
+    t = Telemetry(None, flush_interval_s=0)
+    seen = len(UNDECLARED_SEEN)
+    t.request_started("/v1/query")
+    t.request_finished("/v1/query", 200, "retrieval_onyl", False, 1.0)
+    t.degradation("vector_db", "gremlins")
+    t.degradation("vector_db", "timeout")
+    t.flush()
+    caught = UNDECLARED_SEEN[seen:]
+    del UNDECLARED_SEEN[seen:]  # caught on purpose: not this test's failure
+    assert sorted(caught) == ["degradation.count{reason:gremlins}", "request.count{mode:retrieval_onyl}",
+                              "request.duration{mode:retrieval_onyl}"]
+    assert t.undeclared == set(caught)

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.contract import QUERY_MODES
+from gateway.contract import Component, Mode, Reason
 
 MetricType = Literal["count", "gauge", "distribution", "histogram"]
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -53,9 +53,15 @@ class MetricSpec:
         return f"{namespace}_{base}" if namespace else base
 
 
-MODES = (*(m.value for m in QUERY_MODES), "none")  # /v1/messages and probes run no pipeline: none
-OUTCOMES = ("success", "timeout", "error", "rate_limited", "overloaded", "caller_error", "cancelled")
+# `mode` is what the client was told (X-RAG-Mode): query modes, /v1/messages' fallback_model, and
+# `none` when no answer was made (probes, 4xx).
+MODES = (*(m.value for m in Mode), "none")
+# Rungs of the ladder (degradations[].component) and why they failed or were skipped.
+COMPONENTS = tuple(c.value for c in Component)
+OUTCOMES = ("success", "timeout", "error", "rate_limited", "overloaded", "caller_error", "cancelled", "shed",
+            "caller_timeout", "queued_timeout")
 FAILURE_REASONS = ("breaker_open", "timeout", "rate_limited", "error", "shed", "overloaded")
+DEGRADATION_REASONS = tuple(r.value for r in Reason)
 BREAKER_STATES = tuple(BREAKER_STATE_VALUES)
 
 REQUEST_COUNT = MetricSpec(
@@ -75,7 +81,8 @@ RATE_LIMITED = MetricSpec(
 DEGRADATION_COUNT = MetricSpec(
     "degradation.count", "count", "events", ("component", "reason"),
     "Rungs of the ladder that failed or were skipped, by component and reason (a stale cached answer "
-    "is answer_cache/stale_answer here and also `rag.cache.results{result:stale_serve}`).")
+    "is answer_cache/stale_answer here and also `rag.cache.results{result:stale_serve}`).",
+    values={"component": COMPONENTS, "reason": DEGRADATION_REASONS})
 DEPENDENCY_ATTEMPTS = MetricSpec(
     "dependency.attempts", "count", "attempts", ("dependency", "outcome"),
     "Upstream attempts made by a guard, by how each ended.", values={"outcome": OUTCOMES})
@@ -215,3 +222,10 @@ def _label_values(index: int, raw: tuple[Any, ...]) -> tuple[str, ...]:
 def route_tag(canonical: str) -> str:
     """``/admin/breakers/{name}/{action}`` → ``/admin/breakers/:name/:action`` (braces are not tag-safe)."""
     return re.sub(r"\{([^}:]+)(?::[^}]*)?\}", r":\1", canonical)
+
+
+def undeclared(index: int, labels: tuple[str, ...]) -> list[str]:
+    """``key:value`` pairs of a series whose tag key declares its values and does not declare this one."""
+    spec = CATALOGUE[index]
+    return [f"{key}:{value}" for key, value in zip(spec.tags, labels)
+            if key in spec.values and value not in spec.values[key]]

@@ -20,12 +20,35 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 
 from gateway.telemetry import statsd as statsd_sink
-from gateway.telemetry.catalogue import (_BREAKER_STATE, _BREAKER_TRANSITIONS, _CACHE, _COUNTED, _DEGRADATION,
-                                         _DEP_ATTEMPTS, _DEP_RETRIES, _DEP_SHED, _DEP_SHORT, _IN_FLIGHT, _KB_AGE,
-                                         _KB_CHUNKS, _KB_INFO, _KW_SEARCHES, _RATE_LIMITED, _REQ_COUNT, _SAMPLED,
-                                         BREAKER_STATE_VALUES, CATALOGUE, MAX_SERIES_PER_METRIC, _expand,
-                                         _label_values, _tag_value, route_tag, UNMATCHED_ROUTE)
-from gateway.telemetry.catalogue import _JOBS
+from gateway.telemetry.catalogue import (
+    _BREAKER_STATE,
+    _BREAKER_TRANSITIONS,
+    _CACHE,
+    _COUNTED,
+    _DEGRADATION,
+    _DEP_ATTEMPTS,
+    _DEP_RETRIES,
+    _DEP_SHED,
+    _DEP_SHORT,
+    _IN_FLIGHT,
+    _JOBS,
+    _KB_AGE,
+    _KB_CHUNKS,
+    _KB_INFO,
+    _KW_SEARCHES,
+    _RATE_LIMITED,
+    _REQ_COUNT,
+    _SAMPLED,
+    BREAKER_STATE_VALUES,
+    CATALOGUE,
+    MAX_SERIES_PER_METRIC,
+    UNMATCHED_ROUTE,
+    _expand,
+    _label_values,
+    _tag_value,
+    route_tag,
+    undeclared,
+)
 from gateway.telemetry.prometheus import Histogram, PrometheusView, build_families
 
 if TYPE_CHECKING:
@@ -33,6 +56,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rag_sidecar.telemetry")
 events = logging.getLogger("rag_sidecar.events")
+
+# Every undeclared "metric{key:value}" any Telemetry in this process emitted (tests/conftest.py fails
+# the test that caused one).
+UNDECLARED_SEEN: list[str] = []
 
 # Retries per dependency for the current request (set by the access-log middleware).
 request_retries: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar(
@@ -84,6 +111,7 @@ class Telemetry:
         self._totals: list[dict[tuple[str, ...], Any]] = [{} for _ in CATALOGUE]
         self._outbox: list[list[dict[tuple[Any, ...], Any]]] = []
         self._warned: set[int] = set()
+        self.undeclared: set[str] = set()  # "metric{key:value}" emitted but not in the catalogue
         self._closed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -225,11 +253,24 @@ class Telemetry:
         self.breakers = {**self.breakers, dependency: state}
         self._gauges = gauges
 
+    def _undeclared(self, name: str, pairs: list[str]) -> None:
+        """A tag value the catalogue does not declare: sent anyway (dropping data hides it), logged once
+        per series and kept in :attr:`undeclared` and :data:`UNDECLARED_SEEN` (the test suite fails on it)."""
+        for pair in pairs:
+            entry = f"{name}{{{pair}}}"
+            if entry not in self.undeclared:
+                self.undeclared.add(entry)
+                UNDECLARED_SEEN.append(entry)
+                log.warning("metric %s emitted an undeclared tag value %s (declare it in the catalogue)", name, pair)
+
     # ---- export ------------------------------------------------------------------------------
     def _series(self, index: int, raw: tuple[Any, ...]) -> tuple[str, ...]:
         labels = self._labels.get((index, raw))
         if labels is None:
             labels = _label_values(index, raw)
+            bad = undeclared(index, labels)
+            if bad:  # once per new series (cached below), off the request path
+                self._undeclared(CATALOGUE[index].name, bad)
             if len(self._totals[index]) < MAX_SERIES_PER_METRIC:
                 self._labels[(index, raw)] = labels
             elif index not in self._warned:
