@@ -14,6 +14,7 @@ import logging
 import random
 import socket
 import struct
+from typing import Callable
 
 from chaos.proxy.toxics import DOWNSTREAM, STREAMS, TOXIC_TYPES, UPSTREAM, Chunk, Toxic, ToxicStub
 
@@ -153,8 +154,10 @@ class Connection:
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         toxics: list[Toxic],
         rng: random.Random,
+        on_reset: Callable[[], None] | None = None,
     ) -> None:
         self._writers = (client[1], upstream[1])
+        self._on_reset = on_reset  # the proxy counts resets (GET /__stats__): drills check a reset fired
         by_stream = {s: [t for t in toxics if t.stream == s] for s in STREAMS}
         self.links = {
             UPSTREAM: Link(self, UPSTREAM, client[0], upstream[1], by_stream[UPSTREAM], rng),
@@ -189,6 +192,8 @@ class Connection:
 
     def reset(self) -> None:
         """Abort both sockets with SO_LINGER 0: the kernel answers with RST instead of FIN."""
+        if self._on_reset is not None:
+            self._on_reset()
         for writer in self._writers:
             sock = writer.get_extra_info("socket")
             if sock is not None:

@@ -191,11 +191,15 @@ class FaultProxyServer:
         r.add_patch("/proxies/{proxy}/toxics/{toxic}", self._toxic_update)
         r.add_delete("/proxies/{proxy}/toxics/{toxic}", self._toxic_delete)
         r.add_get("/version", self._version)
+        r.add_get("/__stats__", self._stats)
 
     async def _version(self, request: web.Request) -> web.Response:
-        return web.Response(
-            text=json.dumps({"version": VERSION}) + "\n", content_type="application/json", charset="utf-8"
-        )
+        return web.Response(body=(json.dumps({"version": VERSION}) + "\n").encode(),
+                            headers={"Content-Type": "application/json"})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        """Not Toxiproxy: connections accepted and resets fired per proxy (cumulative), for drills."""
+        return _json({name: dict(p.stats) for name, p in self._proxies.items()})
 
     async def _reset(self, request: web.Request) -> web.Response:
         async with self._lock:
@@ -281,7 +285,9 @@ async def _api_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(payload), status=status, content_type="application/json")
+    # Exactly "application/json", as Toxiproxy sends it (aiohttp's content_type= would add "; charset=utf-8",
+    # which Chaos Toolkit's HTTP provider does not take for JSON and leaves the body a string).
+    return web.Response(body=json.dumps(payload).encode(), status=status, headers={"Content-Type": "application/json"})
 
 
 async def _body(request: web.Request) -> Any:

@@ -58,6 +58,8 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._connections: set[Connection] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
+        # Not in Toxiproxy's API (served on /__stats__): what the toxics did, for drills to verify.
+        self.stats = {"connections": 0, "resets": 0}
 
     # -- JSON ---------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -68,6 +70,9 @@ class Proxy:
             "enabled": self.enabled,
             "toxics": [t.to_json() for t in self.toxics()],
         }
+
+    def _count_reset(self) -> None:
+        self.stats["resets"] += 1
 
     @property
     def connection_count(self) -> int:
@@ -143,8 +148,10 @@ class Proxy:
             except (OSError, TimeoutError) as exc:
                 log.warning("proxy %s: unable to open connection to upstream %s: %s", self.name, self.upstream, exc)
                 return
-            connection = Connection((client_reader, client_writer), upstream, self.toxics(), self._rng)
+            connection = Connection((client_reader, client_writer), upstream, self.toxics(), self._rng,
+                                    on_reset=self._count_reset)
             self._connections.add(connection)
+            self.stats["connections"] += 1
             await connection.wait()
         except asyncio.CancelledError:
             # stop() cancels handlers. End normally: Python 3.11's start_server callback calls

@@ -397,7 +397,15 @@ class LimitDataToxic(ToxicStub):
             self.link.close_from(self)
 
 
+class NoopToxic(ToxicStub):
+    """Pass everything through unchanged (Toxiproxy's ``noop``: a placeholder, or to test the plumbing)."""
+
+    GO_TYPE = "NoopToxic"
+    ATTRIBUTES: ClassVar[dict[str, str]] = {}
+
+
 TOXIC_TYPES: dict[str, type[ToxicStub]] = {
+    "noop": NoopToxic,
     "latency": LatencyToxic,
     "bandwidth": BandwidthToxic,
     "slow_close": SlowCloseToxic,

@@ -276,6 +276,29 @@ async def test_reset_peer_resets_the_connection(toxiproxy: Toxiproxy, echo_upstr
     writer.close()
 
 
+async def test_resets_fired_are_counted_for_drills(client: ToxiproxyClient, server: FaultProxyServer,
+                                                   echo_upstream: str) -> None:
+    """A drill asserts a reset_peer toxic really reset something: GET /__stats__ (not Toxiproxy's API)."""
+    proxy = await client.create_proxy("vector_db", echo_upstream)
+    await client.add_toxic("vector_db", "reset_peer", attributes={"timeout": 0}, toxicity=1.0)
+    for _ in range(3):
+        reader, writer = await connect(proxy["listen"])
+        writer.write(b"ping")
+        with pytest.raises(ConnectionResetError):
+            await read_to_eof(reader)
+        writer.close()
+    async with aiohttp.ClientSession(server.api_url) as http, http.get("/__stats__") as r:
+        assert r.headers["Content-Type"] == "application/json"
+        assert (await r.json())["vector_db"] == {"connections": 3, "resets": 3}
+
+
+async def test_noop_toxic_passes_everything_through(toxiproxy: Toxiproxy, echo_upstream: str) -> None:
+    proxy = await lib(toxiproxy.create, upstream=echo_upstream, name="vector_db")
+    await lib(proxy.add_toxic, type="noop", name="placeholder")
+    assert [t.type for t in (await lib(proxy.toxics)).values()] == ["noop"]
+    assert await echo_once(proxy.listen, b"x" * 100_000) < 1.0
+
+
 async def test_bandwidth_limits_throughput(toxiproxy: Toxiproxy, echo_upstream: str) -> None:
     proxy = await lib(toxiproxy.create, upstream=echo_upstream, name="vector_db")
     payload = bytes(range(256)) * 80  # 20,480 bytes
@@ -459,6 +482,9 @@ async def test_http_status_codes_and_shapes(server: FaultProxyServer, echo_upstr
             assert r.status == 204
         async with http.get("/version") as r:
             assert await r.json() == {"version": VERSION}
+            assert r.headers["Content-Type"] == "application/json"  # exactly, as Toxiproxy: no charset
+        async with http.get("/proxies") as r:
+            assert r.headers["Content-Type"] == "application/json"
 
 
 async def test_our_client_drives_proxies_and_toxics(client: ToxiproxyClient, echo_upstream: str) -> None:
