@@ -106,6 +106,14 @@ async def serve_upstreams(seed: int = 7, ready: Callable[[dict[str, Any]], None]
 
 
 # ---- the stack -------------------------------------------------------------------------------------
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, nested dicts key by key (a config override)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -123,8 +131,12 @@ class LocalStack:
     :meth:`start` / :meth:`stop`. ``workdir`` gets the config, the gateway's data dir and the logs."""
 
     def __init__(self, workdir: Path, *, open_s: float = 2.0, timeouts: StackTimeouts = StackTimeouts(),
-                 corpus: Path = DEFAULT_CORPUS, seed: int = 7, say: Callable[[str], None] | None = None) -> None:
+                 corpus: Path = DEFAULT_CORPUS, seed: int = 7, say: Callable[[str], None] | None = None,
+                 overrides: dict[str, Any] | None = None,
+                 before_gateway: Callable[["LocalStack"], None] | None = None) -> None:
         self.workdir = Path(workdir)
+        self.overrides = overrides or {}  # deep-merged into the gateway's config
+        self.before_gateway = before_gateway  # called after the ingest, before the gateway starts
         self.open_s = open_s
         self.timeouts = timeouts
         self.corpus = Path(corpus)
@@ -154,6 +166,8 @@ class LocalStack:
             await self._start_upstreams()
             self._write_config()
             await self._ingest()
+            if self.before_gateway is not None:
+                self.before_gateway(self)
             await self._start_gateway()
         except BaseException:
             await self.stop()
@@ -207,7 +221,8 @@ class LocalStack:
 
     def _write_config(self) -> None:
         self._port = free_port()
-        self.config_path.write_text(yaml.safe_dump(self.settings_tree(), sort_keys=False), encoding="utf-8")
+        tree = deep_merge(self.settings_tree(), self.overrides)
+        self.config_path.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
         self.config_path.chmod(0o600)  # holds the admin token
         self.gateway_url = f"http://127.0.0.1:{self._port}"
 

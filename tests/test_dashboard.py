@@ -3,10 +3,11 @@ models with nothing unparsed or unknown, and every metric, tag and tag value the
 catalogue in gateway/telemetry/catalogue.py emits. Every catalogue metric is on the dashboard (or says why not)."""
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from datadog_api_client import ApiClient, Configuration
@@ -14,17 +15,13 @@ from datadog_api_client.model_utils import ModelComposed, ModelNormal, UnparsedO
 from datadog_api_client.v1.model.dashboard import Dashboard
 from datadog_api_client.v1.model.monitor import Monitor
 
-from gateway.telemetry import CATALOGUE, MetricSpec
+from gateway.telemetry import CATALOGUE, MetricSpec, monitors
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "datadog"
 DASHBOARD = DEPLOY / "dashboard.json"
 MONITORS = DEPLOY / "monitors.json"
 SPECS: dict[str, MetricSpec] = {spec.datadog_name("rag"): spec for spec in CATALOGUE}
-CONSTANT_TAGS = {"env", "service", "version", "host"}  # env/service/version are DogStatsd constant tags
-# <aggregation>:<metric>{<filter>} [by {<group>}] [.as_count()]
-METRIC_USE = re.compile(r"(?:(?P<agg>\w+):)?(?P<metric>rag\.[a-z_]+(?:\.[a-z_]+)+)\{(?P<filter>[^}]*)\}"
-                        r"(?:\s*by\s*\{(?P<by>[^}]*)\})?(?P<as_count>\.as_count\(\))?")
-PERCENTILE = re.compile(r"p\d{1,2}(\.\d+)?")
+METRIC_USE = monitors.METRIC_USE
 
 
 def model_problems(obj: Any, path: str = "$") -> Iterator[str]:
@@ -77,37 +74,17 @@ def strings(node: Any, keys: tuple[str, ...] = ("q", "query")) -> Iterator[str]:
 
 
 def metric_uses(queries: list[str]) -> list[re.Match[str]]:
-    uses = [m for q in queries for m in METRIC_USE.finditer(q)]
-    bare = {name for q in queries for name in re.findall(r"rag\.[a-z_.]+", q)}
-    assert bare == {m["metric"] for m in uses}, "a metric name not followed by a {tag filter}"
+    uses, problems = [], []
+    for q in queries:
+        found, bad = monitors.metric_uses(q)
+        uses += found
+        problems += bad
+    assert problems == [], "a metric name not followed by a {tag filter}"
     return uses
 
 
 def check_use(use: re.Match[str]) -> list[str]:
-    """Problems of one ``agg:metric{filter} by {group}`` against the catalogue."""
-    name = use["metric"]
-    spec = SPECS.get(name)
-    if spec is None:
-        return [f"{name}: not in the catalogue (gateway/telemetry/catalogue.py)"]
-    problems = []
-    agg = use["agg"]
-    if agg and PERCENTILE.fullmatch(agg) and spec.type != "distribution":
-        problems.append(f"{name}: {agg} needs a distribution, it is a {spec.type}")
-    if use["as_count"] and spec.type != "count":
-        problems.append(f"{name}: .as_count() on a {spec.type}")
-    allowed_keys = set(spec.tags) | CONSTANT_TAGS
-    for item in filter(None, (i.strip() for i in use["filter"].split(","))):
-        if item == "*" or item.startswith("$"):
-            continue
-        key, _, value = item.lstrip("!").partition(":")
-        if key not in allowed_keys:
-            problems.append(f"{name}: filters on tag {key!r}, which it does not carry")
-        elif key in spec.values and value not in spec.values[key]:
-            problems.append(f"{name}: {key}:{value} is never emitted (values: {spec.values[key]})")
-    for key in filter(None, (k.strip() for k in (use["by"] or "").split(","))):
-        if key not in allowed_keys:
-            problems.append(f"{name}: groups by tag {key!r}, which it does not carry")
-    return problems
+    return monitors.query_problems(use, template_vars=monitors.TEMPLATE_VARIABLES)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +135,7 @@ def test_monitors_deserialize_completely(monitors_json):
 
 def test_monitors_cover_the_alerts_sres_asked_for(monitors_json):
     queries = " ".join(m["query"] for m in monitors_json)
-    assert "rag.breaker.state" in queries  # breaker open > N min
+    assert "rag.breaker.open_for" in queries  # breaker open > N min (a clock half-open probes do not reset)
     assert "degraded:true" in queries  # degraded rate > X%
     assert re.search(r"percentile\(last_\w+\):p99:rag\.request\.duration", queries)  # p99 > SLO
     assert "status_class:5xx" in queries  # error rate
@@ -193,3 +170,99 @@ def test_the_checker_catches_what_it_claims_to():
     assert check_use(next(METRIC_USE.finditer("sum:rag.cache.results{result:stale}.as_count()")))
     assert check_use(next(METRIC_USE.finditer("max:rag.breaker.state{*} by {dependncy}")))
     assert not check_use(next(METRIC_USE.finditer("p99:rag.request.duration{$env,route:/v1/query} by {mode}")))
+
+
+def test_dashboard_and_monitors_pass_the_full_check(dashboard_json, monitors_json):
+    """Names, tag keys and values, aggregators, formula references, template variables, thresholds."""
+    assert monitors.dashboard_problems(dashboard_json) == []
+    assert [p for m in monitors_json for p in monitors.monitor_problems(m)] == []
+
+
+def _set_query(query: str, old: str, new: str) -> str:
+    assert old in query, (old, query)
+    return query.replace(old, new, 1)
+
+
+def _dash_query(title: str, old: str, new: str) -> Callable[[dict[str, Any], list[dict[str, Any]]], None]:
+    def mutate(dashboard: dict[str, Any], _: list[dict[str, Any]]) -> None:
+        for w in monitors._widgets(dashboard["widgets"]):
+            if w.get("title") == title:
+                for r in w["requests"]:
+                    for q in r.get("queries", []):
+                        if old in q["query"]:
+                            q["query"] = q["query"].replace(old, new, 1)
+                            return
+        raise AssertionError(f"no widget {title!r} with {old!r}")
+    return mutate
+
+
+def _dash_formula(title: str, new: str) -> Callable[[dict[str, Any], list[dict[str, Any]]], None]:
+    def mutate(dashboard: dict[str, Any], _: list[dict[str, Any]]) -> None:
+        for w in monitors._widgets(dashboard["widgets"]):
+            if w.get("title") == title:
+                w["requests"][0]["formulas"][0]["formula"] = new
+                return
+        raise AssertionError(title)
+    return mutate
+
+
+def _monitor(index: int, key: str, old: str, new: str) -> Callable[[dict[str, Any], list[dict[str, Any]]], None]:
+    def mutate(_: dict[str, Any], mons: list[dict[str, Any]]) -> None:
+        mons[index][key] = _set_query(mons[index][key], old, new)
+    return mutate
+
+
+def _threshold(index: int, **values: float) -> Callable[[dict[str, Any], list[dict[str, Any]]], None]:
+    def mutate(_: dict[str, Any], mons: list[dict[str, Any]]) -> None:
+        mons[index]["options"]["thresholds"].update(values)
+    return mutate
+
+
+def _template_var(name: str) -> Callable[[dict[str, Any], list[dict[str, Any]]], None]:
+    def mutate(dashboard: dict[str, Any], _: list[dict[str, Any]]) -> None:
+        dashboard["template_variables"][0]["name"] = name
+    return mutate
+
+
+# Deliberate mistakes, each of a kind that has shipped somewhere: the check must catch every one.
+MISTAKES: dict[str, Callable[[dict[str, Any], list[dict[str, Any]]], None]] = {
+    "dashboard: misspelled metric prefix": _dash_query("Requests by route and status class", "rag.request", "rga.request"),
+    "dashboard: metric prefix with underscores": _dash_query("In-flight requests", "rag.request.in_flight",
+                                                             "rag_request.in_flight"),
+    "dashboard: unknown metric name": _dash_query("Answer cache results", "rag.cache.results", "rag.cache.result"),
+    "dashboard: wrong mode value": _dash_query("Answers by mode", "!mode:none", "mode:keyword"),
+    "dashboard: wrong status_class value": _dash_query("5xx error rate (%)", "status_class:5xx", "status_class:5XX"),
+    "dashboard: wrong outcome value": _dash_query("Attempt latency p95 by dependency (ms, successful attempts)",
+                                                  "outcome:success", "outcome:ok"),
+    "dashboard: tag key the metric does not carry": _dash_query("Breaker state by dependency", "by {dependency}",
+                                                                "by {dependncy}"),
+    "dashboard: formula refers to a missing query": _dash_formula("5xx error rate (%)", "100 * a / c"),
+    "dashboard: bad aggregator": _dash_query("KB age (hours)", "max:rag.kb.age", "maxx:rag.kb.age"),
+    "dashboard: percentile of a count": _dash_query("Answer cache results", "sum:rag.cache.results",
+                                                    "p99:rag.cache.results"),
+    "dashboard: .as_count() on a gauge": _dash_query("Chunks in the active KB", "max:rag.kb.chunks{$env,$service}",
+                                                     "max:rag.kb.chunks{$env,$service}.as_count()"),
+    "dashboard: misspelled template variable in a filter": _dash_query("In-flight requests", "$env", "$evn"),
+    "dashboard: template variable renamed": _template_var("environment"),
+    "monitor: misspelled metric prefix": _monitor(1, "query", "sum:rag.request.count{degraded:true",
+                                                  "sum:rga.request.count{degraded:true"),
+    "monitor: wrong tag value": _monitor(4, "query", "result:stale_serve", "result:stale"),
+    "monitor: dependency that is no guard": _monitor(0, "query", "rag.breaker.open_for{*}",
+                                                     "rag.breaker.open_for{dependency:vectordb}"),
+    "monitor: bad time aggregator": _monitor(5, "query", "max(last_5m)", "mean(last_5m)"),
+    "monitor: misspelled template variable in the message": _monitor(0, "message", "{{dependency.name}}",
+                                                                     "{{dependancy.name}}"),
+    "monitor: message variable the query does not group by": _monitor(3, "message", "{{env.name}}", "{{route.name}}"),
+    "monitor: unknown message block": _monitor(0, "message", "{{#is_alert}}", "{{#is_alrt}}"),
+    "monitor: critical threshold differs from the query": _threshold(2, critical=3000),
+    "monitor: warning beyond critical": _threshold(1, warning=30),
+    "monitor: no-data timeframe shorter than its window": _monitor(5, "query", "max(last_5m)", "max(last_30m)"),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+def test_every_deliberate_mistake_is_caught(mistake, dashboard_json, monitors_json):
+    dashboard, mons = copy.deepcopy(dashboard_json), copy.deepcopy(monitors_json)
+    MISTAKES[mistake](dashboard, mons)
+    found = monitors.dashboard_problems(dashboard) + [p for m in mons for p in monitors.monitor_problems(m)]
+    assert found, f"not caught: {mistake}"

@@ -157,7 +157,7 @@ def test_catalogue_is_consistent():
         assert set(s.values) <= set(s.tags)
         assert s.plotted or s.unplotted_reason, f"{s.name}: unplotted without a reason"
         if s.type in ("distribution", "histogram"):
-            assert s.unit == "ms", f"{s.name}: latency metrics are in ms"
+            assert s.unit == "ms", f"{s.name}: latency metrics are recorded in ms (exposed in s to Prometheus)"
     assert set(MODES) - {"none"} == {m.value for m in Mode}, "the mode tag's values are the contract's modes"
 
 
@@ -512,3 +512,51 @@ def test_a_value_emitted_but_undeclared_is_caught():
     assert sorted(caught) == ["degradation.count{reason:gremlins}", "request.count{mode:retrieval_onyl}",
                               "request.duration{mode:retrieval_onyl}"]
     assert t.undeclared == set(caught)
+
+
+def test_prometheus_names_are_in_base_units_with_total_counters():
+    """Prometheus naming rules: durations in seconds (``_seconds``, ``le`` bounds in seconds, sums in
+    seconds), counters ``_total``; DogStatsD keeps ms (what the dashboard and monitors read)."""
+    t = Telemetry(None, flush_interval_s=0)
+    t.request_started("/v1/query")
+    t.request_finished("/v1/query", 200, "full", False, 250.0)  # ms
+    t.on_attempt("embedder", "success", 0.004)  # seconds
+    families = {f.name: f for f in text_string_to_metric_families(t.prometheus_text().decode())}
+    assert "rag_request_duration_seconds" in families and "rag_request_duration_ms" not in families
+    for name, fam in families.items():
+        spec = next(s for s in CATALOGUE if s.prometheus_name() == name)
+        assert not name.endswith("_ms")
+        if spec.unit in ("ms", "seconds"):
+            assert name.endswith("_seconds"), name
+        if spec.type == "count":
+            assert fam.type == "counter" and all(s.name == name + "_total" for s in fam.samples
+                                                 if not s.name.endswith("_created")), name
+    samples = {(s.name, s.labels.get("le")): s.value for s in families["rag_request_duration_seconds"].samples}
+    assert samples[("rag_request_duration_seconds_sum", None)] == pytest.approx(0.25)
+    assert samples[("rag_request_duration_seconds_bucket", "0.1")] == 0
+    assert samples[("rag_request_duration_seconds_bucket", "0.25")] == 1
+    dep = {(s.name, s.labels.get("le")): s.value for s in families["rag_dependency_duration_seconds"].samples}
+    assert dep[("rag_dependency_duration_seconds_sum", None)] == pytest.approx(0.004)
+    assert dep[("rag_dependency_duration_seconds_bucket", "0.005")] == 1
+
+
+def test_breaker_open_for_keeps_counting_through_half_open_probes():
+    """A hanging dependency: open → half_open (a probe) → open … The state gauge dips to 1 at every
+    probe; ``breaker.open_for`` counts from the first departure from closed until it closes."""
+    t = Telemetry(None, flush_interval_s=0)
+    t.track_dependencies(["vector_db"])
+
+    def open_for() -> float:
+        return prometheus_series(t.prometheus_text().decode())["rag.breaker.open_for"][(("dependency", "vector_db"),)]
+
+    assert open_for() == 0
+    t.on_state_change("vector_db", "closed", "open")
+    first = open_for()
+    for _ in range(3):
+        t.on_state_change("vector_db", "open", "half_open")
+        t.on_state_change("vector_db", "half_open", "open")
+    time.sleep(0.01)  # the gauge is a clock reading, not an event count: let the clock move
+    assert open_for() > first
+    t.on_state_change("vector_db", "open", "half_open")
+    t.on_state_change("vector_db", "half_open", "closed")
+    assert open_for() == 0

@@ -45,9 +45,10 @@ class MetricSpec:
         return f"{namespace}.{self.name}" if namespace else self.name
 
     def prometheus_name(self, namespace: str = "rag") -> str:
-        """The family name (counters are exposed with a ``_total`` sample suffix)."""
+        """The family name in base units, as Prometheus' naming rules ask: durations in seconds
+        (``_seconds``; ms values are divided by 1000 at exposition), counters exposed with ``_total``."""
         base = self.name.replace(".", "_")
-        suffix = {"ms": "_ms", "seconds": "_seconds"}.get(self.unit, "")
+        suffix = {"ms": "_seconds", "seconds": "_seconds"}.get(self.unit, "")
         if suffix and not base.endswith(suffix):
             base += suffix
         return f"{namespace}_{base}" if namespace else base
@@ -101,6 +102,11 @@ DEPENDENCY_SHORT_CIRCUITS = MetricSpec(
 BREAKER_STATE = MetricSpec(
     "breaker.state", "gauge", "state", ("dependency",),
     "Circuit breaker state: 0 closed, 1 half-open, 2 open (sent every flush).")
+BREAKER_OPEN_FOR = MetricSpec(
+    "breaker.open_for", "gauge", "seconds", ("dependency",),
+    "Seconds since the breaker last left `closed` (0 while closed; sent every flush). Failed half-open "
+    "probes do not reset it, so a hanging dependency keeps counting: the `breaker open for 5 minutes` "
+    "monitor reads this, not the state gauge, which dips to half-open at every probe.")
 BREAKER_TRANSITIONS = MetricSpec(
     "breaker.transitions", "count", "transitions", ("dependency", "from", "to"),
     "Breaker state changes.", values={"from": BREAKER_STATES, "to": BREAKER_STATES})
@@ -164,7 +170,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     BREAKER_STATE, BREAKER_TRANSITIONS, CACHE_RESULTS, KEYWORD_DURATION, KEYWORD_SEARCHES,
     KB_INFO, KB_AGE, KB_CHUNKS,
     JOBS_SUBMITTED, JOBS_REJECTED, JOBS_ITEMS, JOBS_ITEM_DURATION, JOBS_RETRIES, JOBS_QUEUE_DEPTH,
-    JOBS_QUEUE_IN_FLIGHT, JOBS_QUEUE_OLDEST_AGE, JOBS_WEBHOOKS,
+    JOBS_QUEUE_IN_FLIGHT, JOBS_QUEUE_OLDEST_AGE, JOBS_WEBHOOKS, BREAKER_OPEN_FOR,
 )
 # Slot of each metric in the per-catalogue lists below (the request path indexes, never looks up).
 _REQ_COUNT, _REQ_DURATION, _IN_FLIGHT, _RATE_LIMITED, _DEGRADATION = map(CATALOGUE.index, (
@@ -173,7 +179,8 @@ _DEP_ATTEMPTS, _DEP_DURATION, _DEP_RETRIES, _DEP_SHED, _DEP_SHORT = map(CATALOGU
     DEPENDENCY_ATTEMPTS, DEPENDENCY_DURATION, DEPENDENCY_RETRIES, DEPENDENCY_SHED, DEPENDENCY_SHORT_CIRCUITS))
 _BREAKER_STATE, _BREAKER_TRANSITIONS, _CACHE, _KW_DURATION, _KW_SEARCHES = map(CATALOGUE.index, (
     BREAKER_STATE, BREAKER_TRANSITIONS, CACHE_RESULTS, KEYWORD_DURATION, KEYWORD_SEARCHES))
-_KB_INFO, _KB_AGE, _KB_CHUNKS = map(CATALOGUE.index, (KB_INFO, KB_AGE, KB_CHUNKS))
+_KB_INFO, _KB_AGE, _KB_CHUNKS, _BREAKER_OPEN_FOR = map(CATALOGUE.index, (KB_INFO, KB_AGE, KB_CHUNKS,
+                                                                         BREAKER_OPEN_FOR))
 _JOBS = {spec.name: CATALOGUE.index(spec) for spec in CATALOGUE if spec.name.startswith("jobs.")}
 _SAMPLED = frozenset(i for i, s in enumerate(CATALOGUE) if s.type in ("distribution", "histogram"))
 _COUNTED = frozenset(i for i, s in enumerate(CATALOGUE) if s.type == "count")

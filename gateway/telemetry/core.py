@@ -21,6 +21,7 @@ from prometheus_client.metrics_core import Metric
 
 from gateway.telemetry import statsd as statsd_sink
 from gateway.telemetry.catalogue import (
+    _BREAKER_OPEN_FOR,
     _BREAKER_STATE,
     _BREAKER_TRANSITIONS,
     _CACHE,
@@ -96,6 +97,7 @@ class Telemetry:
             self.registry.register(PrometheusView(self))  # type: ignore[arg-type]
         self.in_flight = 0  # changed by the access-log middleware, on the event loop only
         self.breakers: dict[str, str] = {}
+        self._left_closed_at: dict[str, float] = {}  # dependency → monotonic time its breaker left closed
         self.kb_version: str | None = None
         self.kb_chunks: int | None = None
         self.kb_created_at: float | None = None
@@ -248,6 +250,10 @@ class Telemetry:
                    extra={"event": "breaker_state_change", "dependency": dependency, "from": old, "to": new})
 
     def _set_breaker(self, dependency: str, state: str) -> None:
+        if state == "closed":
+            self._left_closed_at.pop(dependency, None)
+        elif dependency not in self._left_closed_at:  # open ↔ half_open keeps the first departure
+            self._left_closed_at = {**self._left_closed_at, dependency: time.monotonic()}
         gauges = dict(self._gauges)
         gauges[(_BREAKER_STATE, (_tag_value(dependency),))] = BREAKER_STATE_VALUES.get(state, -1)
         self.breakers = {**self.breakers, dependency: state}
@@ -319,6 +325,10 @@ class Telemetry:
         gauges[(_IN_FLIGHT, ())] = self.in_flight
         age = self.kb_age_s()
         gauges[(_KB_AGE, ())] = age if age is not None else math.nan
+        now, left = time.monotonic(), self._left_closed_at
+        for dependency in self.breakers:
+            since = left.get(dependency)
+            gauges[(_BREAKER_OPEN_FOR, (_tag_value(dependency),))] = 0.0 if since is None else now - since
         return gauges
 
     def _send(self) -> None:

@@ -5,7 +5,6 @@ builds the families from the running totals, so Prometheus and DogStatsD show th
 """
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
 from functools import partial
 from typing import Any, Iterator, Protocol
@@ -18,9 +17,11 @@ from prometheus_client.utils import floatToGoString
 from gateway.telemetry.catalogue import CATALOGUE
 
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # "text/plain; version=0.0.4; charset=utf-8"
-# Latency buckets (ms) for the Prometheus histograms; Datadog distributions need none.
+# Latency buckets (ms, as recorded) for the Prometheus histograms; exposed in seconds (base units:
+# ``le="0.005"``). Datadog distributions need none and stay in ms.
 MS_BUCKETS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
               60000.0)
+SECONDS_BOUNDS = tuple(floatToGoString(ms / 1000.0) for ms in MS_BUCKETS) + ("+Inf",)
 bucket_of = partial(bisect_left, MS_BUCKETS)  # value (ms) → index of its Prometheus bucket
 
 
@@ -74,8 +75,8 @@ def build_families(namespace: str, totals: list[dict[tuple[str, ...], Any]],
             fam = HistogramMetricFamily(name, doc, labels=tags)
             for labels, hist in list(totals[index].items()):
                 cumulative, running = [], 0
-                for bound, n in zip((*MS_BUCKETS, math.inf), hist.buckets):
+                for bound, n in zip(SECONDS_BOUNDS, hist.buckets):
                     running += n
-                    cumulative.append((floatToGoString(bound), running))
-                fam.add_metric(list(labels), cumulative, sum_value=hist.sum)
+                    cumulative.append((bound, running))
+                fam.add_metric(list(labels), cumulative, sum_value=hist.sum / 1000.0)  # ms → s
         yield fam
