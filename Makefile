@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test install bench drill lock clean sample-embeddings image-check
+.PHONY: serve test install bench drill drill-mutants lock clean sample-embeddings image-check
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,10 @@ drill: $(STAMP)
 ## The Dockerfile's install steps in a fresh venv (no container engine needed); prints the venv/image size.
 image-check: $(STAMP)
 	$(BIN)/python deploy/check_image.py
+
+## The drills' mutation test (~10 min): each breaker, timeout and fallback disabled must fail a drill.
+drill-mutants: $(STAMP)
+	$(BIN)/rag-sidecar chaos run --mutants --write-doc
 
 ## Re-pin: resolve the newest allowed versions and write requirements.lock.
 lock:

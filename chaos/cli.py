@@ -75,6 +75,10 @@ def _missing_extras(args: argparse.Namespace) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.mutants:
+        from chaos.mutants import main_sync
+
+        return main_sync(args.mutant, write=args.write_doc, out=Path(args.out) / "mutants.json" if args.out else None)
     names = [str(p) for p in all_scenarios()] if args.all else list(args.scenarios)
     if not names:
         _say("chaos run: name a SCENARIO (file or name in chaos/scenarios/), or --all")
@@ -236,6 +240,11 @@ def _add_commands(chaos: argparse.ArgumentParser) -> None:
     r.add_argument("--no-png", action="store_true", help="skip timeline.png")
     r.add_argument("--keep-stack-files", action="store_true",
                    help="--local: keep the stack's config, data and logs under OUT/stack")
+    r.add_argument("--mutants", action="store_true",
+                   help="the drills' mutation test: disable each breaker, timeout and fallback in turn (a local "
+                        "stack per mutant) and check that some drill fails (chaos/mutants.py)")
+    r.add_argument("--mutant", action="append", metavar="NAME", help="--mutants: only this one (repeatable)")
+    r.add_argument("--write-doc", action="store_true", help="--mutants: rewrite the table in docs/chaos.md")
     r.set_defaults(func=cmd_run)
 
     p = sub.add_parser("proxy", help="serve the Toxiproxy-compatible fault proxy",

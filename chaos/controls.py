@@ -201,8 +201,19 @@ class Controls:
                          "attempts": int((g.get("stats") or {}).get("attempts", 0))}
         return out
 
+    async def proxy_stats(self) -> dict[str, dict[str, int]] | None:
+        """``{proxy: {connections, resets}}`` from our fault proxy's ``/__stats__``; None for a real
+        Toxiproxy (it keeps no such counters) or when unreachable."""
+        if self.target.toxiproxy is None:
+            return None
+        try:
+            stats = await self._http("GET", self.target.toxiproxy.rstrip("/") + "/__stats__")
+        except (DrillError, aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        return stats if isinstance(stats, dict) else None
+
     async def snapshot(self) -> dict[str, Any]:
-        """Breakers and stand-in attempt counters, read concurrently."""
+        """Breakers, stand-in attempt counters and fault-proxy counters, read concurrently."""
         deps = sorted(self.target.stubs)
-        results = await asyncio.gather(self.breakers(), *(self.stub_attempts(d) for d in deps))
-        return {"breakers": results[0], "attempts": dict(zip(deps, results[1:]))}
+        results = await asyncio.gather(self.breakers(), self.proxy_stats(), *(self.stub_attempts(d) for d in deps))
+        return {"breakers": results[0], "proxies": results[1], "attempts": dict(zip(deps, results[2:]))}

@@ -50,6 +50,10 @@ JOURNAL_FORMAT = "rag-sidecar-drill/1"
 
 
 # ---- the drill ----------------------------------------------------------------------------------------
+class _SafeguardTripped(Exception):
+    """The safeguard stopped the method (see :meth:`Drill._run_method_safely`)."""
+
+
 class Drill:
     """One run of one scenario. ``await drill.run()`` returns the journal (also kept in ``journal``);
     on cancellation the drill rolls back, writes its journal (``status: aborted``) and re-raises.
@@ -81,6 +85,7 @@ class Drill:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.phase_times: dict[str, list[float | None]] = {"before": [0.0, None], "method": [None, None],
                                                            "after": [None, None]}
+        self.aborted_by_safeguard: dict[str, Any] | None = None
 
     # -- time -----------------------------------------------------------------------------------
     def now(self) -> float:
@@ -124,13 +129,21 @@ class Drill:
                 self._say(f"[{sc.id}] {error}")
             else:
                 self._say(f"[{sc.id}] method ({sc.method_duration_s:g}s)")
-                await self._run_method(controls)
+                await self._run_method_safely(controls, load)
+                if self.aborted_by_safeguard is not None:
+                    raise _SafeguardTripped()
                 self.phase_times["after"][0] = self.now()
                 await self._mark(controls, "after_start")
                 self._say(f"[{sc.id}] after ({sc.steady_state_hypothesis.after_s:g}s)")
                 await self._sleep_until(self.phase_times["after"][0] + sc.steady_state_hypothesis.after_s)
                 await self._mark(controls, "after_end")
                 self.phase_times["after"][1] = self.now()
+        except _SafeguardTripped:
+            status, error = "aborted", (f"aborted_by_safeguard: availability "
+                                        f"{self.aborted_by_safeguard['availability']:.2f} < "
+                                        f"{self.aborted_by_safeguard['floor']:.2f} over the last "
+                                        f"{self.aborted_by_safeguard['window_s']:g}s: fault undone early")
+            self._say(f"[{sc.id}] {error}")
         except asyncio.CancelledError:
             status, cancelled = "aborted", True
             error = "interrupted: rolled back"
@@ -257,6 +270,46 @@ class Drill:
         await self._sleep_until(m0 + sc.method_duration_s)
         self.phase_times["method"][1] = self.now()
 
+    async def _run_method_safely(self, controls: Controls, load: LoadGenerator) -> None:
+        """:meth:`_run_method` under the scenario's safeguard: a watcher checks the availability of the
+        requests finished in the last ``window_s`` every half second; below the floor it stops the
+        method (the ``finally`` rollbacks undo every fault) and notes ``aborted_by_safeguard``."""
+        guard = self.scenario.safeguard
+        method = asyncio.create_task(self._run_method(controls), name="drill-method")
+        if guard.availability_min <= 0:
+            await method
+            return
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(0.5)
+                now = self.now()
+                recent = [r for r in load.records if r.latency_ms is not None
+                          and now - guard.window_s <= r.t + r.latency_ms / 1e3 <= now]
+                if len(recent) < guard.min_requests:
+                    continue
+                availability = sum(r.available for r in recent) / len(recent)
+                if availability < guard.availability_min:
+                    self.aborted_by_safeguard = {"at_s": round(now, 3), "availability": round(availability, 4),
+                                                 "floor": guard.availability_min, "window_s": guard.window_s,
+                                                 "requests": len(recent)}
+                    return
+
+        watcher = asyncio.create_task(watch(), name="drill-safeguard")
+        try:
+            await asyncio.wait({method, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (method, watcher):
+                task.cancel()
+            await asyncio.gather(method, watcher, return_exceptions=True)
+        if method.done() and not method.cancelled() and method.exception() is not None:
+            raise method.exception()  # type: ignore[misc]
+        if self.aborted_by_safeguard is not None and self.phase_times["method"][1] is None:
+            self.phase_times["method"][1] = self.now()
+            for w in self.windows:
+                if w["start_s"] is not None and w["end_s"] is None:
+                    w["end_s"] = round(self.now(), 3)
+
     async def _apply(self, controls: Controls, index: int) -> None:
         action = self.scenario.method[index]
         entry = {"kind": "apply", "at_s": action.at_s, "t_s": round(self.now(), 3), "action": action.action,
@@ -370,6 +423,33 @@ class Drill:
                 "value": rounded(verdict.value, 4), "limit": rounded(verdict.limit, 4), "met": bool(verdict.met),
                 "detail": detail}
 
+    def final_state(self, dependency: str, phase: str) -> str | None:
+        """The dependency's breaker state at the end of the phase (its last boundary snapshot)."""
+        pairs = self._mark_pairs(phase)
+        mark = self.marks.get(pairs[-1][1]) if pairs else None
+        breakers = (mark or {}).get("breakers") or {}
+        return (breakers.get(self.guard_of(dependency)) or {}).get("state")
+
+    def blamed_components(self, dependency: str) -> set[str]:
+        """The degradation components that name ``dependency`` (its guards)."""
+        return {dependency, *GUARDS.get(dependency, ())}
+
+    def all_faulted_components(self) -> set[str]:
+        return set().union(*(self.blamed_components(d) for d in self.scenario.target))
+
+    def proxy_counter(self, dependency: str, phase: str, key: str) -> tuple[int | None, str]:
+        """A fault-proxy counter of ``dependency``'s proxy over the phase (boundary snapshots)."""
+        proxy = self.target.proxies.get(dependency, dependency)
+        total = 0
+        for a, b in self._mark_pairs(phase):
+            ma, mb = self.marks.get(a), self.marks.get(b)
+            xa = ((ma or {}).get("proxies") or {}).get(proxy, {}).get(key)
+            xb = ((mb or {}).get("proxies") or {}).get(proxy, {}).get(key)
+            if xa is None or xb is None:
+                return None, proxy
+            total += xb - xa if xb >= xa else xb
+        return total, proxy
+
     def guard_of(self, dependency: str) -> str:
         """The guard whose breaker stands for ``dependency`` (the first of its guards)."""
         return GUARDS.get(dependency, (dependency,))[0]
@@ -425,6 +505,7 @@ class Drill:
             "scenario": sc.id, "title": sc.title, "description": sc.description, "tags": sc.tags,
             "target_dependencies": sc.target,
             "status": status, "deviated": deviated, "verdict": verdict, "error": error,
+            "aborted_by_safeguard": self.aborted_by_safeguard,
             "start": _iso(started_wall), "end": _iso(time.time()), "duration_s": round(self.now(), 3),
             "target": self.target.describe(),
             "experiment": sc.model_dump(mode="json", by_alias=True),

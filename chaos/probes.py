@@ -150,11 +150,17 @@ def hung_requests(p: ProbeInput) -> Verdict:
 
 
 def recovery_time(p: ProbeInput) -> Verdict:
+    """Seconds until closed again — for a breaker that did open (one that never opened has not recovered
+    from anything: no value, not met)."""
     drill = p.drill
+    detail: dict[str, Any] = {"guard": drill.guard_of(p.dependency), "resolution_s": drill.sample_interval_s}
+    opened = drill.opens(p.dependency, "during")
+    if not opened:
+        detail["reason"] = "the breaker never opened during the fault"
+        return Verdict(None, p.tol.max, False, detail)
     rec_at = drill.recovered_at(p.dependency)
     method_end = drill.phase_times["method"][1]
     value = None if rec_at is None or method_end is None else max(0.0, rec_at - method_end)
-    detail = {"guard": drill.guard_of(p.dependency), "resolution_s": drill.sample_interval_s}
     return Verdict(value, p.tol.max, value is not None and value <= p.tol.max, detail)
 
 
@@ -164,6 +170,46 @@ def degraded_rate(p: ProbeInput) -> Verdict:
     limit = tol.max if tol.max is not None else tol.min
     met = value is not None and (tol.max is None or value <= tol.max) and (tol.min is None or value >= tol.min)
     return Verdict(value, limit, met, {"answers": len(p.answers), "since": p.probe.since})
+
+
+def breaker_opened(p: ProbeInput) -> Verdict:
+    opens = p.drill.opens(p.dependency, p.phase)
+    return Verdict(None if opens is None else float(opens), p.tol.min,
+                   opens is not None and opens >= p.tol.min, {"guard": p.drill.guard_of(p.dependency)})
+
+
+def breaker_closed(p: ProbeInput) -> Verdict:
+    state = p.drill.final_state(p.dependency, p.phase)
+    value = None if state is None else float(state == "closed")
+    return Verdict(value, 1.0, state == "closed", {"guard": p.drill.guard_of(p.dependency), "state": state})
+
+
+def blame(p: ProbeInput) -> Verdict:
+    """Degraded answers must name the faulted dependency (its guards) and no upstream that is healthy."""
+    faulted = (p.drill.all_faulted_components() if p.probe.dependency is None
+               else p.drill.blamed_components(p.dependency))
+    upstreams = {"embedder", "vector_db", "llm", "llm_fallback"}
+    degraded = [r for r in p.answers if r.degradations]
+    wrong: list[str] = []
+    right = 0
+    for r in degraded:
+        named = {d.get("component") for d in r.degradations}
+        if named & faulted and not (named & upstreams) - p.drill.all_faulted_components():
+            right += 1
+        elif len(wrong) < 3:
+            wrong.append(f"request {r.i}: {sorted(c for c in named if c)}")
+    value = right / len(degraded) if degraded else None
+    return Verdict(value, p.tol.min, value is not None and value >= p.tol.min,
+                   {"degraded": len(degraded), "expected": sorted(faulted), "misblamed": wrong})
+
+
+def resets_fired(p: ProbeInput) -> Verdict:
+    resets, proxy = p.drill.proxy_counter(p.dependency, p.phase, "resets")
+    detail: dict[str, Any] = {"proxy": proxy}
+    if resets is None:
+        detail["reason"] = "no /__stats__ on the fault proxy (a real Toxiproxy keeps no reset counter)"
+    return Verdict(None if resets is None else float(resets), p.tol.min,
+                   resets is not None and resets >= p.tol.min, detail)
 
 
 EVALUATORS: dict[str, Callable[[ProbeInput], Verdict]] = {
@@ -176,4 +222,8 @@ EVALUATORS: dict[str, Callable[[ProbeInput], Verdict]] = {
     "hung_requests": hung_requests,
     "recovery_time": recovery_time,
     "degraded_rate": degraded_rate,
+    "breaker_opened": breaker_opened,
+    "breaker_closed": breaker_closed,
+    "blame": blame,
+    "resets_fired": resets_fired,
 }

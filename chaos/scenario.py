@@ -51,14 +51,15 @@ DEPENDENCIES = ("embedder", "vector_db", "llm")
 PHASES = ("before", "during", "after")
 Phase = Literal["before", "during", "after"]
 ProbeType = Literal["availability", "latency_p99", "mode", "degraded_labelled", "upstream_attempts_ratio",
-                    "breaker_transitions", "hung_requests", "recovery_time", "degraded_rate"]
+                    "breaker_transitions", "hung_requests", "recovery_time", "degraded_rate",
+                    "breaker_opened", "breaker_closed", "blame", "resets_fired"]
 ActionType = Literal["toxic_add", "toxic_update", "toxic_remove", "proxy_disable", "proxy_enable",
                      "stub_fault", "stub_clear", "gateway_fault", "gateway_fault_clear",
                      "breaker_open", "breaker_close", "breaker_reset"]
 MODES = tuple(m.value for m in QUERY_MODES)  # the drill's load goes to /v1/query
 # Actions that start a fault (a "during" window) and may carry ``duration_s`` (undone after it).
 FAULT_ACTIONS = frozenset({"toxic_add", "proxy_disable", "stub_fault", "gateway_fault", "breaker_open"})
-TOXIC_TYPES = ("latency", "bandwidth", "slow_close", "timeout", "reset_peer", "slicer", "limit_data")
+TOXIC_TYPES = ("latency", "bandwidth", "slow_close", "timeout", "reset_peer", "slicer", "limit_data", "noop")
 _FAULT_FIELDS = frozenset(f.name for f in dc_fields(Faults))
 
 
@@ -103,6 +104,10 @@ _PROBE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hung_requests": (("max",), PHASES),
     "recovery_time": (("max",), ("after",)),
     "degraded_rate": ((), ("after",)),
+    "breaker_opened": (("min",), ("during",)),
+    "breaker_closed": ((), ("after",)),
+    "blame": (("min",), ("during",)),
+    "resets_fired": (("min",), ("during",)),
 }
 
 
@@ -120,6 +125,13 @@ class Probe(_Model):
     - ``recovery_time``: seconds from the last fault's removal until the breaker is closed ≤ ``max``
     - ``degraded_rate``: share of degraded answers within ``min``..``max`` (``since: recovered`` starts
       the count when the breaker was seen closed again)
+    - ``breaker_opened``: times ``dependency``'s breaker opened in the phase ≥ ``min`` (the fault was
+      seen by the breaker, not just survived by luck)
+    - ``breaker_closed``: ``dependency``'s breaker is closed at the end of the phase (it recovered)
+    - ``blame``: share of degraded answers whose degradations name the faulted dependency and no
+      healthy upstream ≥ ``min``
+    - ``resets_fired``: TCP resets the fault proxy sent on ``dependency``'s proxy in the phase ≥ ``min``
+      (read from our proxy's ``/__stats__``; a real Toxiproxy has no such counter: no data)
     """
 
     name: str
@@ -143,7 +155,7 @@ class Probe(_Model):
             raise ValueError("tolerance.min or tolerance.max is required for a degraded_rate probe")
         if self.type == "breaker_transitions" and tol.max is None and tol.max_per_min is None:
             raise ValueError("tolerance.max or tolerance.max_per_min is required for a breaker_transitions probe")
-        if self.type in ("availability", "mode", "degraded_labelled", "degraded_rate"):
+        if self.type in ("availability", "mode", "degraded_labelled", "degraded_rate", "blame"):
             for key in ("min", "max"):
                 value = getattr(tol, key)
                 if value is not None and not 0 <= value <= 1:
@@ -153,6 +165,17 @@ class Probe(_Model):
         if self.dependency is not None and self.dependency not in (*DEPENDENCIES, "llm_fallback"):
             raise ValueError(f"dependency must be one of {[*DEPENDENCIES, 'llm_fallback']}")
         return self
+
+
+class Safeguard(_Model):
+    """Stop the fault early when the steady state is already lost (Chaos Toolkit's safeguards control):
+    while the method runs, if fewer than ``availability_min`` of the requests finished in the last
+    ``window_s`` seconds (at least ``min_requests`` of them) were available, every fault is undone, the
+    rest of the method is skipped and the journal says ``aborted_by_safeguard``."""
+
+    availability_min: float = Field(0.5, ge=0, le=1, description="0 = no safeguard")
+    window_s: float = Field(5.0, gt=0, le=600)
+    min_requests: int = Field(10, ge=1)
 
 
 class Hypothesis(_Model):
@@ -229,6 +252,7 @@ class Scenario(_Model):
     method: list[Action] = Field(..., min_length=1)
     rollbacks: list[Rollback] = Field(default_factory=list)
     load: Load
+    safeguard: Safeguard = Field(default_factory=Safeguard)
     # Filled by the loader, not the file.
     id: str = Field("", exclude=True)
     path: str | None = Field(None, exclude=True)

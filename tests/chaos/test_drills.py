@@ -18,7 +18,7 @@ import yaml
 
 from chaos.cli import main as chaos_main
 from chaos.cli import register
-from chaos.drill import Drill, percentile
+from chaos.drill import Drill, DrillTarget, percentile
 from chaos.scenario import ScenarioError, all_scenarios, load_scenario, parse_scenario
 from gateway.upstreams.faultinject import FaultRegistry, FaultSpec
 from resilience import UpstreamError
@@ -297,3 +297,32 @@ def test_list_validates_every_scenario(capsys: pytest.CaptureFixture[str]) -> No
 def test_run_needs_a_target(capsys: pytest.CaptureFixture[str]) -> None:
     assert chaos_main(["run", "vector_db_blackhole"]) == 2
     assert "--target URL" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+async def test_safeguard_stops_the_fault_when_availability_collapses(gateway_factory, data_dir: Path) -> None:
+    """No keyword index and the vector DB aborting: every answer is a 503. The safeguard (availability
+    below 50 % over 3 s) undoes the 30 s fault after a few seconds and the journal says so."""
+    client = await gateway_factory(make_settings(data_dir, **{
+        "auth.admin_token": "adm1n-chaos", "chaos.allow_fault_injection": True, "fallback.keyword_index": False}))
+    data = {
+        "title": "a broken build", "target": "vector_db",
+        "steady-state-hypothesis": {"before_s": 1, "after_s": 1, "probes": [
+            {"name": "no 5xx", "type": "availability", "tolerance": {"min": 0.99}}]},
+        "method": [{"at_s": 0, "action": "gateway_fault", "target": "vector_db", "duration_s": 30,
+                    "attributes": {"abort": {"http_status": 503}}}],
+        "safeguard": {"availability_min": 0.5, "window_s": 3, "min_requests": 5},
+        "load": {"rate_per_s": 10, "max_requests": 1000, "queries": ["green tea temperature"]},
+    }
+    target = DrillTarget(url=str(client.make_url("")).rstrip("/"), admin_token="adm1n-chaos")
+    started = time.monotonic()
+    journal = await Drill(parse_scenario(data), target, out_dir=None, png=False).run()
+    assert journal["status"] == "aborted" and journal["verdict"] == "aborted"
+    guard = journal["aborted_by_safeguard"]
+    assert guard is not None and guard["availability"] < 0.5 and guard["floor"] == 0.5
+    assert guard["at_s"] < 1 + 10, "the fault ran on although the steady state was lost"
+    assert time.monotonic() - started < 20
+    undone = [e for e in journal["rollbacks"] if e["name"].startswith("undo")]
+    assert undone and all(e["status"] == "succeeded" for e in undone)
+    faults = await (await client.get("/admin/faults", headers={"Authorization": "Bearer adm1n-chaos"})).json()
+    assert not any(f["active"] for f in faults["faults"].values())

@@ -30,19 +30,21 @@ KNOWN_DEVIATIONS: dict[str, dict[str, str]] = {}
 
 # scenario → (component the degraded answers must name during the faults, probe types it must keep)
 SUITE: dict[str, tuple[str | None, set[str]]] = {
-    "vector_db_blackhole": ("vector_db", {"latency_p99", "upstream_attempts_ratio", "degraded_labelled"}),
-    "vector_db_reset_peer": (None, {"breaker_transitions", "degraded_labelled"}),
+    "vector_db_blackhole": ("vector_db", {"latency_p99", "upstream_attempts_ratio", "degraded_labelled",
+                                           "breaker_opened", "blame"}),
+    "vector_db_reset_peer": (None, {"breaker_transitions", "degraded_labelled", "resets_fired", "blame"}),
     "vector_db_latency_below_timeout": (None, {"mode", "breaker_transitions"}),
-    "vector_db_latency_above_timeout": ("vector_db", {"latency_p99", "upstream_attempts_ratio"}),
-    "vector_db_bandwidth_starved": ("vector_db", {"mode", "latency_p99"}),
-    "embedder_down": ("embedder", {"mode", "upstream_attempts_ratio"}),
+    "vector_db_latency_above_timeout": ("vector_db", {"latency_p99", "upstream_attempts_ratio", "breaker_opened"}),
+    "vector_db_bandwidth_starved": ("vector_db", {"mode", "latency_p99", "breaker_opened"}),
+    "embedder_hang": ("embedder", {"latency_p99", "breaker_opened", "blame"}),
+    "embedder_down": ("embedder", {"mode", "upstream_attempts_ratio", "breaker_opened", "blame"}),
     "llm_rate_limited": ("llm", {"mode", "latency_p99"}),
-    "llm_overloaded_storm": ("llm", {"mode", "upstream_attempts_ratio"}),
-    "llm_hang": ("llm", {"degraded_rate", "hung_requests"}),
+    "llm_overloaded_storm": ("llm", {"mode", "upstream_attempts_ratio", "breaker_opened"}),
+    "llm_hang": ("llm", {"degraded_rate", "hung_requests", "breaker_opened"}),
     "llm_stream_cut": ("llm", {"mode", "degraded_labelled"}),
-    "llm_and_vector_db_down": ("vector_db", {"mode", "upstream_attempts_ratio"}),
-    "vector_db_recovers": ("vector_db", {"recovery_time", "degraded_rate"}),
-    "gateway_fault_injection": ("vector_db", {"mode", "upstream_attempts_ratio"}),
+    "llm_and_vector_db_down": ("vector_db", {"mode", "upstream_attempts_ratio", "breaker_opened"}),
+    "vector_db_recovers": ("vector_db", {"recovery_time", "degraded_rate", "breaker_opened", "breaker_closed"}),
+    "gateway_fault_injection": ("vector_db", {"mode", "upstream_attempts_ratio", "breaker_opened", "blame"}),
 }
 
 

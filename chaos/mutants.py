@@ -1,0 +1,133 @@
+"""The drills' own mutation test: disable one resilience mechanism at a time, re-run the drills that
+should notice, and show that at least one fails. A mechanism no drill misses is unproven.
+
+    rag-sidecar chaos run --mutants            (or: make drill-mutants)
+
+Each mutant is a config change of the local stack's gateway (nothing is patched in the code): a
+breaker that never opens, a stage timeout longer than any request, a fallback switched off. For each,
+a fresh :class:`~chaos.local.LocalStack` is brought up and the mutant's scenarios drilled; the
+mutant is *killed* when one of them does not pass. The table (``docs/chaos.md``, between the
+``mutation-table`` markers) is rewritten from the run with ``--write-doc``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from chaos.drill import Drill
+from chaos.local import LocalStack
+from chaos.scenario import load_scenario
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "chaos.md"
+DOC_MARKERS = ("<!-- mutation-table:start -->\n", "<!-- mutation-table:end -->")
+# A breaker that never opens: no consecutive-failure count, no failure/slow rate ever judged.
+NEVER_OPENS = {"failure_threshold": 1_000_000, "min_calls": 1_000_000, "window": 20}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    mechanism: str
+    overrides: dict[str, Any]
+    scenarios: tuple[str, ...]
+
+    def describe(self) -> str:
+        return json.dumps(self.overrides, separators=(",", ":"))
+
+
+def _breaker_off(guard: str) -> dict[str, Any]:
+    return {"resilience": {guard: {"breaker": NEVER_OPENS}}}
+
+
+def _timeout_off(guard: str) -> dict[str, Any]:
+    # Longer than any request budget: only the request deadline is left to end a hung call.
+    return {"resilience": {guard: {"timeout_s": 3600.0}}}
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant("breaker:vector_db", "vector DB circuit breaker", _breaker_off("vector_db"), ("vector_db_blackhole",)),
+    Mutant("breaker:embedder", "embedder circuit breaker", _breaker_off("embedder"), ("embedder_down",)),
+    Mutant("breaker:llm", "LLM circuit breakers", _breaker_off("llm"), ("llm_hang", "llm_overloaded_storm")),
+    Mutant("timeout:vector_db", "vector DB stage timeout", _timeout_off("vector_db"), ("vector_db_blackhole",)),
+    Mutant("timeout:embedder", "embedder stage timeout", _timeout_off("embedder"), ("embedder_hang",)),
+    Mutant("timeout:llm", "LLM stage timeout", _timeout_off("llm"), ("llm_hang",)),
+    Mutant("fallback:keyword_index", "keyword (BM25) retrieval fallback", {"fallback": {"keyword_index": False}},
+           ("vector_db_blackhole",)),
+    Mutant("fallback:fallback_model", "fallback LLM model", {"llm": {"fallback_model": None}},
+           ("llm_rate_limited",)),
+    Mutant("fallback:answer_cache", "stale cached answers (answer cache)", {"cache": {"enabled": False}},
+           ("llm_and_vector_db_down",)),
+)
+
+
+async def run_mutant(mutant: Mutant, *, workdir: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Bring up a stack with the mutant, drill its scenarios; ``killed`` when one of them did not pass."""
+    t0 = time.monotonic()
+    stack = LocalStack(workdir, overrides=mutant.overrides, say=say)
+    results = []
+    try:
+        await stack.start()
+        for name in mutant.scenarios:
+            await stack.reset()
+            journal = await Drill(load_scenario(name, stack.variables()), stack.target(), out_dir=None,
+                                  png=False, on_event=lambda _msg: None).run()
+            failed = [f"{phase}:{p['name']}" for phase in ("before", "during", "after")
+                      for p in ((journal["steady_states"].get(phase) or {}).get("probes") or []) if not p["met"]]
+            results.append({"scenario": name, "verdict": journal["verdict"], "failed_probes": failed,
+                            "aborted_by_safeguard": journal.get("aborted_by_safeguard") is not None})
+            say(f"mutant {mutant.name}: {name} → {journal['verdict']} {failed[:4]}")
+    finally:
+        await stack.stop()
+    killed = any(r["verdict"] != "pass" for r in results)
+    return {"mutant": mutant.name, "mechanism": mutant.mechanism, "config": mutant.describe(), "killed": killed,
+            "drills": results, "seconds": round(time.monotonic() - t0, 1)}
+
+
+async def run_all(names: list[str] | None = None, *, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    chosen = [m for m in MUTANTS if not names or m.name in names]
+    out = []
+    for mutant in chosen:
+        workdir = Path(tempfile.mkdtemp(prefix="rag-sidecar-mutant-"))
+        try:
+            out.append(await run_mutant(mutant, workdir=workdir, say=say))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = ["| mechanism disabled | config of the mutant | drill | verdict | probes that failed | killed |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        for d in r["drills"]:
+            probes = ", ".join(d["failed_probes"][:5]) + (" …" if len(d["failed_probes"]) > 5 else "")
+            if d["aborted_by_safeguard"]:
+                probes = "aborted_by_safeguard; " + probes
+            lines.append(f"| {r['mechanism']} (`{r['mutant']}`) | `{r['config']}` | {d['scenario']} | "
+                         f"{d['verdict']} | {probes or '—'} | {'yes' if r['killed'] else '**SURVIVED**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(results: list[dict[str, Any]], path: Path = DOC) -> None:
+    start, end = DOC_MARKERS
+    text = path.read_text(encoding="utf-8")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(head + start + table(results) + end + tail, encoding="utf-8")
+
+
+def main_sync(names: list[str] | None, *, write: bool, out: Path | None) -> int:
+    results = asyncio.run(run_all(names))
+    print(table(results))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    if write:
+        write_doc(results)
+    return 0 if all(r["killed"] for r in results) else 1
