@@ -103,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, names: list[str], out: Path) -> int:
+    from chaos.events import dogstatsd_url
     from chaos.drill import DEFAULT_PROXIES, Drill, DrillTarget, write_summary
 
     loop = asyncio.get_running_loop()
@@ -135,6 +136,7 @@ async def _run(args: argparse.Namespace, names: list[str], out: Path) -> int:
             stack = LocalStack(stack_dir, open_s=args.open_s, say=_say)
             await stack.start()
             target = stack.target()
+            target.dogstatsd = dogstatsd_url(args.dogstatsd)
             variables = {**stack.variables(), **variables}
         else:
             stubs = {}
@@ -147,7 +149,8 @@ async def _run(args: argparse.Namespace, names: list[str], out: Path) -> int:
                 stubs[STUB_ALIASES[name]] = url
             target = DrillTarget(url=args.target, toxiproxy=args.toxiproxy, stubs=stubs,
                                  admin_token=args.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
-                                 proxies={**DEFAULT_PROXIES, **_pairs(args.proxy, "--proxy")})
+                                 proxies={**DEFAULT_PROXIES, **_pairs(args.proxy, "--proxy")},
+                                 dogstatsd=dogstatsd_url(args.dogstatsd))
         scenarios: list[Scenario] = [load_scenario(n, variables) for n in names]  # validate all up front
         many = len(scenarios) > 1
         for sc in scenarios:
@@ -198,6 +201,29 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return proxy_main(argv)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from chaosragsidecar.export import to_experiment
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(args.scenarios) or [str(p) for p in all_scenarios()]
+    for name in names:
+        try:
+            sc = load_scenario(name)
+        except ScenarioError as exc:
+            _say(f"scenario error: {exc}")
+            return 2
+        # A shipped scenario by name; any other by its absolute path.
+        shipped = sc.path is not None and Path(sc.path).resolve().parent == SCENARIO_DIR.resolve()
+        reference = sc.id if shipped else str(Path(sc.path or name).resolve())
+        path = out / f"{sc.id}.json"
+        path.write_text(json.dumps(to_experiment(sc, reference=reference), indent=2) + "\n", encoding="utf-8")
+        print(path)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     status = 0
     print(f"{'scenario':32} {'target':18} {'length':>7}  title")
@@ -214,7 +240,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # ---- wiring -----------------------------------------------------------------------------------------
 def _add_commands(chaos: argparse.ArgumentParser) -> None:
-    sub = chaos.add_subparsers(dest="chaos_cmd", required=True, metavar="{run,proxy,list}")
+    sub = chaos.add_subparsers(dest="chaos_cmd", required=True, metavar="{run,proxy,toxic,list,export}")
 
     r = sub.add_parser("run", help="run drills: steady state, faults under load, rollbacks, journal + report + PNG",
                        description="Run chaos drills against a gateway (or --local: a stack brought up here).")
@@ -240,6 +266,8 @@ def _add_commands(chaos: argparse.ArgumentParser) -> None:
     r.add_argument("--no-png", action="store_true", help="skip timeline.png")
     r.add_argument("--keep-stack-files", action="store_true",
                    help="--local: keep the stack's config, data and logs under OUT/stack")
+    r.add_argument("--dogstatsd", metavar="URL", help="post drill start/end events to this DogStatsD "
+                   "(udp://host:port or unix:///path; default $DD_DOGSTATSD_URL or $DD_AGENT_HOST)")
     r.add_argument("--mutants", action="store_true",
                    help="the drills' mutation test: disable each breaker, timeout and fallback in turn (a local "
                         "stack per mutant) and check that some drill fails (chaos/mutants.py)")
@@ -256,6 +284,17 @@ def _add_commands(chaos: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed for toxicity draws, jitter and slicer sizes")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_proxy)
+
+    from chaos.toxic_cli import add_parser as add_toxic_parser
+
+    add_toxic_parser(sub)
+
+    ex = sub.add_parser("export", help="write scenarios as Chaos Toolkit experiments (chaosragsidecar extension)",
+                        description="Write each scenario as a Chaos Toolkit experiment (JSON) that `chaos run` "
+                                    "executes through the chaosragsidecar extension.")
+    ex.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="YAML file or name (default: all shipped)")
+    ex.add_argument("--out", default="experiments", help="output directory (default experiments/)")
+    ex.set_defaults(func=cmd_export)
 
     li = sub.add_parser("list", help="list (and validate) the scenarios")
     li.add_argument("--dir", help=f"scenario directory (default {SCENARIO_DIR})")

@@ -42,6 +42,7 @@ class DrillTarget:
     stubs: dict[str, str] = field(default_factory=dict)
     admin_token: str | None = None
     proxies: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PROXIES))
+    dogstatsd: str | None = None  # where drill start/end events go (chaos.events); None = nowhere
 
     def describe(self) -> dict[str, Any]:
         return {"url": self.url, "toxiproxy": self.toxiproxy, "stubs": dict(self.stubs),

@@ -39,6 +39,7 @@ import aiohttp
 
 from chaos.controls import (CONTROL_TIMEOUT_S, DEFAULT_PROXIES, GUARDS, STUB_ALIASES, Controls, DrillError,
                             DrillTarget, Undo)
+from chaos.events import DrillEvents
 from chaos.load import LoadGenerator, RequestRecord
 from chaos.probes import EVALUATORS, ProbeInput, in_spans, percentile, rounded, status_counts
 from chaos.proxy.client import ToxiproxyError
@@ -113,9 +114,11 @@ class Drill:
                              seed=self.seed)
         load_task: asyncio.Task[None] | None = None
         sampler: asyncio.Task[None] | None = None
+        events = DrillEvents(self.target.dogstatsd)
         try:
             self._say(f"[{sc.id}] pre-flight")
             await self._preflight(session, controls)
+            events.started(sc.id, sc.title, sc.target)
             load_task = asyncio.create_task(load.run(max_s=sc.total_s + 1.0), name="drill-load")
             sampler = asyncio.create_task(self._sample_loop(controls), name="drill-sampler")
             await self._mark(controls, "before_start")
@@ -173,6 +176,9 @@ class Drill:
             if cancelled and status != "aborted":
                 status, error = "aborted", (error or "interrupted during clean-up")
             self.journal = self._journal(load, status, error, started_wall)
+            if status != "failed" or self.phase_times["method"][0] is not None:  # a drill that ran
+                events.ended(sc.id, sc.title, self.journal["verdict"], error or "")
+            events.close()
             if self.out_dir is not None:
                 cancelled |= await self._cleanup_step("write outputs", self.write_outputs(), 60.0)
         if cancelled:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -314,9 +315,21 @@ async def test_safeguard_stops_the_fault_when_availability_collapses(gateway_fac
         "safeguard": {"availability_min": 0.5, "window_s": 3, "min_requests": 5},
         "load": {"rate_per_s": 10, "max_requests": 1000, "queries": ["green tea temperature"]},
     }
-    target = DrillTarget(url=str(client.make_url("")).rstrip("/"), admin_token="adm1n-chaos")
+    agent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a fake Datadog Agent: drill events land here
+    agent.bind(("127.0.0.1", 0))
+    agent.settimeout(2)
+    target = DrillTarget(url=str(client.make_url("")).rstrip("/"), admin_token="adm1n-chaos",
+                         dogstatsd=f"udp://127.0.0.1:{agent.getsockname()[1]}")
     started = time.monotonic()
     journal = await Drill(parse_scenario(data), target, out_dir=None, png=False).run()
+    try:
+        received = [agent.recv(65535).decode() for _ in range(2)]
+    finally:
+        agent.close()
+    assert received[0].startswith("_e{") and "Chaos drill started: a broken build" in received[0]
+    assert "|#source:rag-sidecar-drill,scenario:" in received[0]
+    assert "Chaos drill ended: a broken build" in received[1] and "verdict:aborted" in received[1]
+    assert "|t:error" in received[1]
     assert journal["status"] == "aborted" and journal["verdict"] == "aborted"
     guard = journal["aborted_by_safeguard"]
     assert guard is not None and guard["availability"] < 0.5 and guard["floor"] == 0.5

@@ -599,3 +599,38 @@ async def test_cli_populates_from_config_and_stops_on_sigterm(echo_upstream: str
 
 def test_cli_rejects_an_unreadable_config(tmp_path: Path) -> None:
     assert main(["--port", "0", "--config", str(tmp_path / "missing.json")]) == 2
+
+
+async def test_toxic_cli_covers_toxiproxy_cli_verbs(server: FaultProxyServer, echo_upstream: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``rag-sidecar chaos toxic`` with toxiproxy-cli's verbs, aliases and flags, against the API."""
+    from chaos.cli import main as chaos_main
+
+    async def cli(*argv: str) -> Any:
+        capsys.readouterr()
+        code = await asyncio.to_thread(chaos_main, ["toxic", "--host", server.api_url.removeprefix("http://"), *argv])
+        out = capsys.readouterr()
+        return code, (json.loads(out.out) if out.out.strip() else None), out.err
+
+    code, created, _ = await cli("create", "redis", "-l", "127.0.0.1:0", "-u", echo_upstream)
+    assert code == 0 and created["name"] == "redis" and created["enabled"] is True
+    code, toxic, _ = await cli("a", "redis", "-t", "latency", "-n", "slow", "-a", "latency=120", "-a", "jitter=5",
+                               "--upstream", "--tox", "0.5")
+    assert code == 0 and toxic == {"attributes": {"latency": 120, "jitter": 5}, "name": "slow", "type": "latency",
+                                   "stream": "upstream", "toxicity": 0.5}
+    code, toxic, _ = await cli("update", "redis", "-n", "slow", "-a", "latency=300")
+    assert code == 0 and toxic["attributes"] == {"latency": 300, "jitter": 5}
+    code, proxy, _ = await cli("inspect", "redis")
+    assert [t["name"] for t in proxy["toxics"]] == ["slow"]
+    code, proxy, _ = await cli("tog", "redis")
+    assert proxy["enabled"] is False
+    code, proxy, _ = await cli("enable", "redis")
+    assert proxy["enabled"] is True
+    assert (await cli("rm", "redis", "-n", "slow"))[0] == 0
+    code, listed, _ = await cli("ls")
+    assert listed["redis"]["toxics"] == []
+    code, _, err = await cli("remove", "redis", "-n", "nope")
+    assert code == 1 and "404" in err and "toxic not found" in err
+    assert (await cli("d", "redis"))[0] == 0
+    code, listed, _ = await cli("list")
+    assert "redis" not in listed
