@@ -45,7 +45,8 @@ def swap_in(state: AppState, kb: KBVersion | None) -> None:
             state.store.load(kb.version, kb.path, kb.chunks, kb.vectors)
     previous = state.kb.version if state.kb else None
     state.kb, state.kb_error = kb, None
-    state.telemetry.kb_state(kb.version, len(kb.chunks), time.time() - kb.created_at)
+    state.telemetry.kb_state(kb.version, len(kb.chunks), time.time() - kb.created_at,
+                             evaluation=kb.manifest.get("evaluation"))
     state.ready.set()
     state.startup_stage = "ready" if kb.degraded is None else f"ready (degraded: {kb.degraded.reason})"
     if kb.degraded is not None:

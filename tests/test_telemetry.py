@@ -132,7 +132,7 @@ def drive_every_method(t: Telemetry) -> None:
     t.rate_limited("/v1/query")
     t.cache_result("miss")
     t.keyword_search(0.75, 3)
-    t.kb_state("v7", 42, 3600.0)
+    t.kb_state("v7", 42, 3600.0, evaluation={"normal": {"precision@5": 0.6}})
     t.on_attempt("embedder", "success", 0.25)
     t.on_retry("embedder", "timeout")
     t.on_shed("llm")
@@ -560,3 +560,23 @@ def test_breaker_open_for_keeps_counting_through_half_open_probes():
     t.on_state_change("vector_db", "open", "half_open")
     t.on_state_change("vector_db", "half_open", "closed")
     assert open_for() == 0
+
+
+async def test_retrieval_quality_comes_from_the_active_versions_golden_set_evaluation(gateway_factory, data_dir):
+    """`kb.retrieval_quality{measure}` = the last golden-set evaluation stored in the active version's
+    manifest (``evaluation``, as `rag-sidecar eval --json` reports it); absent for a never-evaluated KB."""
+    import json as _json
+
+    [manifest] = list((data_dir / "kb" / "versions").glob("*/manifest.json"))
+    data = _json.loads(manifest.read_text())
+    data["evaluation"] = {"golden_set": "corpus/golden.jsonl", "queries": 40,
+                          "normal": {"precision@5": 0.62, "recall@5": 0.8, "ndcg@10": 0.71, "mrr": 0.75}}
+    manifest.write_text(_json.dumps(data))
+    client = await gateway_factory(make_settings(data_dir))
+    prom = prometheus_series(await (await client.get("/metrics")).text())
+    assert prom["rag.kb.retrieval_quality"] == {
+        (("measure", "precision_at_5"),): 0.62, (("measure", "recall_at_5"),): 0.8,
+        (("measure", "ndcg_at_10"),): 0.71, (("measure", "mrr"),): 0.75}
+    t = state_of(client).telemetry
+    t.kb_state("v2", 10, 1.0, evaluation=None)  # a version never evaluated: no stale figure survives
+    assert "rag.kb.retrieval_quality" not in prometheus_series(t.prometheus_text().decode())

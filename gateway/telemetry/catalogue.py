@@ -163,6 +163,14 @@ JOBS_WEBHOOKS = MetricSpec(
     "jobs.webhooks", "count", "deliveries", ("outcome",),
     "Completion webhook attempts: delivered (2xx), retry (will be retried with backoff), failed (given up).",
     values={"outcome": ("delivered", "retry", "failed")})
+# Golden-set measures of the normal retrieval path, as `rag-sidecar eval` names them (precision@5 …).
+QUALITY_MEASURES = ("precision_at_5", "recall_at_5", "ndcg_at_10", "mrr")
+RETRIEVAL_QUALITY = MetricSpec(
+    "kb.retrieval_quality", "gauge", "ratio", ("measure",),
+    "Retrieval quality of the active KB version on its golden set (0..1; precision_at_5 is the seed "
+    "article's Precision@5), from the last evaluation stored in the version's manifest (`evaluation`); "
+    "refreshed whenever a version is loaded or activated, absent when the version was never evaluated.",
+    values={"measure": QUALITY_MEASURES})
 
 CATALOGUE: tuple[MetricSpec, ...] = (
     REQUEST_COUNT, REQUEST_DURATION, REQUEST_IN_FLIGHT, RATE_LIMITED, DEGRADATION_COUNT,
@@ -170,7 +178,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     BREAKER_STATE, BREAKER_TRANSITIONS, CACHE_RESULTS, KEYWORD_DURATION, KEYWORD_SEARCHES,
     KB_INFO, KB_AGE, KB_CHUNKS,
     JOBS_SUBMITTED, JOBS_REJECTED, JOBS_ITEMS, JOBS_ITEM_DURATION, JOBS_RETRIES, JOBS_QUEUE_DEPTH,
-    JOBS_QUEUE_IN_FLIGHT, JOBS_QUEUE_OLDEST_AGE, JOBS_WEBHOOKS, BREAKER_OPEN_FOR,
+    JOBS_QUEUE_IN_FLIGHT, JOBS_QUEUE_OLDEST_AGE, JOBS_WEBHOOKS, BREAKER_OPEN_FOR, RETRIEVAL_QUALITY,
 )
 # Slot of each metric in the per-catalogue lists below (the request path indexes, never looks up).
 _REQ_COUNT, _REQ_DURATION, _IN_FLIGHT, _RATE_LIMITED, _DEGRADATION = map(CATALOGUE.index, (
@@ -179,8 +187,8 @@ _DEP_ATTEMPTS, _DEP_DURATION, _DEP_RETRIES, _DEP_SHED, _DEP_SHORT = map(CATALOGU
     DEPENDENCY_ATTEMPTS, DEPENDENCY_DURATION, DEPENDENCY_RETRIES, DEPENDENCY_SHED, DEPENDENCY_SHORT_CIRCUITS))
 _BREAKER_STATE, _BREAKER_TRANSITIONS, _CACHE, _KW_DURATION, _KW_SEARCHES = map(CATALOGUE.index, (
     BREAKER_STATE, BREAKER_TRANSITIONS, CACHE_RESULTS, KEYWORD_DURATION, KEYWORD_SEARCHES))
-_KB_INFO, _KB_AGE, _KB_CHUNKS, _BREAKER_OPEN_FOR = map(CATALOGUE.index, (KB_INFO, KB_AGE, KB_CHUNKS,
-                                                                         BREAKER_OPEN_FOR))
+_KB_INFO, _KB_AGE, _KB_CHUNKS, _BREAKER_OPEN_FOR, _QUALITY = map(CATALOGUE.index, (
+    KB_INFO, KB_AGE, KB_CHUNKS, BREAKER_OPEN_FOR, RETRIEVAL_QUALITY))
 _JOBS = {spec.name: CATALOGUE.index(spec) for spec in CATALOGUE if spec.name.startswith("jobs.")}
 _SAMPLED = frozenset(i for i, s in enumerate(CATALOGUE) if s.type in ("distribution", "histogram"))
 _COUNTED = frozenset(i for i, s in enumerate(CATALOGUE) if s.type == "count")
@@ -236,3 +244,18 @@ def undeclared(index: int, labels: tuple[str, ...]) -> list[str]:
     spec = CATALOGUE[index]
     return [f"{key}:{value}" for key, value in zip(spec.tags, labels)
             if key in spec.values and value not in spec.values[key]]
+
+
+def quality_measures(evaluation: Any) -> dict[str, float]:
+    """``measure → value`` from a manifest's ``evaluation`` (``{"normal": {"precision@5": …}, …}`` as
+    ``rag-sidecar eval --json`` writes it, or the measures at the top level); {} when absent or unusable."""
+    if not isinstance(evaluation, dict):
+        return {}
+    source = evaluation.get("normal") if isinstance(evaluation.get("normal"), dict) else evaluation
+    out = {}
+    for key, value in source.items():
+        name = str(key).replace("@", "_at_")
+        if name in QUALITY_MEASURES and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and 0.0 <= value <= 1.0:
+            out[name] = float(value)
+    return out

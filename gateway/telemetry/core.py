@@ -37,6 +37,7 @@ from gateway.telemetry.catalogue import (
     _KB_CHUNKS,
     _KB_INFO,
     _KW_SEARCHES,
+    _QUALITY,
     _RATE_LIMITED,
     _REQ_COUNT,
     _SAMPLED,
@@ -48,6 +49,7 @@ from gateway.telemetry.catalogue import (
     _label_values,
     _tag_value,
     route_tag,
+    quality_measures,
     undeclared,
 )
 from gateway.telemetry.prometheus import Histogram, PrometheusView, build_families
@@ -174,9 +176,12 @@ class Telemetry:
         """One keyword-index search: ``duration_ms`` in ms, ``hits`` chunks returned."""
         self._pending[_KW_SEARCHES].setdefault(("found" if hits > 0 else "empty",), []).append(duration_ms)
 
-    def kb_state(self, version: str | None, chunks: int, age_s: float | None) -> None:
-        """The active KB version changed (or was loaded): ``age_s`` seconds since it was built."""
-        gauges = dict(self._gauges)
+    def kb_state(self, version: str | None, chunks: int, age_s: float | None, evaluation: Any = None) -> None:
+        """The active KB version changed (or was loaded): ``age_s`` seconds since it was built;
+        ``evaluation``: its manifest's golden-set figures (``kb.retrieval_quality``), None if never evaluated."""
+        gauges = {k: v for k, v in self._gauges.items() if k[0] != _QUALITY}
+        for measure, value in quality_measures(evaluation).items():
+            gauges[(_QUALITY, (measure,))] = value
         if self.kb_version is not None:
             gauges.pop((_KB_INFO, (_tag_value(self.kb_version),)), None)
         if version is not None:
