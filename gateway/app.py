@@ -22,7 +22,7 @@ from gateway.cors import setup_cors
 from gateway.jobs import routes as jobs
 from gateway.kb import KBError, KnowledgeBase, load_seed_vectors
 from gateway.kbload import reload_kb, serve_best
-from gateway.logs import install_server_log_filter, setup_logging
+from gateway.logs import install_server_log_filter, resource_fields, setup_logging
 from gateway.middleware import CHAIN
 from gateway.pipeline import Pipeline
 from gateway.retrieval import warm_embedder
@@ -76,14 +76,15 @@ def create_app(settings: Settings, *, configure_logging: bool = True,
     budgets, slow calls and the in-process rate limiter; tests inject one to skip ahead without sleeping.
     """
     if configure_logging:
-        setup_logging(settings.logging.level, settings.logging.format)
+        setup_logging(settings.logging.level, settings.logging.format,
+                      service=resource_fields(settings.telemetry))
     install_server_log_filter()  # aiohttp's server logs carry raw request bytes: always redacted
     telemetry = Telemetry(settings.telemetry)
     data_dir = Path(settings.server.data_dir)
     clock = clock or time.monotonic
     state = AppState(settings=settings, telemetry=telemetry, guards=build_guards(settings, telemetry, clock),
                      kb_store=KnowledgeBase(data_dir / "kb", keep_versions=settings.kb.keep_versions), clock=clock,
-                     tracer=Tracer(settings.telemetry.tracing))
+                     tracer=Tracer(settings.telemetry.tracing, settings.telemetry))
     state.api_keys = key_labels([k.get_secret_value() for k in settings.auth.api_keys])
     server = settings.server
     app = web.Application(middlewares=CHAIN, client_max_size=server.max_body_bytes,

@@ -33,9 +33,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, **{"server.host": args.host, "server.port": args.port})
     worker = WorkerContext.from_env()  # set when this process is one of a supervisor's workers
     if args.workers > 1 and worker is None:
-        from gateway.logs import setup_logging
+        from gateway.logs import resource_fields, setup_logging
 
-        setup_logging(settings.logging.level, settings.logging.format)
+        setup_logging(settings.logging.level, settings.logging.format, service=resource_fields(settings.telemetry))
         return supervise(count=args.workers, host=settings.server.host, port=settings.server.port,
                          config=args.config, grace_s=settings.server.shutdown_grace_s)
     app = create_app(settings)

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from gateway.tracing import current_ids, log_fields
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
@@ -35,17 +37,39 @@ def redact(value: Any) -> Any:
     return value
 
 
+def resource_fields(config: Any) -> dict[str, str]:
+    """``service`` / ``env`` / ``version`` for every log line, from the same telemetry settings as the
+    DogStatsD tags and the trace resource (Datadog's unified service tagging)."""
+    out = {"service": config.service}
+    if config.env:
+        out["env"] = config.env
+    if config.version:
+        out["version"] = config.version
+    return out
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line. ``timestamp`` is ISO 8601 UTC (an attribute Datadog's pipeline takes as
+    the log date); ``dd.trace_id`` / ``dd.span_id`` (decimal, the low 64 bits of the OTel ids, as Datadog
+    correlates them) and ``trace_id`` / ``span_id`` (hex) join a line to its trace when tracing is on."""
+
+    def __init__(self, static: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.static = dict(static or {})
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            **self.static,
         }
         rid = request_id_var.get()
         if rid:
             out["request_id"] = rid
+        out.update(log_fields(current_ids()))
         for key, value in record.__dict__.items():
             if key not in _STD_ATTRS and not key.startswith("_"):
                 out[key] = value
@@ -108,10 +132,12 @@ def install_server_log_filter() -> None:
             logger.addFilter(ServerLogFilter())
 
 
-def setup_logging(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
-    """Configure the root logger once (idempotent): JSON or text lines to ``stream`` (stderr)."""
+def setup_logging(level: str = "INFO", fmt: str = "json", stream: Any = None,
+                  service: dict[str, str] | None = None) -> None:
+    """Configure the root logger once (idempotent): JSON or text lines to ``stream`` (stderr);
+    ``service``: fields on every JSON line (:func:`resource_fields`)."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(service) if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_rag_sidecar", False):

@@ -23,10 +23,20 @@ from gateway.cors import is_preflight
 from gateway.errors import APIError, error_response
 from gateway.logs import request_id_var
 from gateway.shutdown import drain
+from gateway.state import (
+    ANSWER_TEXT,
+    CLIENT_ID,
+    DEADLINE,
+    QUERY_TEXT,
+    REQUEST_ID,
+    STARTED_RESPONSE,
+    STATE,
+    TRACE,
+    AppState,
+)
 from gateway.telemetry import request_retries
+from gateway.tracing import log_fields, mark_error, span_ids
 from gateway.upstreams.fair import current_client
-from gateway.state import (ANSWER_TEXT, CLIENT_ID, DEADLINE, QUERY_TEXT, REQUEST_ID, STARTED_RESPONSE, STATE,
-                           TRACE, AppState)
 from resilience import Deadline
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,6 +81,24 @@ def told_mode(resp: web.StreamResponse | None, trace: Any) -> tuple[str | None, 
     return None, False
 
 
+def _span_attributes(sp: Any, request: web.Request, state: AppState, status: int, retries: dict[str, int]) -> None:
+    """The request span's outcome: status (ERROR on a 5xx), contract labels, retries, breakers, model."""
+    sp.set_attribute("http.status_code", status)
+    mark_error(sp, status)
+    trace = request.get(TRACE)
+    if trace is not None:
+        sp.set_attribute("rag.mode", trace.mode)
+        sp.set_attribute("rag.degraded", trace.degraded)
+        sp.set_attribute("rag.degradations", [f"{d['component']}:{d['reason']}" for d in trace.degradations])
+        for key, value in (("rag.model", trace.model), ("rag.retriever", trace.retriever), ("rag.cache", trace.cache)):
+            if value is not None:
+                sp.set_attribute(key, value)
+    for dependency, n in retries.items():
+        sp.set_attribute(f"rag.retries.{dependency}", n)
+    for dependency, breaker in state.telemetry.breakers.items():
+        sp.set_attribute(f"rag.breaker.{dependency}", breaker)
+
+
 @web.middleware
 async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One JSON line per request with every decision the pipeline took (see Trace)."""
@@ -82,20 +110,18 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
     retries_token = request_retries.set(retries)
     status = 500
     resp: web.StreamResponse | None = None
-    span = state.tracer.span("rag.request", **{"http.route": route, "http.method": request.method,
-                                                "rag.request_id": request.get(REQUEST_ID)})
+    ids: tuple[int, int] | None = None
+    span = state.tracer.server_span("rag.request", request.headers, **{
+        "http.route": route, "http.method": request.method, "rag.request_id": request.get(REQUEST_ID)})
     try:
         with span as sp:
-            resp = await handler(request)
-            status = resp.status
-            if sp is not None:
-                trace = request.get(TRACE)
-                sp.set_attribute("http.status_code", status)
-                if trace is not None:
-                    sp.set_attribute("rag.mode", trace.mode)
-                    sp.set_attribute("rag.degraded", trace.degraded)
-                    sp.set_attribute("rag.degradations", [f"{d['component']}:{d['reason']}"
-                                                          for d in trace.degradations])
+            ids = span_ids(sp)  # the access line below is written after the span ends: keep its ids
+            try:
+                resp = await handler(request)
+                status = resp.status
+            finally:
+                if sp is not None:
+                    _span_attributes(sp, request, state, status, retries)
         return resp
     except web.HTTPException as exc:
         status = exc.status
@@ -111,7 +137,8 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         trace = request.get(TRACE)
         mode, degraded = told_mode(resp, trace)
         state.telemetry.request_finished(route, status, mode, degraded, ms)
-        fields = {"event": "request", "method": request.method, "route": route, "path": request.path,
+        fields = {**log_fields(ids), "event": "request", "method": request.method, "route": route,
+                  "path": request.path,
                   "status": status, "duration_ms": round(ms, 3), "client": request.get(CLIENT_ID)}
         if trace is not None:
             fields.update(mode=mode, degraded=degraded, degradations=trace.degradations,

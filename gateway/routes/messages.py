@@ -30,6 +30,7 @@ from gateway.contract import Component, Mode
 from gateway.errors import APIError
 from gateway.http_input import read_json
 from gateway.state import DEADLINE, REQUEST_ID, STARTED_RESPONSE, STATE, AppState
+from gateway.tracing import outgoing_headers
 from gateway.upstreams.httperrors import error_for_status
 from resilience import DependencyUnavailable, Reason, UpstreamError
 
@@ -45,6 +46,7 @@ def _upstream_headers(request: web.Request, state: AppState) -> dict[str, str]:
     headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARD}
     headers.setdefault("anthropic-version", "2023-06-01")
     headers["X-Request-Id"] = request[REQUEST_ID]
+    headers.update(outgoing_headers())  # the request span's traceparent (the client's own is not forwarded)
     key = state.settings.llm.api_key
     if key is not None and key.get_secret_value():
         headers["x-api-key"] = key.get_secret_value()

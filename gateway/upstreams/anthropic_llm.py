@@ -21,6 +21,7 @@ import httpx2
 
 from fallback.documents import Chunk
 from gateway.config import LLMConfig
+from gateway.tracing import outgoing_headers
 from gateway.upstreams.base import Generation
 from gateway.upstreams.httperrors import error_for_status
 from resilience.errors import UpstreamError
@@ -195,7 +196,7 @@ class AnthropicLLM:
             "system": self.config.system_prompt,
             "messages": [{"role": "user", "content": build_user_message(question, chunks)}]}
         if request_id:
-            args["extra_headers"] = {"X-Request-Id": request_id}
+            args["extra_headers"] = {"X-Request-Id": request_id, **outgoing_headers()}  # traceparent
         return args
 
     async def generate(self, question: str, chunks: Sequence[Chunk], *, model: str | None = None,

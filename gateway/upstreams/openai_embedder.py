@@ -12,6 +12,7 @@ import aiohttp
 import numpy as np
 
 from gateway.config import EmbedderConfig
+from gateway.tracing import outgoing_headers
 from gateway.upstreams.httperrors import error_for_status
 from resilience.errors import UpstreamError
 
@@ -92,7 +93,7 @@ class OpenAIEmbedder:
         return self._session
 
     def _headers(self, request_id: str | None) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **outgoing_headers()}  # traceparent: one trace
         if self.config.api_key is not None and self.config.api_key.get_secret_value():
             headers["Authorization"] = f"Bearer {self.config.api_key.get_secret_value()}"
         if request_id:
