@@ -76,7 +76,7 @@ class LoadGenerator:
     def __init__(self, session: aiohttp.ClientSession, url: str, scenario: Scenario, queries: Sequence[str],
                  clock: Callable[[], float], *, seed: int = 0) -> None:
         self.session = session
-        self.url = url.rstrip("/") + "/v1/query"
+        self.url = url.rstrip("/") + ("/v1/messages" if scenario.load.endpoint == "messages" else "/v1/query")
         self.load = scenario.load
         self.queries = list(queries)
         random.Random(seed).shuffle(self.queries)
@@ -126,6 +126,9 @@ class LoadGenerator:
 
     async def _one(self, rec: RequestRecord, query: str) -> None:
         load = self.load
+        if load.endpoint == "messages":
+            await self._one_message(rec, query)
+            return
         body: dict[str, Any] = {"query": query}
         if rec.stream:
             body["stream"] = True
@@ -158,6 +161,46 @@ class LoadGenerator:
             log.debug("request %d: %r", rec.i, exc)
         finally:
             rec.latency_ms = (time.perf_counter() - t0) * 1e3
+
+
+    async def _one_message(self, rec: RequestRecord, query: str) -> None:
+        """POST /v1/messages as an Anthropic SDK would; the contract comes from the X-RAG-* headers (the
+        body is Anthropic's): ``mode``, ``degraded``, ``degradations`` (X-RAG-Degradations JSON)."""
+        load = self.load
+        body: dict[str, Any] = {"model": load.model, "max_tokens": 256, "stream": rec.stream,
+                                "messages": [{"role": "user", "content": query}]}
+        headers = {"X-Request-Timeout": f"{load.request_timeout_s:g}", "anthropic-version": "2023-06-01"}
+        timeout = aiohttp.ClientTimeout(total=load.request_timeout_s + load.slack_s)
+        t0 = time.perf_counter()
+        try:
+            async with self.session.post(self.url, json=body, headers=headers, timeout=timeout) as resp:
+                rec.status = resp.status
+                rec.header_mode = rec.mode = resp.headers.get("X-RAG-Mode")
+                rec.header_degraded = resp.headers.get("X-RAG-Degraded")
+                rec.degraded = rec.header_degraded == "true" if rec.header_degraded else None
+                try:
+                    rec.degradations = list(json.loads(resp.headers.get("X-RAG-Degradations") or "[]"))
+                except ValueError:
+                    rec.error = "bad_body"
+                raw = await resp.read()
+                if resp.status == 200 and rec.stream and b"event: message_stop" not in raw:
+                    rec.error = "incomplete_stream"  # a stream cut mid-way is no answer
+                elif resp.status == 200 and not rec.stream and _json_or_none(raw) is None:
+                    rec.error = "bad_body"
+        except TimeoutError:
+            rec.error = "hung"
+        except aiohttp.ClientError as exc:
+            rec.error = "connection"
+            log.debug("request %d: %r", rec.i, exc)
+        finally:
+            rec.latency_ms = (time.perf_counter() - t0) * 1e3
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 async def _read_json(resp: aiohttp.ClientResponse) -> Any:

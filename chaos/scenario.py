@@ -42,7 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chaos.stubs.faults import Faults
-from gateway.contract import QUERY_MODES
+from gateway.contract import Mode
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ ProbeType = Literal["availability", "latency_p99", "mode", "degraded_labelled", 
 ActionType = Literal["toxic_add", "toxic_update", "toxic_remove", "proxy_disable", "proxy_enable",
                      "stub_fault", "stub_clear", "gateway_fault", "gateway_fault_clear",
                      "breaker_open", "breaker_close", "breaker_reset"]
-MODES = tuple(m.value for m in QUERY_MODES)  # the drill's load goes to /v1/query
+MODES = tuple(m.value for m in Mode)  # /v1/query's modes, and /v1/messages' fallback_model
 # Actions that start a fault (a "during" window) and may carry ``duration_s`` (undone after it).
 FAULT_ACTIONS = frozenset({"toxic_add", "proxy_disable", "stub_fault", "gateway_fault", "breaker_open"})
 TOXIC_TYPES = ("latency", "bandwidth", "slow_close", "timeout", "reset_peer", "slicer", "limit_data", "noop")
@@ -230,6 +230,10 @@ class Load(_Model):
     duration_s: float | None = Field(None, gt=0, le=3600, description="hard cap on the load's length (s)")
     queries: list[str] = Field(default_factory=list)
     queries_file: str | None = Field(None, description=".txt (one per line) or .jsonl with a query field")
+    endpoint: Literal["query", "messages"] = Field(
+        "query", description="query = POST /v1/query (the contract body); messages = POST /v1/messages "
+        "(Anthropic-compatible; mode/degradations from the X-RAG-* headers)")
+    model: str = Field("claude-sonnet-4-6", description="endpoint messages: the model asked for")
     stream_share: float = Field(0.0, ge=0, le=1, description="share of requests sent with stream: true")
     top_k: int | None = Field(None, ge=1, le=100)
     request_timeout_s: float = Field(5.0, gt=0, le=120, description="sent as X-Request-Timeout (the deadline)")
