@@ -41,6 +41,7 @@ from fallback.chunking import chunk_document, load_documents
 from fallback.chunktable import ChunkTable
 from fallback.documents import Chunk
 from fallback.leftovers import owner_tag, remove_dead
+from gateway.embedjournal import EmbedJournal
 
 if TYPE_CHECKING:
     from gateway.upstreams.base import Embedder, VectorStore
@@ -704,7 +705,9 @@ class KnowledgeBase:
             vectors = None
             reused = 0
             if embedder is not None:
-                cache = {**(seed_vectors or {}), **self.cached_vectors(embedder_id(embedder), embedder.dim)}
+                journal = EmbedJournal(self.root / "embed-journal", embedder_id(embedder), embedder.dim)
+                cache = {**(seed_vectors or {}), **journal.load(),
+                         **self.cached_vectors(embedder_id(embedder), embedder.dim)}
                 vectors_list: list[np.ndarray | None] = [cache.get(c.id) for c in chunks]
                 reused = sum(v is not None for v in vectors_list)
                 todo = [i for i, v in enumerate(vectors_list) if v is None]
@@ -712,11 +715,13 @@ class KnowledgeBase:
                 for start in range(0, len(todo), batch_size):
                     idx = todo[start:start + batch_size]
                     out = await embedder.embed_passages([chunks[i].text for i in idx])
+                    await asyncio.to_thread(journal.append, [chunks[i].id for i in idx], out)  # resumable
                     for j, i in enumerate(idx):
                         vectors_list[i] = out[j]
                     progress("embed", min(start + batch_size, len(todo)), len(todo))
                 vectors = np.vstack(vectors_list).astype(np.float32)
                 await asyncio.to_thread(_save_synced, tmp / "vectors.npy", vectors)
+                journal.clear()  # the version holds them now (reused by chunk id from the active version)
             if upsert is not None:
                 for start in range(0, len(chunks), 100):
                     await upsert(chunks[start:start + 100],

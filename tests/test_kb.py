@@ -68,3 +68,48 @@ def test_builder_file_is_gone_from_a_finished_version(data_dir):
     kb = KnowledgeBase(data_dir / "kb")
     assert not (kb.versions_dir / kb.active_version() / BUILDER_FILE).exists()
     assert os.listdir(data_dir / "kb")  # sanity: the fixture built one
+
+
+class _Hashing:
+    """A deterministic stand-in model (vectors from the text's hash) that can be told to die mid-ingest."""
+
+    name = "local"
+    model_id = "test:hashing"
+    dim = 8
+
+    def __init__(self, die_after: int | None = None) -> None:
+        self.embedded: list[str] = []
+        self.die_after = die_after
+
+    async def embed_passages(self, texts):
+        import numpy as np
+
+        if self.die_after is not None and len(self.embedded) >= self.die_after:
+            raise KeyboardInterrupt("killed mid-ingest")
+        self.embedded.extend(texts)
+        return np.stack([np.frombuffer(__import__("hashlib").sha256(t.encode()).digest()[:32], dtype=np.float32)
+                         for t in texts])
+
+
+async def test_a_killed_ingest_resumes_from_its_journaled_vectors(tmp_path):
+    import numpy as np
+
+    from tests.conftest import TINY_CORPUS
+
+    kb = KnowledgeBase(tmp_path / "kb")
+    dying = _Hashing(die_after=4)
+    with pytest.raises(KeyboardInterrupt):
+        await kb.ingest([TINY_CORPUS], embedder=dying, chunk_chars=200, overlap=0, batch_size=2)
+    assert kb.active_version() is None and len(dying.embedded) == 4
+
+    resumed = _Hashing()
+    version = await kb.ingest([TINY_CORPUS], embedder=resumed, chunk_chars=200, overlap=0, batch_size=2)
+    total = len(kb.load(version).chunks)
+    assert len(resumed.embedded) == total - 4  # only what the killed run had not embedded
+    assert not set(resumed.embedded) & set(dying.embedded)
+    fresh = _Hashing()
+    other = await KnowledgeBase(tmp_path / "kb2").ingest([TINY_CORPUS], embedder=fresh, chunk_chars=200,
+                                                         overlap=0, batch_size=2)
+    assert np.array_equal(np.load(kb.versions_dir / version / "vectors.npy"),
+                          np.load(tmp_path / "kb2" / "versions" / other / "vectors.npy"))
+    assert not (tmp_path / "kb" / "embed-journal").exists() or not any((tmp_path / "kb" / "embed-journal").iterdir())

@@ -1,0 +1,52 @@
+"""Resumable ingest: every embedded batch is journaled to disk, so a killed ingest resumes from its vectors.
+
+One journal per embedding model under ``<kb>/embed-journal/<model digest>/``: ``ids.txt`` (one chunk id a
+line) and ``vectors.f32`` (the rows, float32, in the same order), both append-only and flushed per batch.
+Reading tolerates a torn tail (a kill mid-append): only rows present in both files, whole, are used. The
+journal is removed when a version is written (its vectors then live in the version, which later ingests
+reuse by chunk id). Chunk ids hash source + position + text, so a changed chunk is never served a stale row.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+class EmbedJournal:
+    def __init__(self, root: Path, model_id: str, dim: int | None) -> None:
+        self.dir = Path(root) / hashlib.sha256(model_id.encode()).hexdigest()[:16]
+        self.dim = dim
+
+    def load(self) -> dict[str, np.ndarray]:
+        """Journaled vectors by chunk id ({} when there is no journal or it is for another dimension)."""
+        try:
+            ids = (self.dir / "ids.txt").read_text().split("\n")
+            raw = np.fromfile(self.dir / "vectors.f32", dtype=np.float32)
+        except (OSError, ValueError):
+            return {}
+        if not self.dim:
+            return {}
+        complete = [i for i in ids[:-1] if i]  # the last element is "" after a whole line, or a torn id
+        rows = min(len(complete), raw.size // self.dim)
+        matrix = raw[: rows * self.dim].reshape(rows, self.dim)
+        return {cid: matrix[n] for n, cid in enumerate(complete[:rows])}
+
+    def append(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Journal one batch (vectors first: an id is only trusted once its row is on disk)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "vectors.f32", "ab") as fh:
+            fh.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        with open(self.dir / "ids.txt", "a", encoding="utf-8") as fh:
+            fh.write("".join(f"{i}\n" for i in ids))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
