@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from gateway import connguard
+from gateway import connguard, openapi
 from gateway.config import Settings
 from gateway.cors import setup_cors
 from gateway.jobs import routes as jobs
@@ -91,7 +91,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True,
                           handler_args={"keepalive_timeout": server.keepalive_timeout_s})
     connguard.install(app, max_connections=server.max_connections, header_timeout_s=server.header_timeout_s)
     app[STATE] = state
-    for module in (query, messages, health, admin, metrics, jobs):
+    for module in (query, messages, health, admin, metrics, jobs, openapi):
         module.setup(app)
     setup_cors(app, settings.server.cors_origins)
     telemetry.register_routes(r.canonical for r in app.router.resources())

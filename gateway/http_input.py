@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
+from pydantic import BaseModel, ValidationError
 
 from gateway.errors import APIError
 from gateway.state import DEADLINE, STATE, AppState
@@ -102,3 +103,22 @@ async def read_json(request: web.Request, max_bytes: int | None = None) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise APIError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+
+
+M = TypeVar("M", bound=BaseModel)
+_ERROR_TYPES = {"extra_forbidden": "unknown_field", "missing": "missing_field"}
+
+
+def validate(model: type[M], data: Any) -> M:
+    """``data`` validated by ``model`` (the schema /openapi.json publishes). Raises APIError 422 naming the
+    first offending field."""
+    if not isinstance(data, dict):
+        raise APIError(422, "invalid_type", "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        type_ = _ERROR_TYPES.get(err["type"], "invalid_value")
+        msg = "unknown field" if type_ == "unknown_field" else err["msg"]
+        raise APIError(422, type_, f"{field or 'body'}: {msg}", field=field) from None

@@ -15,6 +15,7 @@ import asyncio
 import hmac
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import APIError
 from gateway.kb import KBCorrupt, KBError, KBInvalidName, KBStorageError, check_version_name
@@ -96,12 +97,19 @@ async def _switch_to(state: AppState, version: str, field: str | None) -> web.Re
     return web.json_response(result)
 
 
+class ActivateRequest(BaseModel):
+    """POST /admin/kb/activate."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    version: str = Field(min_length=1, max_length=255, description="a KB version name: a directory directly "
+                         "under the versions directory (`rag-sidecar kb list`), checked by check_version_name")
+
+
 async def kb_activate(request: web.Request) -> web.Response:
-    from gateway.http_input import read_json
+    from gateway.http_input import read_json, validate
 
     state = _check_admin(request)
-    data = await read_json(request)
-    version = data.get("version") if isinstance(data, dict) else None
+    version = validate(ActivateRequest, await read_json(request)).version
     try:
         check_version_name(version)
     except KBInvalidName as exc:

@@ -24,11 +24,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from gateway import contract
 from gateway.contract import Component, Mode
 from gateway.errors import APIError
-from gateway.http_input import read_json
+from gateway.http_input import read_json, validate
 from gateway.state import DEADLINE, REQUEST_ID, STARTED_RESPONSE, STATE, AppState
 from gateway.tracing import outgoing_headers
 from gateway.upstreams.httperrors import error_for_status
@@ -40,6 +41,23 @@ SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("messages_session", aioh
 # Headers forwarded from the client as-is (auth is handled separately).
 _FORWARD = ("anthropic-version", "anthropic-beta", "content-type", "accept")
 _HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"})
+
+
+class MessagesRequest(BaseModel):
+    """The part of an Anthropic Messages request the gateway itself reads; every other field is relayed
+    unchanged and judged by the upstream (its 400 comes back as-is)."""
+
+    # Required by Anthropic (the upstream enforces them; documented so generated requests are realistic).
+    model_config = ConfigDict(extra="allow", json_schema_extra={"required": ["model", "messages", "max_tokens"]})
+    model: StrictStr = Field(min_length=1, description="the model asked for; replayed on llm.fallback_model")
+    messages: Any = Field(None, description="Anthropic messages (required and validated upstream)",
+                          json_schema_extra={"type": "array", "minItems": 1, "items": {
+                              "type": "object", "required": ["role", "content"],
+                              "properties": {"role": {"enum": ["user", "assistant"]},
+                                             "content": {"type": "string", "minLength": 1}}}})
+    max_tokens: Any = Field(None, description="Anthropic's output cap (required and validated upstream)",
+                            json_schema_extra={"type": "integer", "minimum": 1, "maximum": 4096})
+    stream: Any = Field(False, description="true: server-sent events relayed as they come")
 
 
 def _upstream_headers(request: web.Request, state: AppState) -> dict[str, str]:
@@ -65,11 +83,7 @@ def _anthropic_error(status: int, type_: str, message: str, headers: dict[str, s
 async def messages(request: web.Request) -> web.StreamResponse:
     state: AppState = request.app[STATE]
     body = await read_json(request)
-    if not isinstance(body, dict):
-        raise APIError(422, "invalid_type", "request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise APIError(422, "invalid_value", "model must be a non-empty string", field="model")
+    model = validate(MessagesRequest, body).model  # checks what the gateway relies on; the rest is relayed
     streaming = body.get("stream") is True
     base = (state.settings.llm.base_url or DEFAULT_BASE_URL).rstrip("/")
     url = base + "/v1/messages"

@@ -6,7 +6,7 @@ import math
 from typing import Any, Union
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from gateway import contract
 from gateway.contract import Mode
@@ -20,11 +20,18 @@ FilterValue = Union[StrictStr, StrictInt, StrictFloat, StrictBool, list[Union[St
 
 
 class QueryBody(BaseModel):
+    """POST /v1/query and /v1/retrieve. The limits that depend on the config (query length, top_k) are
+    checked in :func:`parse_query_body` and written into /openapi.json from the running settings."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
-    query: StrictStr
-    top_k: StrictInt | None = None
-    filters: dict[StrictStr, FilterValue] | None = None
-    stream: StrictBool = False
+    query: StrictStr = Field(description="the question (whitespace-only is refused; cut to the embedder's window)",
+                             json_schema_extra={"minLength": 1, "pattern": r"\S"})
+    top_k: StrictInt | None = Field(None, description="chunks to retrieve (server.default_top_k when absent)",
+                                    json_schema_extra={"minimum": 1})
+    filters: dict[StrictStr, FilterValue] | None = Field(
+        None, description="exact-match metadata filters (a list matches any of its values; integers fit 64 bits)",
+        json_schema_extra={"propertyNames": {"minLength": 1, "pattern": r"\S"}})
+    stream: StrictBool = Field(False, description="true: server-sent events (delta …, done)")
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
