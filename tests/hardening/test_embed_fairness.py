@@ -27,18 +27,18 @@ LIGHT_QUERIES = ["How long should green tea steep?", "What temperature for green
                  "green tea brewing", "steeping time"]
 
 
-def maximal_query(chars: int) -> str:
-    # CJK ideographs: one token per character, the costliest input per character for this tokenizer.
-    rng = random.Random(11)
+def maximal_query(chars: int, seed: int = 11) -> str:
+    # CJK ideographs: one token per character, the costliest input per character for these tokenizers.
+    # Every query differs (a seed each): the query-embedding cache must not answer for the model.
+    rng = random.Random(seed)
     return "".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(chars))
 
 
-async def _embed_cost_s(query: str) -> float:
-    """What one maximal query costs the local embedder on this machine now (best of two)."""
-    from gateway.config import EmbedderConfig
-    from gateway.upstreams.local_embedder import LocalEmbedder
+async def _embed_cost_s(query: str, settings) -> float:
+    """What one maximal query costs the configured local embedder on this machine now (best of two)."""
+    from gateway.upstreams.factory import build_local_embedder
 
-    embedder = LocalEmbedder(max_query_tokens=EmbedderConfig().max_query_tokens)
+    embedder = build_local_embedder(settings)
     try:
         costs = []
         for _ in range(2):
@@ -51,11 +51,12 @@ async def _embed_cost_s(query: str) -> float:
 
 
 async def test_other_clients_are_not_degraded_while_one_sends_maximal_queries(gateway_factory, data_dir):
-    heavy_query = maximal_query(make_settings(data_dir).server.max_query_chars)
+    defaults = make_settings(data_dir)
+    heavy_query = maximal_query(defaults.server.max_query_chars)
     # The machine is shared: the embedder's stage timeout is the default 2 s or three maximal (truncated)
     # embeds, whichever is longer, so the claim "others wait for at most the embed in flight" is what is
     # measured, not the machine's load. Without truncation one embed costs ~16 of these.
-    stage_s = max(2.0, 3 * await _embed_cost_s(heavy_query))
+    stage_s = max(2.0, 3 * await _embed_cost_s(heavy_query, defaults))
     settings = make_settings(data_dir, **{"auth.api_keys": KEYS, "cache.enabled": False,
                                           "resilience.embedder.timeout_s": stage_s,
                                           "server.request_timeout_s": stage_s + 5})
@@ -63,10 +64,13 @@ async def test_other_clients_are_not_degraded_while_one_sends_maximal_queries(ga
     stop = asyncio.Event()
     heavy_sent = 0
 
-    async def heavy() -> None:
+    async def heavy(first_seed: int) -> None:
         nonlocal heavy_sent
+        seed = first_seed
         while not stop.is_set():
-            resp = await client.post("/v1/query", json={"query": heavy_query}, headers={"x-api-key": KEYS[0]})
+            seed += 2
+            resp = await client.post("/v1/query", json={"query": maximal_query(len(heavy_query), seed)},
+                                     headers={"x-api-key": KEYS[0]})
             assert resp.status == 200
             await resp.read()
             heavy_sent += 1
@@ -76,14 +80,14 @@ async def test_other_clients_are_not_degraded_while_one_sends_maximal_queries(ga
     async def one_light(key: str) -> None:
         i = 0
         while not stop.is_set():
-            resp = await client.post("/v1/query", json={"query": LIGHT_QUERIES[i % len(LIGHT_QUERIES)]},
-                                     headers={"x-api-key": key})
+            query = f"{LIGHT_QUERIES[i % len(LIGHT_QUERIES)]} (ask {i} of {key[-4:]})"  # never a cache hit
+            resp = await client.post("/v1/query", json={"query": query}, headers={"x-api-key": key})
             body = await resp.json()
             light.append(body)
             i += 1
             await asyncio.sleep(0.05)
 
-    heavies = [asyncio.create_task(heavy()) for _ in range(2)]
+    heavies = [asyncio.create_task(heavy(n)) for n in range(2)]
     await asyncio.sleep(0.3)  # the heavy client's embeds are in the engine before the others arrive
     lights = [asyncio.create_task(one_light(k)) for k in KEYS[1:]]
     t0 = time.monotonic()
