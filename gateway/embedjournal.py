@@ -50,3 +50,7 @@ class EmbedJournal:
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            self.dir.parent.rmdir()  # the last journal gone: leave the KB directory as it was
+        except OSError:
+            pass

@@ -167,7 +167,8 @@ class Pipeline:
 
     @staticmethod
     def _vector_only(req: QueryRequest, chunks: list[Chunk], trace: Trace) -> list[Chunk]:
-        trace.retriever = "vector"
+        # A store that fuses itself (Weaviate's hybrid query) labels its chunks "hybrid".
+        trace.retriever = "hybrid" if chunks and all(c.retriever == "hybrid" for c in chunks) else "vector"
         return chunks[:req.top_k]
 
     def _fuse(self, req: QueryRequest, vector_chunks: list[Chunk], depth: int, trace: Trace) -> list[Chunk]:

@@ -42,7 +42,7 @@ def retrieval_mode(settings: Settings, embedder: Embedder | None) -> str:
     local = serves_kb_versions(settings)
     if embedder is None and local:
         return "keyword_only"
-    if settings.retrieval.hybrid and local:
+    if settings.retrieval.hybrid:  # fused here (embedded store) or by Weaviate's hybrid query
         return "hybrid"
     return "vector"
 

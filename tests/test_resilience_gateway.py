@@ -261,7 +261,7 @@ async def test_a_hung_stage_never_outlives_the_request_deadline(
     assert body["mode"] == "extractive" and body["answer"]  # retrieval spent the budget, or the LLM hung
     assert [(d["component"], d["reason"]) for d in body["degradations"]][0] == (hung[0], "timeout")
     assert {d["reason"] for d in body["degradations"]} == {"timeout"}
-    assert body["sources"][0]["retriever"] == ("vector" if hung == ("llm",) else "bm25")
+    assert body["sources"][0]["retriever"] == ("hybrid" if hung == ("llm",) else "bm25")
     # The fault was really hit, and no stage started an attempt it could not finish.
     if hung[0] == "embedder":
         assert fake_embeddings.requests_total == embeds + 1 and fake_weaviate.search_calls == 0

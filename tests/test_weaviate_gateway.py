@@ -24,7 +24,8 @@ async def test_query_through_weaviate_and_anthropic(stack):
     body = await resp.json()
     assert resp.status == 200, body
     assert body["mode"] == "full" and body["degraded"] is False
-    assert body["sources"][0]["retriever"] == "vector" and body["sources"][0]["source"] == "tea.md"
+    # Weaviate's own hybrid query (BM25 + vector, fused server-side) is the normal path.
+    assert body["sources"][0]["retriever"] == "hybrid" and body["sources"][0]["source"] == "tea.md"
     assert weaviate.search_calls >= 1 and anthropic.model_counts["claude-sonnet-4-6"] == 1
     assert "[1]" in body["answer"]
 
@@ -76,5 +77,16 @@ async def test_near_text_when_weaviate_vectorizes(tmp_path, gateway_factory, fak
     await ingest_into(settings)
     client = await gateway_factory(settings)
     body = await (await client.post("/v1/retrieve", json={"query": "Mount Fuji stratovolcano"})).json()
-    assert body["mode"] == "full" and body["sources"][0]["retriever"] == "vector"
+    assert body["mode"] == "full" and body["sources"][0]["retriever"] == "hybrid"
     assert body["sources"][0]["source"] == "volcanoes.html"
+
+
+async def test_hybrid_off_queries_weaviate_by_vector_only(tmp_path, gateway_factory, fake_weaviate, fake_embeddings):
+    settings = make_settings(tmp_path / "data", **weaviate_overrides(
+        fake_weaviate, **{"embedder.backend": "openai", "embedder.url": fake_embeddings.url + "/v1",
+                          "retrieval.hybrid": False}))
+    await ingest_into(settings)
+    client = await gateway_factory(settings)
+    body = await (await client.post("/v1/retrieve", json={"query": "green tea steeping time"})).json()
+    assert body["degraded"] is False and {s["retriever"] for s in body["sources"]} == {"vector"}
+    assert (await (await client.get("/health")).json())["retrieval"] == "vector"

@@ -48,7 +48,8 @@ def build_store(settings: Settings) -> VectorStore:
     if settings.vector_store.backend == "weaviate":
         from gateway.upstreams.weaviate import WeaviateStore
 
-        return WeaviateStore(settings.vector_store)
+        r = settings.retrieval
+        return WeaviateStore(settings.vector_store, hybrid=r.hybrid, fusion=r.fusion, alpha=r.blend_alpha)
     from gateway.upstreams.embedded_store import EmbeddedStore
 
     return EmbeddedStore()

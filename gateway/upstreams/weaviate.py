@@ -42,7 +42,7 @@ import weaviate
 from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 from weaviate.classes.data import DataObject
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
-from weaviate.classes.query import Filter, MetadataQuery
+from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
 from weaviate.collections.classes.filters import _Filters
 from weaviate.exceptions import (
     InsufficientPermissionsError,
@@ -208,7 +208,13 @@ class WeaviateStore:
     name = "weaviate"
     serves_kb_versions = False  # the collection is the source of truth; ingest upserts into it
 
-    def __init__(self, config: VectorStoreConfig) -> None:
+    def __init__(self, config: VectorStoreConfig, *, hybrid: bool = False, fusion: str = "rrf",
+                 alpha: float = 0.5) -> None:
+        # hybrid: Weaviate's own hybrid query (BM25 over the collection + vector, fused server-side:
+        # RANKED = reciprocal rank fusion, RELATIVE_SCORE = min-max blend) — the normal path's retriever.
+        self._hybrid = hybrid
+        self._fusion = HybridFusion.RELATIVE_SCORE if fusion == "blend" else HybridFusion.RANKED
+        self._alpha = alpha if fusion == "blend" else 0.5
         self._config = config
         self._wv = config.weaviate
         self._client: weaviate.WeaviateAsyncClient | None = None
@@ -331,6 +337,13 @@ class WeaviateStore:
         where = self._filter(filters)
         metadata = MetadataQuery(distance=True)
         try:
+            if self._hybrid and query_text:
+                result = await query.hybrid(
+                    query=str(query_text), alpha=self._alpha, fusion_type=self._fusion, limit=top_k, filters=where,
+                    vector=None if by_text else np.asarray(vector, dtype=np.float32).ravel().tolist(),
+                    return_metadata=MetadataQuery(score=True))
+                return [self._chunk(obj, distance=None).scored(float(obj.metadata.score or 0.0), "hybrid")
+                        for obj in result.objects]
             if by_text:
                 result = await query.near_text(query=str(query_text), limit=top_k, filters=where,
                                                return_metadata=metadata)
