@@ -227,3 +227,6 @@ async def _on_cleanup(app: web.Application) -> None:
         await state.rate_limiter.close()
     await state.guards.close()
     await state.telemetry.close()
+    # aiohttp's middleware cache (web_app._build_middlewares, an lru_cache) keeps the Application alive after
+    # cleanup: drop what is heavy (models, the KB) so a stopped app costs bytes, not ~100 MB (tests start many).
+    state.pipeline = state.embedder = state.store = state.llm = state.kb = None
