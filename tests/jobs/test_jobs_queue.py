@@ -167,3 +167,23 @@ async def test_redis_down_is_a_labelled_503_and_interactive_queries_still_answer
     assert (await resp.json())["error"]["type"] == "queue_unavailable"
     assert (await client.get("/v1/jobs/abc")).status == 503
     assert (await client.post("/v1/query", json={"query": "green tea"})).status == 200
+
+
+async def test_finished_jobs_are_deleted_after_their_ttl(store_factory):
+    s = await store_factory()
+    await s.create(Job(id="j7", client="c", total=1), [{"query": "q", "top_k": 1}], max_pending_per_client=9)
+    await s.create(Job(id="j8", client="c", total=1), [{"query": "q", "top_k": 1}], max_pending_per_client=9)
+    claim = next(c for c in await s.claim(2) if c.job_id == "j7")
+    assert await s.complete(claim, "done", {"result": {"answer": "a"}}) == (True, True)
+    if store_factory.backend == "redis":  # Redis deletes on its own clock: every key of the job has the TTL
+        keys = [k async for k in s.r.scan_iter(match="t:*{j7}")]
+        ttls = [await s.r.ttl(k) for k in keys]
+        assert len(keys) >= 4 and all(0 < t <= 60 for t in ttls), ttls
+        assert await s.r.ttl(s._keys("j8")["job"]) == -1  # unfinished: kept
+        return
+    store_factory.clock.now += 59
+    assert await s.cleanup() == 0 and await s.get("j7") is not None
+    store_factory.clock.now += 2
+    assert await s.cleanup() == 1
+    assert await s.get("j7") is None and await s.items("j7", 0, 10) == []
+    assert await s.get("j8") is not None  # unfinished jobs never expire
