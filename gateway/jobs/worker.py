@@ -89,8 +89,8 @@ class JobWorker:
 
     # ---- queries ----------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
-        await self._ready.wait()
         while True:
+            await self._ready.wait()  # not ready (start-up, KB failure): queries stay queued
             await self._slots.acquire()
             free = 1
             while free < self.config.concurrency and not self._slots.locked():
