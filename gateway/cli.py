@@ -1,4 +1,4 @@
-"""The gateway's commands: serve | ingest | query | config | kb | eval (``python -m gateway.cli``).
+"""The gateway's commands: serve | ingest | query | config | kb | eval | jobs (``python -m gateway.cli``).
 
 The ``rag-sidecar`` entry point (:mod:`rag_sidecar.cli`) adds the ``chaos`` commands on top: the
 gateway never imports the chaos tools.
@@ -275,6 +275,9 @@ def build_parser(*commands: Register) -> argparse.ArgumentParser:
     s.add_argument("--per-query", action="store_true", help="with --json: include per-query scores")
     s.set_defaults(func=cmd_eval)
 
+    from gateway.jobs.cli import register as register_jobs
+
+    register_jobs(sub)
     for register in commands:
         register(sub)
     return p

@@ -1,5 +1,4 @@
-"""``rag-sidecar``: the gateway's commands (:mod:`gateway.cli`) plus ``jobs`` (:mod:`gateway.jobs.cli`) and
-``chaos`` (:mod:`chaos.cli`).
+"""``rag-sidecar``: the gateway's commands (:mod:`gateway.cli`) plus ``chaos`` (:mod:`chaos.cli`).
 
 This module stands above both packages so that neither imports the other's command line.
 """
@@ -13,13 +12,11 @@ from gateway.cli import main as gateway_main
 
 
 def _commands() -> tuple[Register, ...]:
-    from gateway.jobs.cli import register as register_jobs  # jobs.cli uses gateway.cli: registered from here
-
     try:
         from chaos.cli import register
     except ImportError:  # an install without the chaos tools still serves
-        return (register_jobs,)
-    return (register_jobs, register)
+        return ()
+    return (register,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

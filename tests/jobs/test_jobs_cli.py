@@ -14,7 +14,7 @@ from tests.conftest import make_settings
 async def cli(*args: str) -> tuple[int, str, str]:
     env = {**os.environ, "RAG_SIDECAR__LOGGING__LEVEL": "WARNING"}
     env.pop("RAG_SIDECAR_CONFIG", None)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "rag_sidecar.cli", "jobs", *args, env=env,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway.cli", "jobs", *args, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     return proc.returncode, out.decode(), err.decode()
