@@ -6,9 +6,7 @@ Before: nothing timed out a connection trickling its request headers and nothing
 from __future__ import annotations
 
 import asyncio
-import os
 import resource
-import socket
 import subprocess
 import sys
 
@@ -17,6 +15,7 @@ import pytest
 
 from gateway.connguard import GUARD
 from tests.conftest import make_settings
+from tests.serve_proc import ServeProcess
 
 pytestmark = pytest.mark.timeout(120)
 PARTIAL = b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Slow: "  # never finished
@@ -59,52 +58,32 @@ async def test_tricklers_beyond_the_cap_evict_each_other_not_real_clients(gatewa
             w.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def test_a_serve_process_stays_reachable_past_its_file_descriptor_limit(data_dir):
+async def test_a_serve_process_stays_reachable_past_its_file_descriptor_limit(data_dir, tmp_path):
     # The serve process gets 512 file descriptors; 1,100 tricklers (the finding) exhaust them without the cap.
-    port = _free_port()
-    env = {**os.environ, "RAG_SIDECAR__SERVER__DATA_DIR": str(data_dir), "RAG_SIDECAR__SERVER__PORT": str(port),
-           "RAG_SIDECAR__KB__AUTO_INGEST_SAMPLE": "false", "RAG_SIDECAR__TELEMETRY__STATSD_ENABLED": "false",
-           "RAG_SIDECAR__LOGGING__LEVEL": "ERROR"}
-    env.pop("RAG_SIDECAR_CONFIG", None)
+    serve = ServeProcess(data_dir, tmp_path / "serve.log", RAG_SIDECAR__LOGGING__LEVEL="ERROR")
 
     def few_fds() -> None:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
 
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, preexec_fn=few_fds,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    with open(serve.log_path, "ab") as log:
+        serve.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=serve.env,
+                                      preexec_fn=few_fds, stdout=subprocess.DEVNULL, stderr=log)
     writers: list[asyncio.StreamWriter] = []
     try:
+        await serve.start(spawn=False)
+        writers = await _open_tricklers(serve.port, 1100)
+        assert len(writers) == 1100
+        ok = 0
         async with aiohttp.ClientSession() as http:
-            for _ in range(300):  # bounded wait for the process to listen
-                try:
-                    async with http.get(base + "/livez") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                pytest.fail("rag-sidecar serve did not start")
-            writers = await _open_tricklers(port, 1100)
-            assert len(writers) == 1100
-            ok = 0
             for _ in range(5):
                 try:
-                    async with http.get(base + "/livez", timeout=aiohttp.ClientTimeout(total=3)) as r:
+                    async with http.get(serve.url + "/livez", timeout=aiohttp.ClientTimeout(total=3)) as r:
                         ok += r.status == 200
                 except (aiohttp.ClientError, asyncio.TimeoutError):
                     pass
-            assert ok == 5
+        assert ok == 5
     finally:
         for w in writers:
             w.close()
-        proc.terminate()
-        proc.wait(timeout=15)
+        serve.stop()
