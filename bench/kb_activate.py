@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import shutil
 import statistics
@@ -31,17 +32,18 @@ TOKEN = "bench-admin-token"
 
 
 class _Seeded:
-    """Stands in for the embedder at build time: every vector comes from ``seed_vectors``."""
+    """Stands in for the configured embedder at build time (same model id, so the gateway accepts the
+    vectors): every vector comes from ``seed_vectors``."""
 
-    name = "synthetic"
-    model_id = None
-    dim = synthetic.DIM
+    def __init__(self, model_id: str) -> None:
+        self.name = self.model_id = model_id
+        self.dim = synthetic.DIM
 
     async def embed_passages(self, texts: list[str]) -> list[np.ndarray]:
         raise AssertionError("every vector is seeded")
 
 
-async def _build(work: Path, n: int) -> tuple[Path, str, str]:
+async def _build(work: Path, n: int, model_id: str) -> tuple[Path, str, str]:
     from gateway.kb import KnowledgeBase
 
     corpus = work / "corpus"
@@ -50,7 +52,7 @@ async def _build(work: Path, n: int) -> tuple[Path, str, str]:
     vectors = np.load(corpus / synthetic.VECTORS_FILE)
     data = work / "data"
     kb = KnowledgeBase(data / "kb")
-    a = await kb.create_version(chunks, embedder=_Seeded(), activate=True, label="bench a",
+    a = await kb.create_version(chunks, embedder=_Seeded(model_id), activate=True, label="bench a",
                                 seed_vectors={c.id: vectors[i] for i, c in enumerate(chunks)})
     b = a[:-6] + "bbbbbb"  # a second version: a copy under its own directory name
     shutil.copytree(kb.versions_dir / a, kb.versions_dir / b)
@@ -68,16 +70,35 @@ async def _probe(stop: asyncio.Event, lags: list[float]) -> None:
         lags.append(loop.time() - t - 0.001)
 
 
-async def _with_probe(coro: Any) -> tuple[Any, float, float]:
+class _GcPauses:
+    """The longest cyclic-GC pass (any thread: it holds the GIL, so it stalls the loop too)."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.longest = max(self.longest, time.perf_counter() - self._t0)
+
+
+async def _with_probe(coro: Any) -> tuple[Any, float, float, float]:
     stop, lags = asyncio.Event(), []
     task = asyncio.create_task(_probe(stop, lags))
+    pauses = _GcPauses()
+    gc.callbacks.append(pauses)
     await asyncio.sleep(0.01)
     t0 = time.perf_counter()
-    result = await coro
+    try:
+        result = await coro
+    finally:
+        gc.callbacks.remove(pauses)
     took = time.perf_counter() - t0
     stop.set()
     await task
-    return result, max(lags, default=0.0), took
+    return result, max(lags, default=0.0), took, pauses.longest
 
 
 async def run(n: int, repeat: int) -> dict[str, Any]:
@@ -85,14 +106,17 @@ async def run(n: int, repeat: int) -> dict[str, Any]:
     from gateway.config import load_settings
     from gateway.state import STATE
 
+    from gateway.kb import embedder_id
+    from gateway.upstreams.factory import build_local_embedder
+
     work = Path(tempfile.mkdtemp(prefix="bench-kb-activate-"))
     try:
-        t0 = time.perf_counter()
-        data, a, b = await _build(work, n)
-        build_s = time.perf_counter() - t0
         settings = load_settings(None, env={}, overrides={
-            "server.data_dir": str(data), "auth.admin_token": TOKEN, "telemetry.statsd_enabled": False,
+            "server.data_dir": str(work / "data"), "auth.admin_token": TOKEN, "telemetry.statsd_enabled": False,
             "logging.level": "WARNING", "kb.auto_ingest_sample": False})
+        t0 = time.perf_counter()
+        data, a, b = await _build(work, n, embedder_id(build_local_embedder(settings)))
+        build_s = time.perf_counter() - t0
         app = create_app(settings, configure_logging=False)
         runner = web.AppRunner(app)
         await runner.setup()
@@ -101,7 +125,7 @@ async def run(n: int, repeat: int) -> dict[str, Any]:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         try:
             await asyncio.wait_for(app[STATE].ready.wait(), 300)
-            _, idle_lag, _ = await _with_probe(asyncio.sleep(1.0))
+            _, idle_lag, _, _ = await _with_probe(asyncio.sleep(1.0))
             rows = []
             async with aiohttp.ClientSession() as http:
                 async def activate(version: str) -> int:
@@ -111,10 +135,11 @@ async def run(n: int, repeat: int) -> dict[str, Any]:
                         return r.status
                 for i in range(repeat * 2):
                     target = b if i % 2 == 0 else a
-                    status, lag, took = await _with_probe(activate(target))
+                    status, lag, took, gc_pause = await _with_probe(activate(target))
                     if status != 200:
                         raise RuntimeError(f"activate {target}: HTTP {status}")
-                    rows.append({"max_lag_ms": round(lag * 1e3, 1), "activate_s": round(took, 3)})
+                    rows.append({"max_lag_ms": round(lag * 1e3, 1), "activate_s": round(took, 3),
+                                 "longest_gc_pass_ms": round(gc_pause * 1e3, 1)})
         finally:
             await runner.cleanup()
     finally:

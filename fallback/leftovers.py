@@ -32,6 +32,11 @@ def owner_alive(tag: str) -> bool:
         return False
     if pid == os.getpid():
         return token == TOKEN
+    return pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -229,4 +229,6 @@ async def _on_cleanup(app: web.Application) -> None:
     await state.telemetry.close()
     # aiohttp's middleware cache (web_app._build_middlewares, an lru_cache) keeps the Application alive after
     # cleanup: drop what is heavy (models, the KB) so a stopped app costs bytes, not ~100 MB (tests start many).
+    if state.kb is not None:
+        state.kb.chunks.close()
     state.pipeline = state.embedder = state.store = state.llm = state.kb = None

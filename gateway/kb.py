@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,7 +42,7 @@ from fallback.bm25 import BUILD_PREFIX, KeywordIndex, fsync_dir
 from fallback.chunking import chunk_document, load_documents
 from fallback.chunktable import ChunkTable
 from fallback.documents import Chunk
-from fallback.leftovers import owner_tag, remove_dead
+from fallback.leftovers import owner_tag, pid_alive, remove_dead
 from gateway.embedjournal import EmbedJournal
 
 if TYPE_CHECKING:
@@ -186,6 +188,23 @@ def _private_copy(src: Path, expect: dict[str, Any] | None, into: Path) -> Any:
         raise
 
 
+@contextmanager
+def _no_gc_pass() -> Iterator[None]:
+    """Loading a version allocates a few objects per chunk; a cyclic-GC pass triggered meanwhile scans
+    every object of the process with the GIL held, stalling the event loop whatever thread runs the load
+    (bench/kb_activate.py at 50k chunks: 70-230 ms, the whole remaining loop lag). So no pass runs during
+    the load, and what exists afterwards is frozen out of later passes (``gc.freeze``: O(1); objects freed by
+    reference counting still go; only cyclic garbage already alive at that moment is kept)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def _npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     """(shape, fortran_order, dtype, data offset) of an open ``.npy`` file; ValueError if malformed."""
     fh.seek(0)
@@ -262,13 +281,7 @@ def _builder_alive(tmp: Path) -> bool:
         return False
     if pid == os.getpid():
         return False  # ours, from an earlier failed attempt in this process
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def _save_synced(path: Path, array: np.ndarray) -> None:
@@ -507,6 +520,10 @@ class KnowledgeBase:
         version = version if version is not None else self.active_version()
         if version is None:
             return None
+        with _no_gc_pass():
+            return self._load(version)
+
+    def _load(self, version: str) -> KBVersion:
         d = self.version_dir(version)
         manifest = self._manifest(d)
         files = manifest.get("files") or {}
