@@ -20,6 +20,7 @@ from gateway import connguard, openapi
 from gateway.config import Settings
 from gateway.cors import setup_cors
 from gateway.jobs import routes as jobs
+from gateway.llm_router import ModelRouter
 from gateway.kb import KBError, KnowledgeBase, load_seed_vectors
 from gateway.kbload import reload_kb, serve_best
 from gateway.logs import install_server_log_filter, resource_fields, setup_logging
@@ -27,11 +28,12 @@ from gateway.middleware import CHAIN
 from gateway.pipeline import Pipeline
 from gateway.retrieval import warm_embedder
 from gateway.routes import admin, health, messages, metrics, query
-from gateway.state import STATE, AppState
+from gateway.state import STATE, AppState, all_guards
 from gateway.telemetry import Telemetry
 from gateway.tracing import Tracer
 from gateway.upstreams.factory import build_embedder, build_llm, build_store
 from resilience import GuardRegistry
+from resilience.registry import KeyedGuards
 from resilience.ratelimit import make_rate_limiter
 
 log = logging.getLogger("rag_sidecar.app")
@@ -41,7 +43,7 @@ Clock = Callable[[], float]
 
 def build_guards(settings: Settings, telemetry: Telemetry, clock: Clock = time.monotonic) -> GuardRegistry:
     r = settings.resilience
-    return GuardRegistry({"embedder": r.embedder, "vector_db": r.vector_db, "llm": r.llm, "llm_fallback": r.llm},
+    return GuardRegistry({"embedder": r.embedder, "vector_db": r.vector_db},
                          redis_url=r.redis_url, observer=telemetry, clock=clock)
 
 
@@ -58,6 +60,17 @@ def build_answer_cache(settings: Settings, data_dir: Path, on_error: Callable[[B
 
     return RedisAnswerCache(c.redis_url, local=local, fresh_ttl_s=c.fresh_ttl_s, stale_ttl_s=c.stale_ttl_s,
                             op_timeout_s=c.redis_timeout_s, max_entry_bytes=c.max_entry_kb << 10, on_error=on_error)
+
+
+def build_router(settings: Settings, guards: GuardRegistry, telemetry: Telemetry,
+                 clock: Clock = time.monotonic) -> ModelRouter:
+    """The LLM model ladder with one guard per model (template ``resilience.llm``), the configured
+    chain's guards made up front so /health and the metrics show them before the first call."""
+    model_guards = KeyedGuards(settings.resilience.llm, max_guards=settings.llm.max_model_guards, clock=clock,
+                               observer=telemetry, shared=guards.shared)
+    router = ModelRouter(settings.llm, model_guards)
+    router.chain(settings.llm.model)
+    return router
 
 
 def key_labels(keys: list[str]) -> dict[str, str]:
@@ -82,7 +95,9 @@ def create_app(settings: Settings, *, configure_logging: bool = True,
     telemetry = Telemetry(settings.telemetry)
     data_dir = Path(settings.server.data_dir)
     clock = clock or time.monotonic
-    state = AppState(settings=settings, telemetry=telemetry, guards=build_guards(settings, telemetry, clock),
+    guards = build_guards(settings, telemetry, clock)
+    state = AppState(settings=settings, telemetry=telemetry, guards=guards,
+                     llm_router=build_router(settings, guards, telemetry, clock),
                      kb_store=KnowledgeBase(data_dir / "kb", keep_versions=settings.kb.keep_versions), clock=clock,
                      tracer=Tracer(settings.telemetry.tracing, settings.telemetry))
     state.api_keys = key_labels([k.get_secret_value() for k in settings.auth.api_keys])
@@ -95,7 +110,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True,
         module.setup(app)
     setup_cors(app, settings.server.cors_origins)
     telemetry.register_routes(r.canonical for r in app.router.resources())
-    telemetry.track_dependencies(g.name for g in state.guards)
+    telemetry.track_dependencies(g.name for g in all_guards(state))
     app.on_startup.append(_on_startup)
     app.on_cleanup.append(_on_cleanup)
     return app
@@ -122,7 +137,7 @@ async def _on_startup(app: web.Application) -> None:
     await state.guards.start()
     state.pipeline = Pipeline(s, state.guards, embedder=state.embedder, store=state.store, llm=state.llm,
                               cache=state.cache, kb=lambda: state.kb, telemetry=state.telemetry,
-                              tracer=state.tracer)
+                              tracer=state.tracer, router=state.llm_router)
     state.tasks.append(asyncio.create_task(_load_kb(state), name="kb-load"))
 
 

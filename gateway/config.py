@@ -138,6 +138,11 @@ class VectorStoreConfig(_Section):
     weaviate: WeaviateConfig = Field(default_factory=WeaviateConfig)
 
 
+class ModelEndpoint(_Section):
+    base_url: str | None = Field(None, description="Anthropic-compatible endpoint for this model")
+    api_key: SecretStr | None = Field(None, description="API key for this model's endpoint")
+
+
 class LLMConfig(_Section):
     backend: Literal["auto", "anthropic", "extractive"] = Field(
         "auto", description="auto = anthropic when an API key is set, else extractive")
@@ -147,9 +152,52 @@ class LLMConfig(_Section):
     base_url: str | None = Field(None, description="Anthropic-compatible endpoint (a proxy, the stand-in)")
     max_tokens: int = Field(512, ge=1, le=64000, description="answer length cap")
     timeout_s: float = Field(30.0, gt=0, description="HTTP client backstop; per-call timeouts are resilience.llm.*")
+    # Routing (LiteLLM's names): one chain per requested model, shared by /v1/messages and /v1/query.
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict, description=(
+        "per requested model: the models tried in order when it fails (e.g. {claude-sonnet-4-6: "
+        "[claude-haiku-4-5]}); a model not listed uses default_fallbacks"))
+    default_fallbacks: list[str] | None = Field(None, description=(
+        "chain for models not in `fallbacks`; unset = [fallback_model]"))
+    context_window_fallbacks: dict[str, list[str]] = Field(default_factory=dict, description=(
+        "per model: larger-context models tried only when it answers 400 \"prompt is too long\" "
+        "(no other 400 ever falls back)"))
+    endpoints: dict[str, "ModelEndpoint"] = Field(default_factory=dict, description=(
+        "per model: base_url / api_key overriding llm.base_url / llm.api_key for that model"))
+    # Stream timeouts (Envoy's connect / per-try / idle / route). Defaults fit real Claude answers.
+    connect_timeout_s: float = Field(5.0, gt=0, description=(
+        "TCP+TLS connect to the LLM (the anthropic SDK's own default is 5 s)"))
+    first_token_timeout_s: float = Field(120.0, gt=0, description=(
+        "/v1/messages: wait for the first content (whole answer when not streaming: request_timeout_s); long "
+        "prompts take tens of seconds to a first token; bounded by the request deadline too"))
+    idle_timeout_s: float = Field(60.0, gt=0, description=(
+        "/v1/messages: longest silence between two stream events (Anthropic sends `ping` events meanwhile)"))
+    stream_max_s: float = Field(1800.0, gt=0, description=(
+        "/v1/messages: longest healthy stream (64k output tokens at ~40 tokens/s is ~27 min)"))
+    request_timeout_s: float = Field(600.0, gt=0, description=(
+        "/v1/messages, /v1/models, count_tokens: the request deadline when the client sends no shorter "
+        "X-Request-Timeout (the anthropic SDK's default is 600 s); bounds the first token and JSON answers, "
+        "not a healthy stream"))
+    stream_buffer: Literal["first_content", "full"] = Field("first_content", description=(
+        "/v1/messages streams: hold events until the first content delta (a break before it fails over "
+        "unseen) or the whole answer (every break fails over; the client waits for the last token)"))
+    max_streams: int = Field(1000, ge=1, description=(
+        "/v1/messages streams open at once (each holds a slot for its whole life); more get 529"))
+    max_retry_after_s: float = Field(5.0, ge=0, description=(
+        "cap on the Retry-After sent to /v1/messages clients (the anthropic SDK sleeps on it uncapped)"))
+    max_body_bytes: int = Field(32 << 20, ge=1024, description=(
+        "/v1/messages and count_tokens: largest request body (the Messages API's own limit is 32 MB; "
+        "a 200k-token prompt is ~1 MB)"))
+    max_model_guards: int = Field(64, ge=1, description=(
+        "per-model guards kept (LRU; an open or busy guard is never dropped)"))
     system_prompt: str = Field(
         "Answer the question using only the numbered context passages. Cite passages like [1]. "
         "If the context does not contain the answer, say so.", description="system prompt for generation")
+
+    @model_validator(mode="after")
+    def _stream_limits(self) -> "LLMConfig":
+        if self.first_token_timeout_s > self.stream_max_s:
+            raise ValueError("first_token_timeout_s must not exceed stream_max_s")
+        return self
 
     @property
     def effective_backend(self) -> str:
@@ -161,8 +209,12 @@ class LLMConfig(_Section):
 class ResilienceConfig(_Section):
     embedder: GuardConfig = Field(default_factory=lambda: GuardConfig(timeout_s=2.0))
     vector_db: GuardConfig = Field(default_factory=lambda: GuardConfig(timeout_s=1.5))
+    # The template of every model's guard. 512 in flight: a call holds its slot until the first token
+    # (or the whole JSON answer), and hundreds of streams can be starting at once on one process.
+    # slow_call_s 60: a JSON answer takes as long as it is long (20 s is a healthy long answer).
     llm: GuardConfig = Field(default_factory=lambda: GuardConfig(
-        timeout_s=8.0, breaker=BreakerConfig(slow_call_s=6.0), bulkhead=BulkheadConfig(max_concurrent=16)))
+        timeout_s=8.0, breaker=BreakerConfig(slow_call_s=60.0),
+        bulkhead=BulkheadConfig(max_concurrent=512, max_queue=512, max_wait_s=1.0)))
     redis_url: str | None = Field(None, description="share breaker state across replicas; None = local")
 
     @model_validator(mode="before")

@@ -44,8 +44,9 @@ class Component(StrEnum):
     EMBEDDER = "embedder"
     VECTOR_DB = "vector_db"
     KEYWORD_INDEX = "keyword_index"
-    LLM = "llm"
-    LLM_FALLBACK = "llm_fallback"
+    LLM = "llm"                            # the requested (or configured) model
+    LLM_FALLBACK = "llm_fallback"          # a model of its fallback chain
+    LLM_CONTEXT_WINDOW = "llm_context_window"  # a larger-context model after "prompt is too long"
     ANSWER_CACHE = "answer_cache"
     KB = "kb"  # the served KB version is not (all of) the one ACTIVE names: it was damaged
 
@@ -64,12 +65,33 @@ class Reason(StrEnum):
     SHED = "shed"
     OVERLOADED = "overloaded"
     STREAM_CUT = "stream_cut"      # a stream broke after text was sent
+    # /v1/messages: a stream that ended badly after content reached the client (see StreamOutcome)
+    STREAM_STALLED = "stream_stalled"
+    STREAM_MALFORMED = "stream_malformed"
+    STREAM_NO_STOP = "stream_no_stop"
+    STREAM_ERROR = "stream_error"
+    STREAM_TIMEOUT = "stream_timeout"
+    CONTEXT_WINDOW = "context_window"    # the prompt was too long for the model: a larger one answered
+    PREFILL_DROPPED = "prefill_dropped"  # the fallback refused an assistant prefill: replayed without it
     STALE = "stale"                # keyword index older than kb.stale_after_s
     STALE_ANSWER = "stale_answer"  # a cached answer past its TTL served after the LLM failed
     MISSING = "missing"            # no keyword index for the active KB version
     DISABLED = "disabled"          # the keyword fallback is switched off in the config
     FALLBACK_VERSION = "fallback_version"  # the active KB version failed verification: an older one answers
     KEYWORD_ONLY = "keyword_only"  # no KB version verified: only a keyword index answers
+
+
+class StreamOutcome(StrEnum):
+    """How a /v1/messages stream ended (``rag.llm.streams{outcome}``, logs, spans)."""
+
+    COMPLETE = "complete"        # message_stop reached the client
+    CUT = "cut"                  # the upstream connection broke after content was sent
+    STALLED = "stalled"          # no event for llm.idle_timeout_s after content was sent
+    MALFORMED = "malformed"      # an event's data was not JSON
+    NO_STOP = "no_stop"          # the upstream ended cleanly but without message_stop
+    ERROR = "error"              # the upstream sent its own `event: error` (forwarded as-is)
+    TIMEOUT = "timeout"          # the stream outlived llm.stream_max_s
+    CLIENT_GONE = "client_gone"  # the client disconnected
 
 
 def reason_of(value: str | Enum) -> str:

@@ -69,6 +69,11 @@ async def _read_capped(request: web.Request, limit: int) -> bytes:
 async def read_json(request: web.Request, max_bytes: int | None = None) -> Any:
     """The request body as JSON. Raises APIError: 415 (type), 413 (size), 408 (slow upload), 400 (bad JSON,
     bad encoding, too deep). ``max_bytes``: this route's own size limit (default ``server.max_body_bytes``)."""
+    return (await read_json_raw(request, max_bytes))[0]
+
+
+async def read_json_raw(request: web.Request, max_bytes: int | None = None) -> tuple[Any, bytes]:
+    """:func:`read_json`, and the body's bytes as received (a pass-through forwards them untouched)."""
     state: AppState = request.app[STATE]
     limit = max_bytes or state.settings.server.max_body_bytes
     if not is_json_type(request.content_type) or "Content-Type" not in request.headers:
@@ -100,7 +105,7 @@ async def read_json(request: web.Request, max_bytes: int | None = None) -> Any:
     if nesting_depth(raw) > MAX_DEPTH:
         raise APIError(400, "invalid_json", f"request body is nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(raw)
+        return json.loads(raw), raw
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise APIError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
 

@@ -46,6 +46,8 @@ errlog = logging.getLogger("rag_sidecar.errors")
 _RID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # Routes that skip auth, rate limiting and the access log's INFO level (probes are frequent).
 PROBES = frozenset({"/livez", "/readyz", "/metrics"})
+# The Anthropic-compatible routes: their deadline is llm.request_timeout_s (the client's shorter one wins).
+LLM_PASS_THROUGH = frozenset({"/v1/messages", "/v1/messages/count_tokens", "/v1/models"})
 
 
 @web.middleware
@@ -93,6 +95,9 @@ def _span_attributes(sp: Any, request: web.Request, state: AppState, status: int
         for key, value in (("rag.model", trace.model), ("rag.retriever", trace.retriever), ("rag.cache", trace.cache)):
             if value is not None:
                 sp.set_attribute(key, value)
+        for key, value in (trace.log_fields() if hasattr(trace, "log_fields") else {}).items():
+            if value is not None:  # /v1/messages: requested model, ttft_ms, stream_outcome
+                sp.set_attribute(f"rag.{key}", value)
     for dependency, n in retries.items():
         sp.set_attribute(f"rag.retries.{dependency}", n)
     for dependency, breaker in state.telemetry.breakers.items():
@@ -144,6 +149,8 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
             fields.update(mode=mode, degraded=degraded, degradations=trace.degradations,
                           timings_ms=trace.timings_ms, cache=trace.cache, retriever=trace.retriever,
                           model=trace.model, retries=retries)
+            if hasattr(trace, "log_fields"):
+                fields.update(trace.log_fields())
         if state.settings.logging.log_prompts and QUERY_TEXT in request:
             fields["query"] = request[QUERY_TEXT]
             fields["answer"] = request.get(ANSWER_TEXT)
@@ -282,18 +289,23 @@ async def rate_limit(request: web.Request, handler: Handler) -> web.StreamRespon
 @web.middleware
 async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One budget per request: config default, or X-Request-Timeout (seconds) within the max."""
-    server = request.app[STATE].settings.server
+    settings = request.app[STATE].settings
+    server = settings.server
     raw = request.headers.get("X-Request-Timeout")
-    budget = server.request_timeout_s
+    budget, most = server.request_timeout_s, server.max_request_timeout_s
+    llm_route = request.path in LLM_PASS_THROUGH
+    if llm_route:  # a Claude answer takes minutes, not the RAG budget's seconds
+        budget = most = settings.llm.request_timeout_s
     if raw is not None:
         try:
             budget = float(raw)
         except ValueError:
             raise APIError(400, "invalid_header", "X-Request-Timeout must be a number of seconds",
                            field="X-Request-Timeout") from None
-        if not 0 < budget <= server.max_request_timeout_s:
-            raise APIError(400, "invalid_header",
-                           f"X-Request-Timeout must be in (0, {server.max_request_timeout_s:g}] seconds",
+        if llm_route and budget > most:
+            budget = most  # the client's own timeout wins only when shorter
+        if not 0 < budget <= most:
+            raise APIError(400, "invalid_header", f"X-Request-Timeout must be in (0, {most:g}] seconds",
                            field="X-Request-Timeout")
     request[DEADLINE] = Deadline(budget)
     return await handler(request)

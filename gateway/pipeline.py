@@ -27,10 +27,12 @@ from gateway import contract
 from gateway.config import Settings
 from gateway.contract import Component, Mode
 from gateway.kb import KBVersion
+from gateway.llm_router import ModelRouter
 from gateway.telemetry import Telemetry
 from gateway.tracing import NOOP, Tracer
 from gateway.upstreams.base import LLM, Embedder, VectorStore
-from resilience import Deadline, DependencyUnavailable, GuardRegistry, Reason
+from resilience import Deadline, DependencyUnavailable, Guard, GuardRegistry, Reason
+from resilience.registry import KeyedGuards
 
 
 @dataclass
@@ -115,7 +117,8 @@ class Pipeline:
 
     def __init__(self, settings: Settings, guards: GuardRegistry, *, embedder: Embedder | None,
                  store: VectorStore, llm: LLM | None, cache: AnswerStore | None,
-                 kb: Callable[[], KBVersion | None], telemetry: Telemetry, tracer: Tracer = NOOP) -> None:
+                 kb: Callable[[], KBVersion | None], telemetry: Telemetry, tracer: Tracer = NOOP,
+                 router: ModelRouter | None = None) -> None:
         self.settings = settings
         self.guards = guards
         self.embedder = embedder
@@ -125,6 +128,8 @@ class Pipeline:
         self._kb = kb
         self.telemetry = telemetry
         self.tracer = tracer
+        # The model ladder shared with /v1/messages (one guard per model); standalone: a private one.
+        self.router = router or ModelRouter(settings.llm, KeyedGuards(settings.resilience.llm))
         self.reserve_s = settings.server.fallback_reserve_s
         # No embedder in front of the embedded store: the KB has no vectors and its keyword index is the
         # retriever (labelled keyword_only on /health), not a fallback.
@@ -236,11 +241,9 @@ class Pipeline:
         params = {"top_k": req.top_k, "filters": req.filters or {}, "model": self.settings.llm.model}
         return CacheKey(req.query, kb_version or "", params)
 
-    def _llm_rungs(self) -> list[tuple[str, str]]:
-        rungs = [("llm", self.settings.llm.model)]
-        if self.settings.llm.fallback_model:
-            rungs.append(("llm_fallback", self.settings.llm.fallback_model))
-        return rungs
+    def _llm_rungs(self) -> list[tuple[str, Guard, str]]:
+        """(component, guard, model) per rung of :meth:`ModelRouter.chain` for the configured model."""
+        return [(t.component, t.guard, t.model) for t in self.router.chain(self.settings.llm.model)]
 
     async def _cache_get(self, req: QueryRequest, kb_version: str | None, trace: Trace):
         if self.cache is None or self.llm is None:
@@ -285,15 +288,15 @@ class Pipeline:
             return NO_INFO_ANSWER, chunks
         if self.llm is not None:
             with trace.timed("generate"):
-                for guard_name, model in self._llm_rungs():
+                for component, guard, model in self._llm_rungs():
                     try:
-                        gen = await self.guards[guard_name].call(
+                        gen = await guard.call(
                             lambda m=model: self.llm.generate(req.query, chunks, model=m,
                                                               request_id=req.request_id),
                             deadline, reserve_s=self.reserve_s)
                     except DependencyUnavailable as exc:
-                        trace.degrade(exc.component, exc.reason, model=model)
-                        self.telemetry.degradation(exc.component, exc.reason.value)
+                        trace.degrade(component, exc.reason, model=model)
+                        self.telemetry.degradation(component, exc.reason.value)
                         continue
                     trace.generation, trace.model = Mode.FULL, gen.model
                     await self._cache_put(req, kb_version, gen.text, chunks, trace)
@@ -349,7 +352,7 @@ class Pipeline:
             yield "done", QueryResult(text, sources, trace, kb_version, req.request_id)
             return
         with trace.timed("generate"):
-            for guard_name, model in self._llm_rungs():
+            for guard_name, guard, model in self._llm_rungs():
                 parts: list[str] = []
                 agen: Any = None
 
@@ -364,12 +367,12 @@ class Pipeline:
 
                 try:
                     # The guard covers time-to-first-token; the rest runs under the request deadline.
-                    agen, first = await self.guards[guard_name].call(open_stream, deadline, reserve_s=self.reserve_s)
+                    agen, first = await guard.call(open_stream, deadline, reserve_s=self.reserve_s)
                     if first is not None:
                         parts.append(first)
                         yield "delta", first
                     while True:
-                        timeout = deadline.stage_timeout(self.guards[guard_name].config.timeout_s, self.reserve_s)
+                        timeout = deadline.stage_timeout(guard.config.timeout_s, self.reserve_s)
                         async with asyncio.timeout(timeout):
                             nxt = await _first(agen)
                         if nxt is None:
@@ -377,8 +380,8 @@ class Pipeline:
                         parts.append(nxt)
                         yield "delta", nxt
                 except DependencyUnavailable as exc:
-                    trace.degrade(exc.component, exc.reason, model=model)
-                    self.telemetry.degradation(exc.component, exc.reason.value)
+                    trace.degrade(guard_name, exc.reason, model=model)
+                    self.telemetry.degradation(guard_name, exc.reason.value)
                     continue
                 except (Exception, TimeoutError) as exc:  # mid-stream cut/stall after text was sent
                     if agen is not None:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from fallback.cache import AnswerStore
     from gateway.config import Settings
     from gateway.kb import KBVersion, KnowledgeBase
+    from gateway.llm_router import ModelRouter
     from gateway.pipeline import Pipeline
     from gateway.telemetry import Telemetry
     from gateway.upstreams.base import LLM, Embedder, VectorStore
@@ -29,6 +30,7 @@ class AppState:
     telemetry: "Telemetry"
     guards: "GuardRegistry"
     kb_store: "KnowledgeBase"
+    llm_router: "ModelRouter"
     embedder: "Embedder | None" = None
     store: "VectorStore | None" = None
     llm: "LLM | None" = None
@@ -52,6 +54,38 @@ class AppState:
 
 
 STATE: web.AppKey[AppState] = web.AppKey("rag_sidecar_state", AppState)
+
+
+def all_guards(state: AppState) -> list[Any]:
+    """Every guard: the fixed ones (embedder, vector DB), then one per LLM model (and endpoint)."""
+    return [*state.guards, *state.llm_router.guards]
+
+
+def role_aliases(state: AppState) -> dict[str, Any]:
+    """``llm`` / ``llm_fallback`` → the guards of the configured model and of its first fallback (the
+    names drills and runbooks used before guards were per model)."""
+    chain = state.llm_router.chain(state.settings.llm.model)
+    return {role: target.guard for role, target in zip(("llm", "llm_fallback"), chain)}
+
+
+def guard_named(state: AppState, name: str) -> Any:
+    """The guard called ``name`` (``vector_db``, ``llm:claude-sonnet-4-6``, or a role alias ``llm`` /
+    ``llm_fallback``); KeyError if none."""
+    if name in state.guards:
+        return state.guards[name]
+    guard = state.llm_router.guards.by_name(name) or role_aliases(state).get(name)
+    if guard is None:
+        raise KeyError(name)
+    return guard
+
+
+def guard_snapshots(state: AppState) -> dict[str, Any]:
+    """``{guard name: snapshot}`` of :func:`all_guards` (for /admin/breakers), then the role aliases
+    ``llm`` / ``llm_fallback`` (each marked ``alias_of`` its model's guard)."""
+    out = {**state.guards.snapshot(), **state.llm_router.guards.snapshot()}
+    for role, guard in role_aliases(state).items():
+        out[role] = {**out[guard.name], "alias_of": guard.name}
+    return out
 
 # Per-request storage (typed keys, as aiohttp recommends).
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)

@@ -106,6 +106,7 @@ class WorkerContext:
             for guard in guards:
                 shared.register(guard.breaker)
             guards.shared = shared
+            state.llm_router.guards.attach_shared(shared)  # one guard per LLM model, made before this
 
     async def metrics_text(self, own: bytes) -> bytes:
         """Every worker's /metrics merged, each sample labelled ``worker``."""

@@ -125,11 +125,13 @@ class Guard:
                                       "retries": 0, "short_circuits": 0, "shed": 0, "failures_by_reason": {}}
 
     async def call(self, op: Callable[[], Awaitable[T]], deadline: Deadline, *, reserve_s: float = 0.0,
-                   attempt_timeout_s: float | None = None) -> T:
+                   attempt_timeout_s: float | None = None, stage_timeout_s: float | None = None) -> T:
         """Call ``op()`` (once per attempt) under this dependency's policies and ``deadline``.
 
         ``reserve_s``: seconds of the deadline kept back for the fallback path;
-        ``attempt_timeout_s``: a tighter per-attempt timeout than the configured ``timeout_s``.
+        ``attempt_timeout_s``: a tighter per-attempt timeout than the configured ``timeout_s``;
+        ``stage_timeout_s``: this call's stage limit instead of ``timeout_s`` (an LLM stream's
+        time-to-first-token limit differs from a whole RAG generation's).
         Returns what ``op()`` returns; raises :class:`DependencyUnavailable`.
         """
         if self._on_call is not None:
@@ -138,17 +140,18 @@ class Guard:
         start = self._clock()
         self.stats["calls"] += 1
         self.retry.budget.record_call()
-        cap = min(self.config.attempt_timeout_s or self.config.timeout_s, self.config.timeout_s)
+        stage_s = self.config.timeout_s if stage_timeout_s is None else stage_timeout_s
+        cap = min(self.config.attempt_timeout_s or stage_s, stage_s)
         if attempt_timeout_s is not None:
             cap = min(cap, attempt_timeout_s)
         min_attempt = min(cap, self.config.min_attempt_s)
         # One stage budget for every attempt (Envoy's route timeout vs per_try_timeout): a stage that
         # times out is never paid twice, however the retry budget stands.
-        stage_ends = loop.time() + self.config.timeout_s
+        stage_ends = loop.time() + stage_s
         attempts = 0
         while True:
             # The first attempt owns the whole stage (stage_ends has already lost a few µs of it).
-            stage_left = self.config.timeout_s if attempts == 0 else stage_ends - loop.time()
+            stage_left = stage_s if attempts == 0 else stage_ends - loop.time()
             caller_left = deadline.remaining() - reserve_s
             left = min(stage_left, caller_left)
             if left < min_attempt:

@@ -86,7 +86,8 @@ async def test_degraded_request_line_has_every_decision(gateway_factory, data_di
         ("vector_db", "breaker_open"), ("llm", "error"), ("llm_fallback", "error")]
     assert line["timings_ms"] == body["timings_ms"] and line["timings_ms"]["total"] > 0
     assert line["cache"] == "miss"
-    assert line["retries"] == {"llm": 1, "llm_fallback": 1}  # one retry each on the 500s (max_attempts 2)
+    # one retry each on the 500s (max_attempts 2), per model's guard
+    assert line["retries"] == {"llm:claude-sonnet-4-6": 1, "llm:claude-haiku-4-5": 1}
     assert line["client"] == "key:…" + CLIENT_KEY[-4:]
     assert line["duration_ms"] >= line["timings_ms"]["total"]
     assert "query" not in line and "answer" not in line

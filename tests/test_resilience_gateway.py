@@ -98,7 +98,10 @@ async def ask(client, query: str = QUERY, **kwargs: Any) -> tuple[aiohttp.Client
 
 
 def guard(client, name: str) -> Guard:
-    return state_of(client).guards[name]
+    """A dependency's guard; ``llm`` / ``llm_fallback`` name the primary / fallback model's own guard."""
+    state = state_of(client)
+    model = {"llm": PRIMARY, "llm_fallback": FALLBACK}.get(name)
+    return state.llm_router.target(model).guard if model else state.guards[name]
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:
@@ -343,7 +346,7 @@ async def test_serve_cancels_the_upstream_call_when_the_client_goes_away(data_di
             await asyncio.wait_for(anthropic._cancel_seen.wait(), timeout=5)  # the upstream call was dropped
             assert anthropic.cancelled == 1
             async with http.get(base + "/admin/breakers", headers={"Authorization": "Bearer adm-token-1234"}) as r:
-                llm = (await r.json())["llm"]
+                llm = (await r.json())[f"llm:{PRIMARY}"]
             assert llm["state"] == "closed" and llm["breaker"]["totals"]["failures"] == 0
     finally:
         proc.terminate()
@@ -437,12 +440,14 @@ async def test_admin_drill_opens_and_closes_a_breaker_and_health_reports_it(star
     assert fake_weaviate.search_calls == calls
 
     breakers = await (await client.get("/admin/breakers", headers=admin)).json()
-    assert set(breakers) == {"embedder", "vector_db", "llm", "llm_fallback"}
+    # one per model, and the role aliases of the configured chain
+    assert set(breakers) == {"embedder", "vector_db", f"llm:{PRIMARY}", f"llm:{FALLBACK}", "llm", "llm_fallback"}
+    assert breakers["llm"]["alias_of"] == f"llm:{PRIMARY}"
     vdb = breakers["vector_db"]
     assert vdb["state"] == "open" and vdb["breaker"]["opened_at"] is not None
     assert vdb["breaker"]["totals"]["short_circuits"] == 4 and vdb["stats"]["short_circuits"] == 4
     assert vdb["config"]["timeout_s"] == 1.5 and vdb["breaker"]["config"]["failure_threshold"] == 5
-    assert breakers["llm"]["state"] == "closed"
+    assert breakers[f"llm:{PRIMARY}"]["state"] == "closed"
 
     health = await (await client.get("/health")).json()
     assert health["status"] == "degraded" and health["degraded_components"] == ["vector_db:open"]
@@ -467,5 +472,5 @@ def test_a_partial_resilience_section_keeps_that_dependencys_defaults():
     s = load_settings(None, env={}, overrides={"resilience.llm.timeout_s": 12,
                                                 "resilience.vector_db.breaker.failure_threshold": 3})
     assert s.resilience.llm.timeout_s == 12
-    assert s.resilience.llm.breaker.slow_call_s == 6.0 and s.resilience.llm.bulkhead.max_concurrent == 16
+    assert s.resilience.llm.breaker.slow_call_s == 60.0 and s.resilience.llm.bulkhead.max_concurrent == 512
     assert s.resilience.vector_db.timeout_s == 1.5 and s.resilience.vector_db.breaker.failure_threshold == 3

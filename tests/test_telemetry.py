@@ -144,6 +144,8 @@ def drive_every_method(t: Telemetry) -> None:
     t.job_retry("degraded")
     t.job_webhook("retry")
     t.job_queue(7, 2, 30.0)
+    t.llm_first_token("claude-haiku-4-5", 840.0)
+    t.llm_stream_outcome("claude-haiku-4-5", "cut")
 
 
 # ---- the catalogue ----------------------------------------------------------------------------
@@ -196,6 +198,8 @@ EXPECTED = {  # (name, type, value, tags without the constant ones), one per cal
     ("rag.jobs.queue.depth", "g", 7.0, ()),
     ("rag.jobs.queue.in_flight", "g", 2.0, ()),
     ("rag.jobs.queue.oldest_age", "g", 30.0, ()),
+    ("rag.llm.first_token", "d", 840.0, (("model", "claude-haiku-4-5"),)),
+    ("rag.llm.streams", "c", 1.0, (("model", "claude-haiku-4-5"), ("outcome", "cut"))),
 }
 
 

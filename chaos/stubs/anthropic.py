@@ -27,6 +27,7 @@ ends the stream cleanly, as the real API does when it overloads mid-answer.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import re
@@ -52,6 +53,9 @@ ERROR_MESSAGES = {"rate_limit_error": "Number of request tokens has exceeded you
                   "timeout_error": "Request timed out"}
 
 Reply = str | Callable[[dict[str, Any]], str]
+_RID_KEY: web.RequestKey[str] = web.RequestKey("anthropic_request_id", str)
+PREFILL_ERROR = ("This model does not support assistant message prefill. "
+                 "The conversation must end with a user message.")
 
 _PASSAGE = re.compile(r"^\s*\[(\d+)\]\s+(.*)$")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -175,10 +179,18 @@ class FakeAnthropic(StubServer):
 
     # -- hooks ------------------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/messages", self._messages), web.get("/v1/models", self._models)]
+        return [web.post("/v1/messages", self._messages), web.get("/v1/models", self._models),
+                web.post("/v1/messages/count_tokens", self._count_tokens)]
 
     def error_body(self, request: web.Request, status: int) -> dict[str, Any]:
-        return error_payload(status, request_id=self._request_id())
+        rid = request.get(_RID_KEY) or self._request_id()
+        request[_RID_KEY] = rid
+        return error_payload(status, plan_of(request).error_message, request_id=rid)
+
+    def error_headers(self, request: web.Request) -> dict[str, str]:
+        rid = request.get(_RID_KEY) or self._request_id()
+        request[_RID_KEY] = rid
+        return {"request-id": rid}
 
     async def is_streaming(self, request: web.Request) -> bool:
         body = await json_body(request)
@@ -233,12 +245,26 @@ class FakeAnthropic(StubServer):
         return web.json_response({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
                                   "last_id": data[-1]["id"] if data else None})
 
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        if (denied := self._auth_error(request)) is not None:
+            return denied
+        body = await json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return self._error(400, "messages: Field required")
+        prompt = text_of(body.get("system")) + " " + " ".join(
+            text_of(m.get("content")) for m in body["messages"] if isinstance(m, dict))
+        return web.json_response({"input_tokens": max(1, len(prompt.split()))},
+                                 headers={"request-id": self._request_id()})
+
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         if (denied := self._auth_error(request)) is not None:
             return denied
         body = await json_body(request)
         if (problem := _validate(body, request.headers.get("anthropic-version"))) is not None:
             return self._error(400, problem)
+        last = body["messages"][-1]
+        if plan_of(request).reject_prefill and isinstance(last, dict) and last.get("role") == "assistant":
+            return self._error(400, PREFILL_ERROR)
         if self.strict_models and body["model"] not in self.models:
             return self._error(404, f"model: {body['model']}")
 
@@ -289,6 +315,10 @@ class FakeAnthropic(StubServer):
     async def _send_events(self, request: web.Request, resp: web.StreamResponse,
                            events: list[bytes]) -> web.StreamResponse:
         plan = plan_of(request)
+        source = plan.source or self.faults
+        if plan.no_stop:
+            events = events[:-1]
+        first_delta = 3  # message_start, content_block_start, ping, then the deltas
         for sent, event in enumerate(events):
             if plan.stream_cut_after is not None and sent >= plan.stream_cut_after:
                 if plan.status is not None:
@@ -297,8 +327,17 @@ class FakeAnthropic(StubServer):
                     return resp
                 return drop_connection(request)
             if plan.stream_stall_after is not None and sent == plan.stream_stall_after:
-                if await self.injector.hold_while(lambda: self.faults.stream_stall_after is not None):
+                if await self.injector.hold_while(lambda: source.stream_stall_after is not None):
                     return drop_connection(request)
+            if plan.malformed_after is not None and sent == plan.malformed_after:
+                await resp.write(b'event: content_block_delta\ndata: {"type": "content_block_delta", "ind\n\n')
+                await resp.write_eof()
+                return resp
+            if sent == first_delta and plan.first_token_delay_s > 0:
+                if await self.injector.hold_while(lambda: True, plan.first_token_delay_s):
+                    return drop_connection(request)
+            elif sent > first_delta and plan.event_interval_s > 0 and event.startswith(b"event: content_block_delta"):
+                await asyncio.sleep(plan.event_interval_s)  # stand-in pacing: a long healthy answer
             await resp.write(event)
         await resp.write_eof()
         return resp

@@ -21,6 +21,14 @@ class Faults:
     stream_cut_after: int | None = None   # SSE: drop the connection after N events
     stream_stall_after: int | None = None  # SSE: stop sending (keep the socket open) after N events
     models: list[str] = field(default_factory=list)  # LLM stand-in: apply only to these models ([] = all)
+    times: int | None = None        # fault only the next N requests it applies to, then serve normally
+    error_message: str | None = None  # message of the error body sent with ``status``
+    # LLM stand-in only:
+    first_token_delay_s: float = 0.0  # SSE: wait this long before the first content delta
+    event_interval_s: float = 0.0   # SSE: pacing between content deltas (a long, healthy stream)
+    no_stop: bool = False           # SSE: end the stream cleanly but without message_stop
+    malformed_after: int | None = None  # SSE: after N events send one whose data is not JSON, then end
+    reject_prefill: bool = False    # 400 when the conversation ends with an assistant turn (newer models)
 
     def clear(self) -> None:
         for f in fields(self):

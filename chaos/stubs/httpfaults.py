@@ -59,6 +59,13 @@ class FaultPlan:
     malformed: bool = False
     stream_cut_after: int | None = None
     stream_stall_after: int | None = None
+    error_message: str | None = None
+    first_token_delay_s: float = 0.0
+    event_interval_s: float = 0.0
+    no_stop: bool = False
+    malformed_after: int | None = None
+    reject_prefill: bool = False
+    source: Faults | None = field(default=None, compare=False, repr=False)  # the Faults it was drawn from
 
     @property
     def kinds(self) -> list[str]:
@@ -67,7 +74,9 @@ class FaultPlan:
             ("latency", self.latency_s > 0), ("reset", self.reset), ("hang", self.hang),
             ("status", self.status is not None), ("malformed", self.malformed),
             ("stream_cut", self.stream_cut_after is not None),
-            ("stream_stall", self.stream_stall_after is not None)) if on]
+            ("stream_stall", self.stream_stall_after is not None),
+            ("first_token_delay", self.first_token_delay_s > 0), ("no_stop", self.no_stop),
+            ("malformed_event", self.malformed_after is not None), ("reject_prefill", self.reject_prefill)) if on]
 
 
 NO_FAULT = FaultPlan()
@@ -132,8 +141,11 @@ class FaultInjector:
                  error_body: ErrorBody = default_error_body,
                  request_model: RequestHook = _never, is_streaming: RequestHook = _never,
                  malformed_response: ResponseHook = broken_json_response,
-                 on_request: RequestHook = _never) -> None:
+                 on_request: RequestHook = _never,
+                 error_headers: Callable[[web.Request], dict[str, str]] = lambda request: {}) -> None:
         self.faults = faults if faults is not None else Faults()
+        # Faults of one model each (LLM stand-in), checked before ``faults``: many faulty models at once.
+        self.model_faults: dict[str, Faults] = {}
         self.rng = random.Random(seed)
         self.stats: dict[str, RouteStats] = {}
         self._error_body = error_body
@@ -141,6 +153,7 @@ class FaultInjector:
         self._is_streaming = is_streaming
         self._malformed_response = malformed_response
         self._on_request = on_request
+        self._error_headers = error_headers
         self._changed = asyncio.Event()
         self._closing = False
 
@@ -166,8 +179,28 @@ class FaultInjector:
         self.notify()
 
     def clear(self) -> None:
-        """Remove every fault and release held requests."""
+        """Remove every fault (the per-model ones too) and release held requests."""
         self.faults.clear()
+        for f in self.model_faults.values():
+            f.clear()
+        self.model_faults = {}
+        self.notify()
+
+    def set_model(self, model: str, **values: Any) -> None:
+        """Replace the faults of ``model`` alone (omitted fields get defaults). Raises ValueError."""
+        known = {f.name for f in fields(Faults)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown fault field(s): {unknown}")
+        try:
+            new = _FAULTS_ADAPTER.validate_python(values)
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+        old = self.model_faults.get(model)
+        if old is not None:
+            old.update(**new.to_dict())  # held requests of this model see the change
+        else:
+            self.model_faults[model] = new
         self.notify()
 
     def notify(self) -> None:
@@ -205,18 +238,27 @@ class FaultInjector:
     async def draw(self, request: web.Request) -> FaultPlan:
         """The plan for ``request`` from the current faults (model scoping and ``error_rate`` applied)."""
         f = self.faults
+        if self.model_faults:
+            f = self.model_faults.get(await self._request_model(request), f)
         if not f.active:
             return NO_FAULT
         if f.models:
             model = await self._request_model(request)
             if model not in f.models:
                 return NO_FAULT
+        if f.times is not None and f.times <= 0:
+            return NO_FAULT
         hit = f.error_rate >= 1.0 or self.rng.random() < f.error_rate
+        if f.times is not None:
+            f.times -= 1
         if not hit:
-            return FaultPlan(latency_s=f.latency_s)
+            return FaultPlan(latency_s=f.latency_s, event_interval_s=f.event_interval_s, source=f)
         return FaultPlan(latency_s=f.latency_s, status=f.status, retry_after_s=f.retry_after_s, hang=f.hang,
                          reset=f.reset, malformed=f.malformed, stream_cut_after=f.stream_cut_after,
-                         stream_stall_after=f.stream_stall_after)
+                         stream_stall_after=f.stream_stall_after, error_message=f.error_message,
+                         first_token_delay_s=f.first_token_delay_s, event_interval_s=f.event_interval_s,
+                         no_stop=f.no_stop, malformed_after=f.malformed_after, reject_prefill=f.reject_prefill,
+                         source=f)
 
     def _count(self, request: web.Request, kinds: Sequence[str]) -> None:
         st = self.stats.setdefault(route_key(request), RouteStats())
@@ -228,7 +270,7 @@ class FaultInjector:
     def error_response(self, request: web.Request, status: int, retry_after_s: float | None) -> web.Response:
         """The stand-in's JSON error for ``status``, with Retry-After headers if set."""
         return web.json_response(self._error_body(request, status), status=status,
-                                 headers=retry_after_headers(retry_after_s))
+                                 headers={**retry_after_headers(retry_after_s), **self._error_headers(request)})
 
     @web.middleware
     async def middleware(self, request: web.Request,
@@ -239,7 +281,8 @@ class FaultInjector:
         plan = await self.draw(request)
         streaming = bool(await self._is_streaming(request)) if plan is not NO_FAULT else False
         if not streaming:
-            plan = dataclasses.replace(plan, stream_cut_after=None, stream_stall_after=None)
+            plan = dataclasses.replace(plan, stream_cut_after=None, stream_stall_after=None, no_stop=False,
+                                       malformed_after=None, first_token_delay_s=0.0, event_interval_s=0.0)
         request[PLAN_KEY] = plan
         self._count(request, plan.kinds)
 
@@ -248,7 +291,8 @@ class FaultInjector:
         if plan.reset:
             return drop_connection(request)
         if plan.hang:
-            if await self.hold_while(lambda: self.faults.hang):
+            source = plan.source or self.faults
+            if await self.hold_while(lambda: source.hang):
                 return drop_connection(request)
             return await handler(request)
         # A streaming handler turns status + stream_cut_after into a mid-stream error event.
@@ -281,6 +325,9 @@ class FaultInjector:
         return web.json_response(self.faults.to_dict())
 
     async def _put_faults(self, request: web.Request) -> web.Response:
+        model = request.query.get("model")  # PUT /__faults__?model=M: that model's faults alone
+        if model:
+            return await self._change_faults(request, lambda **v: self.set_model(model, **v))
         return await self._change_faults(request, self.replace)
 
     async def _patch_faults(self, request: web.Request) -> web.Response:
@@ -340,7 +387,8 @@ class StubServer:
     def __init__(self, *, faults: Faults | None = None, seed: int = 0) -> None:
         self.injector = FaultInjector(faults, seed=seed, error_body=self.error_body,
                                       request_model=self.request_model, is_streaming=self.is_streaming,
-                                      malformed_response=self.malformed_response, on_request=self._record)
+                                      malformed_response=self.malformed_response, on_request=self._record,
+                                      error_headers=self.error_headers)
         # The most recent requests only: a drill or bench drives thousands through a stand-in.
         self.requests: deque[RecordedRequest] = deque(maxlen=self.keep_requests)
         self.requests_total = 0
@@ -356,6 +404,10 @@ class StubServer:
 
     def error_body(self, request: web.Request, status: int) -> dict[str, Any]:
         return default_error_body(request, status)
+
+    def error_headers(self, request: web.Request) -> dict[str, str]:
+        """Extra headers of an injected error answer (e.g. a request id)."""
+        return {}
 
     async def request_model(self, request: web.Request) -> str | None:
         body = await json_body(request)
@@ -380,6 +432,14 @@ class StubServer:
     def set_faults(self, **changes: Any) -> None:
         """Merge fault fields (e.g. ``status=503, retry_after_s=2``). Raises ValueError on unknown fields."""
         self.injector.set(**changes)
+
+    def faults_of(self, model: str) -> Faults:
+        """The faults requests for ``model`` get (its own, else the global ones)."""
+        return self.injector.model_faults.get(model, self.injector.faults)
+
+    def set_model_faults(self, model: str, **values: Any) -> None:
+        """Faults for requests naming ``model`` only (several models can each have their own)."""
+        self.injector.set_model(model, **values)
 
     def clear_faults(self) -> None:
         """Remove every fault; held (hung/stalled) requests are released and served."""

@@ -1,6 +1,7 @@
 """Admin API behind ``auth.admin_token`` (Bearer). Unset token → every /admin route is 404.
 
     GET  /admin/breakers                         state, counts, opened_at, config of every guard
+                                                 (per LLM model: `llm:<model>`)
     POST /admin/breakers/{name}/{open|close|reset}   for drills
     GET  /admin/kb                               versions (active flagged)
     POST /admin/kb/activate {"version": "..."}   atomic switch; the running gateway reloads at once
@@ -21,7 +22,7 @@ from gateway.errors import APIError
 from gateway.kb import KBCorrupt, KBError, KBInvalidName, KBStorageError, check_version_name
 from gateway.kbload import reload_kb
 from gateway.retrieval import ModelMismatch, check_version_servable
-from gateway.state import STATE, AppState
+from gateway.state import STATE, AppState, guard_named, guard_snapshots
 
 
 def presents_admin_token(request: web.Request) -> bool:
@@ -47,14 +48,14 @@ def _check_admin(request: web.Request) -> AppState:
 
 
 async def breakers(request: web.Request) -> web.Response:
-    return web.json_response(_check_admin(request).guards.snapshot())
+    return web.json_response(guard_snapshots(_check_admin(request)))
 
 
 async def breaker_action(request: web.Request) -> web.Response:
     state = _check_admin(request)
     name, action = request.match_info["name"], request.match_info["action"]
     try:
-        guard = state.guards[name]
+        guard = guard_named(state, name)
     except KeyError:
         raise APIError(404, "not_found", f"no breaker named {name!r}", field="name") from None
     breaker = guard.breaker

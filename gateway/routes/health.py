@@ -54,11 +54,17 @@ def health_report(state: AppState) -> dict[str, Any]:
     kb = state.kb
     now = time.time()
     breakers = state.guards.snapshot()
+    chain = state.llm_router.chain(s.llm.model)
+    models = state.llm_router.guards.snapshot()
     components: dict[str, Any] = {
         "embedder": {"backend": s.embedder.backend, "guard": breakers.get("embedder")},
         "vector_db": {"backend": s.vector_store.backend, "guard": breakers.get("vector_db")},
+        # One guard per model (and endpoint): `guard` is the primary's, `models` every model's seen so far.
         "llm": {"backend": s.llm.effective_backend, "model": s.llm.model, "fallback_model": s.llm.fallback_model,
-                "guard": breakers.get("llm"), "fallback_guard": breakers.get("llm_fallback")},
+                "chain": [t.model for t in chain], "guard": models.get(chain[0].guard.name),
+                "fallback_guard": models.get(chain[1].guard.name) if len(chain) > 1 else None,
+                "models": {name: {"state": g["state"], "in_flight": g["bulkhead"]["in_flight"]}
+                           for name, g in models.items()}},
     }
     keyword: dict[str, Any] = {"enabled": s.fallback.keyword_index}
     if kb is not None:
@@ -85,7 +91,7 @@ def health_report(state: AppState) -> dict[str, Any]:
     components["shared_state"] = {"status": state.guards.shared_status,
                                   **(shared.snapshot() if shared is not None else {})}
     degraded = []
-    for name in ("embedder", "vector_db", "llm"):
+    for name in ("embedder", "vector_db"):
         g = components[name].get("guard") or {}
         state_name = (g.get("breaker") or {}).get("state") if isinstance(g.get("breaker"), dict) else g.get("state")
         if state_name not in (None, "closed"):
@@ -94,6 +100,9 @@ def health_report(state: AppState) -> dict[str, Any]:
         degraded.append(f"kb:{kb.degraded.reason}")
     if kb is not None and state.kb_error:
         degraded.append("kb:error")  # a reload or sync failed: serving an older version than intended
+    for name, g in components["llm"]["models"].items():
+        if g["state"] != "closed":
+            degraded.append(f"{name}:{g['state']}")
     if kb is not None and kb.keyword_index is None:
         degraded.append("keyword_index:unavailable")
     if cache is not None and getattr(cache, "healthy", True) is False:

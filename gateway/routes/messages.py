@@ -1,45 +1,58 @@
-"""POST /v1/messages — an Anthropic-compatible pass-through, so a bot only sets ANTHROPIC_BASE_URL.
+"""/v1/messages, /v1/messages/count_tokens, /v1/models — an Anthropic-compatible gateway, so a bot only
+sets ANTHROPIC_BASE_URL and keeps its SDK.
 
-The request body is forwarded unchanged (bytes in, bytes out, streaming included) under the ``llm``
-guard: timeouts, retries with Retry-After, circuit breaker, bulkhead. When the requested model's
-call fails before the upstream answered (or its breaker is open), the request is replayed once on
-``llm.fallback_model`` under the ``llm_fallback`` guard; the response then carries
-``X-RAG-Degraded: true``, ``X-RAG-Mode: fallback_model`` and ``X-RAG-Degradations`` (JSON).
-When both fail, the client gets an Anthropic-shaped error (``overloaded_error`` 529, or
-``rate_limit_error`` 429, with Retry-After) that every Anthropic SDK already handles.
+The request goes to the models of :meth:`ModelRouter.chain` in turn (the requested model, then its
+fallbacks), each under its own guard (timeout, retries with Retry-After, breaker, bulkhead):
 
-There is no retrieval here, so no cached or extractive rung: those belong to /v1/query.
-A stream that breaks after its first byte reached the client is passed through as it broke.
+- an answer from a fallback is labelled ``X-RAG-Mode: fallback_model``, ``X-RAG-Degraded: true``,
+  ``X-RAG-Degradations`` (JSON); its body's ``model`` names the model that answered;
+- an error caused by the request (400, 404 model, 413, the client's own key refused) is relayed
+  verbatim — status, body, ``request-id`` — and never falls back, except a 400 "prompt is too long",
+  which goes to ``llm.context_window_fallbacks`` when one is configured;
+- a fallback that refuses an assistant prefill is replayed once without it (labelled ``prefill_dropped``);
+- when every model failed: the last upstream error verbatim, or an Anthropic-shaped 529
+  ``overloaded_error`` (429 ``rate_limit_error`` when rate limited); ``Retry-After`` capped at
+  ``llm.max_retry_after_s``.
 
-Credentials: the configured ``llm.api_key`` is used upstream when set; otherwise the client's own
-``x-api-key`` / ``Authorization`` is forwarded (a pure sidecar). Gateway API keys, when configured,
-authenticate the client to the sidecar and are never forwarded.
+Streams: events are parsed as they pass. Until the first content delta (``llm.stream_buffer:
+first_content``) or the whole answer (``full``) nothing is sent, so a break, stall, malformed event or
+error event fails over unseen. After content went out a break ends the stream with an Anthropic
+``event: error`` (never a clean truncated end) and is counted. A stream holds one of
+``llm.max_streams`` slots for its whole life; past that it gets 529 at once.
+
+Timeouts: connect (``llm.connect_timeout_s``); first content (``llm.first_token_timeout_s``, and the
+request deadline: ``llm.request_timeout_s`` unless the client's ``X-Request-Timeout`` is shorter);
+gaps between events (``llm.idle_timeout_s``); whole stream (``llm.stream_max_s``).
+
+Credentials: the model's key (``llm.endpoints[model].api_key``, else ``llm.api_key``) is used upstream
+when set; otherwise the client's own ``x-api-key`` / ``Authorization`` is forwarded (a pure sidecar).
+Gateway API keys authenticate the client to the sidecar and are never forwarded.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from gateway import contract
-from gateway.contract import Component, Mode
+from gateway.contract import Mode, StreamOutcome
 from gateway.errors import APIError
-from gateway.http_input import read_json, validate
-from gateway.state import DEADLINE, REQUEST_ID, STARTED_RESPONSE, STATE, AppState
+from gateway.http_input import read_json_raw, validate
+from gateway.llm_router import PRIMARY, ModelRouter, Target
+from gateway.state import DEADLINE, REQUEST_ID, STARTED_RESPONSE, STATE, TRACE, AppState
 from gateway.tracing import outgoing_headers
-from gateway.upstreams.httperrors import error_for_status
-from resilience import DependencyUnavailable, Reason, UpstreamError
+from gateway.upstreams.anthropic_http import AnthropicHTTP, OpenStream, StreamBroken, UpstreamReply
+from resilience import Bulkhead, BulkheadFull, DependencyUnavailable, Reason
 
-DEFAULT_BASE_URL = "https://api.anthropic.com"
 log = logging.getLogger("rag_sidecar.messages")
-SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("messages_session", aiohttp.ClientSession)
 # Headers forwarded from the client as-is (auth is handled separately).
-_FORWARD = ("anthropic-version", "anthropic-beta", "content-type", "accept")
+_FORWARD = frozenset({"anthropic-version", "anthropic-beta", "content-type", "accept"})
 _HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"})
 
 
@@ -49,7 +62,7 @@ class MessagesRequest(BaseModel):
 
     # Required by Anthropic (the upstream enforces them; documented so generated requests are realistic).
     model_config = ConfigDict(extra="allow", json_schema_extra={"required": ["model", "messages", "max_tokens"]})
-    model: StrictStr = Field(min_length=1, description="the model asked for; replayed on llm.fallback_model")
+    model: StrictStr = Field(min_length=1, description="the model asked for; its fallback chain is llm.fallbacks")
     messages: Any = Field(None, description="Anthropic messages (required and validated upstream)",
                           json_schema_extra={"type": "array", "minItems": 1, "items": {
                               "type": "object", "required": ["role", "content"],
@@ -60,150 +73,335 @@ class MessagesRequest(BaseModel):
     stream: Any = Field(False, description="true: server-sent events relayed as they come")
 
 
-def _upstream_headers(request: web.Request, state: AppState) -> dict[str, str]:
-    headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARD}
-    headers.setdefault("anthropic-version", "2023-06-01")
-    headers["X-Request-Id"] = request[REQUEST_ID]
-    headers.update(outgoing_headers())  # the request span's traceparent (the client's own is not forwarded)
-    key = state.settings.llm.api_key
-    if key is not None and key.get_secret_value():
-        headers["x-api-key"] = key.get_secret_value()
-    elif not state.api_keys:
-        for name in ("x-api-key", "Authorization"):
-            if name in request.headers:
-                headers[name] = request.headers[name]
-    return headers
+@dataclass
+class MessagesTrace:
+    """What happened to one pass-through request; read by the access log, metrics and spans."""
+
+    requested_model: str | None = None
+    model: str | None = None  # the model that answered
+    degradations: list[dict[str, Any]] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    mode: Mode = Mode.FULL
+    stream_outcome: StreamOutcome | None = None
+    ttft_ms: float | None = None
+    cache: str = "off"
+    retriever: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.degradations)
+
+    def degrade(self, component: str, reason: str, model: str, **extra: Any) -> None:
+        self.degradations.append(contract.degradation(component, reason, model=model, **extra))
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"requested_model": self.requested_model, "ttft_ms": self.ttft_ms,
+                "stream_outcome": self.stream_outcome}
 
 
-def _anthropic_error(status: int, type_: str, message: str, headers: dict[str, str]) -> web.Response:
+class MessagesGateway:
+    """The route's long-lived parts: HTTP client, router, stream slots."""
+
+    def __init__(self, state: AppState, router: ModelRouter) -> None:
+        cfg = state.settings.llm
+        self.state = state
+        self.config = cfg
+        self.router = router
+        self.http = AnthropicHTTP(connect_s=cfg.connect_timeout_s, idle_s=cfg.idle_timeout_s)
+        self.streams = Bulkhead(cfg.max_streams, 0.0, name="llm_streams")
+
+    def upstream_headers(self, request: web.Request, target: Target) -> tuple[dict[str, str], bool]:
+        """Headers for ``target`` and whether the credentials are the client's own."""
+        headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARD}
+        headers.setdefault("anthropic-version", "2023-06-01")
+        headers["X-Request-Id"] = request[REQUEST_ID]
+        headers.update(outgoing_headers())  # the request span's traceparent (the client's own is not forwarded)
+        key = target.api_key or _secret(self.config.api_key)
+        if key:
+            headers["x-api-key"] = key
+            return headers, False
+        if not self.state.api_keys:  # pure sidecar: the client's own key goes upstream
+            for name in ("x-api-key", "Authorization"):
+                if name in request.headers:
+                    headers[name] = request.headers[name]
+            return headers, "x-api-key" in headers or "Authorization" in headers
+        return headers, False
+
+    def retry_after(self, seconds: float | None) -> str:
+        """Whole seconds for a client, at least 1, capped by ``llm.max_retry_after_s``."""
+        cap = self.config.max_retry_after_s
+        return contract.retry_after(min(cap, seconds if seconds is not None else cap))
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() or None if value is not None else None
+
+
+GATEWAY: web.AppKey[MessagesGateway] = web.AppKey("messages_gateway", MessagesGateway)
+
+
+def anthropic_error(status: int, type_: str, message: str, headers: dict[str, str]) -> web.Response:
     body = {"type": "error", "error": {"type": type_, "message": message}}
     return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
 
 
+def _rag_headers(request: web.Request, trace: MessagesTrace) -> dict[str, str]:
+    return contract.headers(trace.mode, degraded=contract.is_degraded(trace.mode, trace.degradations),
+                            request_id=request[REQUEST_ID], degradations=trace.degradations)
+
+
+def _relay_reply(gw: MessagesGateway, request: web.Request, reply: UpstreamReply,
+                 trace: MessagesTrace) -> web.Response:
+    """An upstream error answer, verbatim: status, body, request-id (Retry-After capped)."""
+    headers = dict(reply.headers)
+    if "retry-after" in headers or "retry-after-ms" in headers or reply.status in (429, 529) or reply.status >= 500:
+        headers.pop("retry-after-ms", None)
+        headers["retry-after"] = gw.retry_after(reply.retry_after_s)
+    headers.update(_rag_headers(request, trace))
+    resp = web.Response(status=reply.status, body=reply.body, headers=headers)
+    resp.content_type = reply.content_type.split(";")[0].strip() or "application/json"
+    return resp
+
+
+def _without_prefill(body: dict[str, Any]) -> dict[str, Any] | None:
+    messages = body.get("messages")
+    if isinstance(messages, list) and len(messages) > 1 and isinstance(messages[-1], dict) \
+            and messages[-1].get("role") == "assistant":
+        return {**body, "messages": messages[:-1]}
+    return None
+
+
 async def messages(request: web.Request) -> web.StreamResponse:
     state: AppState = request.app[STATE]
-    body = await read_json(request)
+    gw = request.app[GATEWAY]
+    body, raw = await read_json_raw(request, gw.config.max_body_bytes)  # long prompts: llm.max_body_bytes
     model = validate(MessagesRequest, body).model  # checks what the gateway relies on; the rest is relayed
-    streaming = body.get("stream") is True
-    base = (state.settings.llm.base_url or DEFAULT_BASE_URL).rstrip("/")
-    url = base + "/v1/messages"
-    headers = _upstream_headers(request, state)
-    # In pure-sidecar mode the key is the client's: its 401/403 is the client's problem, not an outage.
-    client_credentials = (not _configured_key(state) and not state.api_keys
-                          and ("x-api-key" in headers or "Authorization" in headers))
-    session = request.app[SESSION]
+    trace = MessagesTrace(requested_model=model)
+    request[TRACE] = trace
+    if body.get("stream") is not True:
+        return await _serve(gw, request, body, raw, trace, streaming=False)
+    try:
+        await gw.streams.acquire(max_wait_s=0.0)
+    except BulkheadFull:
+        trace.mode = Mode.UNAVAILABLE
+        trace.degrade(PRIMARY, Reason.SHED.value, model)
+        state.telemetry.degradation(PRIMARY, Reason.SHED.value)
+        return anthropic_error(529, "overloaded_error",
+                               f"{gw.streams.max_concurrent} streams already open on this gateway; retry shortly",
+                               {"Retry-After": "1", **_rag_headers(request, trace)})
+    try:
+        return await _serve(gw, request, body, raw, trace, streaming=True)
+    finally:
+        gw.streams.release()
+
+
+async def _serve(gw: MessagesGateway, request: web.Request, body: dict[str, Any], raw: bytes,
+                 trace: MessagesTrace, *, streaming: bool) -> web.StreamResponse:
+    state = gw.state
+    cfg = gw.config
     deadline = request[DEADLINE]
-    degradations: list[dict[str, Any]] = []
-
-    rungs = [("llm", model)]
-    fallback = state.settings.llm.fallback_model
-    if fallback and fallback != model:
-        rungs.append(("llm_fallback", fallback))
+    model = body["model"]
+    queue = gw.router.chain(model)
+    context_tried = False
+    no_prefill: set[str] = set()
     last: DependencyUnavailable | None = None
-    for guard_name, rung_model in rungs:
-        payload = json.dumps({**body, "model": rung_model}).encode()
-        per_read = state.guards[guard_name].config.attempt_timeout_s or state.guards[guard_name].config.timeout_s
-
-        async def attempt(payload: bytes = payload, per_read: float = per_read) -> Any:
-            try:
-                # sock_read bounds the gaps of a stream after the guard has handed it over.
-                resp = await session.post(url, data=payload, headers=headers, timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=5, sock_read=per_read))
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"connection to the LLM failed: {exc!r}", status=None) from exc
-            if resp.status >= 400:
-                text = await resp.text()
-                resp.release()
-                if client_credentials and resp.status in (401, 403):
-                    raise UpstreamError(text[:300], status=resp.status, retryable=False, caller_fault=True)
-                raise error_for_status(resp.status, text[:300], resp.headers)
-            if streaming:
-                return resp
-            try:  # a whole JSON answer is read inside the attempt: the guard's timeout covers it all
-                return resp, await resp.read()
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"LLM answer broke off: {exc!r}", status=None) from exc
-            finally:
-                resp.release()
-
+    stage_s = cfg.first_token_timeout_s if streaming else cfg.request_timeout_s
+    whole = cfg.stream_buffer == "full"
+    while queue:
+        target = queue.pop(0)
+        headers, client_key = gw.upstream_headers(request, target)
+        if target.model == model and target.model not in no_prefill:
+            payload = raw  # the client's bytes, untouched
+        else:
+            sent = _without_prefill(body) if target.model in no_prefill else None
+            payload = json.dumps({**(sent or body), "model": target.model}).encode()
+        url = target.base_url + "/v1/messages"
+        t0 = time.perf_counter()
         try:
-            upstream = await state.guards[guard_name].call(attempt, deadline, reserve_s=0.0)
+            if streaming:
+                result: Any = await target.guard.call(
+                    lambda: gw.http.open_stream(url, payload, headers, whole=whole, client_key=client_key),
+                    deadline, stage_timeout_s=stage_s)
+            else:
+                result = await target.guard.call(
+                    lambda: gw.http.request_json("POST", url, payload, headers, client_key=client_key),
+                    deadline, stage_timeout_s=stage_s)
         except DependencyUnavailable as exc:
-            if exc.caller_fault:  # the client's own bad request or key: relay it, don't degrade
-                status = exc.status or 400
-                type_ = {401: "authentication_error", 403: "permission_error"}.get(status, "invalid_request_error")
-                return _anthropic_error(status, type_, exc.detail or str(exc), {"X-Request-Id": request[REQUEST_ID]})
-            degradations.append(contract.degradation(guard_name, exc.reason, model=rung_model))
-            state.telemetry.degradation(guard_name, exc.reason.value)
+            reply = exc.__cause__ if isinstance(exc.__cause__, UpstreamReply) else None
+            if exc.caller_fault and reply is not None:
+                if target.component == PRIMARY:
+                    if reply.prompt_too_long and not context_tried:
+                        context_tried = True
+                        larger = gw.router.context_chain(model)
+                        if larger:
+                            trace.degrade(PRIMARY, "context_window", target.model)
+                            state.telemetry.degradation(PRIMARY, "context_window")
+                            queue = larger
+                            continue
+                    return _relay_reply(gw, request, reply, trace)  # the client's own mistake: verbatim
+                if reply.prefill_rejected and target.model not in no_prefill and _without_prefill(body):
+                    no_prefill.add(target.model)
+                    trace.degrade(target.component, "prefill_dropped", target.model)
+                    state.telemetry.degradation(target.component, "prefill_dropped")
+                    queue.insert(0, target)
+                    continue
+            trace.degrade(target.component, exc.reason.value, target.model)
+            state.telemetry.degradation(target.component, exc.reason.value)
             last = exc
             continue
-        if streaming:
-            return await _relay(request, upstream, degradations, deadline)
-        resp, data = upstream
-        out = web.Response(status=resp.status, body=data,
-                           headers={k: v for k, v in resp.headers.items() if k.lower() not in _HOP})
-        out.headers.update(_rag_headers(request, degradations))
-        return out
+        trace.mode = Mode.FALLBACK_MODEL if target.model != model else Mode.FULL
+        trace.model = target.model
+        if not streaming:
+            trace.timings_ms["upstream"] = round((time.perf_counter() - t0) * 1e3, 3)
+            out = web.Response(status=result.status, body=result.body,
+                               headers={k: v for k, v in result.headers.items() if k.lower() not in _HOP})
+            out.headers.update(_rag_headers(request, trace))
+            return out
+        trace.ttft_ms = round((time.perf_counter() - trace.started) * 1e3, 3)
+        state.telemetry.llm_first_token(target.model, trace.ttft_ms)
+        return await _relay(gw, request, result, trace, target)
+    return _exhausted(gw, request, trace, last)
 
-    headers_out = contract.headers(Mode.UNAVAILABLE, degraded=True, request_id=request[REQUEST_ID],
-                                   degradations=degradations,
-                                   retry_after_s=last.retry_after_s if last and last.retry_after_s else 5)
+
+def _exhausted(gw: MessagesGateway, request: web.Request, trace: MessagesTrace,
+               last: DependencyUnavailable | None) -> web.Response:
+    trace.mode = Mode.UNAVAILABLE
+    reply = last.__cause__ if last is not None and isinstance(last.__cause__, UpstreamReply) else None
+    if reply is not None:
+        return _relay_reply(gw, request, reply, trace)
+    headers = {"Retry-After": gw.retry_after(last.retry_after_s if last else None), **_rag_headers(request, trace)}
+    reasons = ", ".join(f"{d['model']}: {d['reason']}" for d in trace.degradations)
     if last is not None and last.reason is Reason.RATE_LIMITED:
-        return _anthropic_error(429, "rate_limit_error", "upstream rate limited; retry later", headers_out)
-    return _anthropic_error(529, "overloaded_error",
-                            "the LLM is unavailable (" + ", ".join(d["reason"] for d in degradations) + ")",
-                            headers_out)
+        return anthropic_error(429, "rate_limit_error", f"every model is rate limited ({reasons})", headers)
+    return anthropic_error(529, "overloaded_error", f"no model could answer ({reasons})", headers)
 
 
-def _configured_key(state: AppState) -> bool:
-    key = state.settings.llm.api_key
-    return key is not None and bool(key.get_secret_value())
+def _error_event(type_: str, message: str) -> bytes:
+    data = json.dumps({"type": "error", "error": {"type": type_, "message": message}})
+    return f"event: error\ndata: {data}\n\n".encode()
 
 
-def _rag_headers(request: web.Request, degradations: list[dict[str, Any]]) -> dict[str, str]:
-    return contract.headers(Mode.FALLBACK_MODEL if degradations else Mode.FULL, degraded=bool(degradations),
-                            request_id=request[REQUEST_ID], degradations=degradations)
-
-
-async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, degradations: list[dict[str, Any]],
-                 deadline: Any) -> web.StreamResponse:
-    """Stream the upstream's SSE bytes through, under the request's deadline.
-
-    A stream that breaks or outlives the deadline after its first byte went out is passed on *as broken*
-    (the connection is aborted, so the client's SDK raises on the incomplete stream) — never as a clean end.
-    """
+async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, trace: MessagesTrace,
+                 target: Target) -> web.StreamResponse:
+    """Send what was held, then pass the stream through, judging each event; end it honestly."""
+    upstream = opened.response
+    events = opened.events
     out = web.StreamResponse(status=upstream.status)
     for k, v in upstream.headers.items():
         if k.lower() not in _HOP:
             out.headers[k] = v
-    out.headers.update(_rag_headers(request, degradations))
+    out.headers.update(_rag_headers(request, trace))
+    outcome: StreamOutcome = StreamOutcome.COMPLETE
     try:
         await out.prepare(request)
         request[STARTED_RESPONSE] = out
-        async with asyncio.timeout(deadline.remaining()):
-            async for chunk in upstream.content.iter_any():
-                await out.write(chunk)
-    except (aiohttp.ClientError, ConnectionResetError, TimeoutError) as exc:
-        reason = contract.Reason.TIMEOUT if isinstance(exc, TimeoutError) else contract.Reason.STREAM_CUT
-        request.app[STATE].telemetry.degradation(Component.LLM, reason)
-        log.warning("LLM stream broke after it started; aborting the client connection",
-                    extra={"event": "llm_stream_broken", "reason": reason})
-        if request.transport is not None:
-            request.transport.abort()
-        return out
+        await out.write(b"".join(opened.held) if len(opened.held) != 1 else opened.held[0])
+        if not events.stopped:
+            limit = gw.config.stream_max_s - (time.perf_counter() - trace.started)
+            timer = asyncio.timeout(max(limit, 0.0))
+            try:
+                async with timer:
+                    content = upstream.content
+                    while True:
+                        chunk = await content.readany()
+                        if not chunk:
+                            break
+                        data = events.feed(chunk)
+                        if data:
+                            await out.write(data)
+                        if events.malformed or events.error is not None or events.stopped:
+                            break
+            except TimeoutError:
+                outcome = StreamOutcome.TIMEOUT if timer.expired() else "stalled"
+            except (ConnectionResetError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - aiohttp payload/connection errors: a cut stream
+                log.debug("upstream stream cut", extra={"event": "llm_stream_cut", "error": type(exc).__name__})
+                outcome = StreamOutcome.CUT
+            if outcome == StreamOutcome.COMPLETE:
+                if events.malformed:
+                    outcome = StreamOutcome.MALFORMED
+                elif events.error is not None:
+                    outcome = StreamOutcome.ERROR  # the upstream's own `event: error` was forwarded as-is
+                elif not events.stopped:
+                    outcome = StreamOutcome.NO_STOP
+        if outcome not in (StreamOutcome.COMPLETE, StreamOutcome.ERROR):
+            kind = "timeout_error" if outcome in (StreamOutcome.STALLED, StreamOutcome.TIMEOUT) else "api_error"
+            await out.write(_error_event(kind, f"the upstream stream of {target.model} broke after content was "
+                                               f"sent ({outcome}); the answer is incomplete"))
+        await out.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError):
+        outcome = StreamOutcome.CLIENT_GONE
+        raise
     finally:
-        upstream.release()
-    await out.write_eof()
+        upstream.close() if outcome != StreamOutcome.COMPLETE else upstream.release()
+        trace.stream_outcome = outcome
+        trace.timings_ms["stream"] = round((time.perf_counter() - trace.started) * 1e3, 3)
+        gw.state.telemetry.llm_stream_outcome(target.model, outcome)
+        if outcome not in (StreamOutcome.COMPLETE, StreamOutcome.CLIENT_GONE):
+            trace.degrade(target.component, f"stream_{outcome}", target.model)
+            gw.state.telemetry.degradation(target.component, f"stream_{outcome}")
+            log.warning("LLM stream broke after content was sent; ended with an error event",
+                        extra={"event": "llm_stream_broken", "outcome": outcome, "model": target.model})
     return out
 
 
-async def _session_ctx(app: web.Application):
-    # No total timeout here: every call runs under the guard's deadline-aware timeout.
-    app[SESSION] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/messages/count_tokens`` under the model's guard; no fallback (a count is per model)."""
+    gw = request.app[GATEWAY]
+    body, raw = await read_json_raw(request, gw.config.max_body_bytes)
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
+        raise APIError(422, "invalid_value", "model must be a non-empty string", field="model")
+    trace = MessagesTrace(requested_model=body["model"])
+    request[TRACE] = trace
+    target = gw.router.target(body["model"])
+    headers, client_key = gw.upstream_headers(request, target)
+    return await _guarded_json(gw, request, trace, target.guard, "POST", target.base_url + "/v1/messages/count_tokens",
+                               raw, headers, client_key, target.model)
+
+
+async def models(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/models`` (query string passed on) under its own endpoint guard, never a model's."""
+    gw = request.app[GATEWAY]
+    trace = MessagesTrace()
+    request[TRACE] = trace
+    target = gw.router.target(gw.config.model)
+    headers, client_key = gw.upstream_headers(request, target)
+    url = gw.router.default_base + "/v1/models" + (f"?{request.query_string}" if request.query_string else "")
+    guard = gw.router.endpoint_guard(gw.router.default_base, "models")
+    return await _guarded_json(gw, request, trace, guard, "GET", url, None, headers, client_key, None)
+
+
+async def _guarded_json(gw: MessagesGateway, request: web.Request, trace: MessagesTrace, guard: Any, method: str,
+                        url: str, payload: bytes | None, headers: dict[str, str], client_key: bool,
+                        model: str | None) -> web.StreamResponse:
+    try:
+        answer = await guard.call(lambda: gw.http.request_json(method, url, payload, headers, client_key=client_key,
+                                                               expect=None),
+                                  request[DEADLINE], stage_timeout_s=gw.config.request_timeout_s)
+    except DependencyUnavailable as exc:
+        reply = exc.__cause__ if isinstance(exc.__cause__, UpstreamReply) else None
+        if exc.caller_fault and reply is not None:
+            return _relay_reply(gw, request, reply, trace)
+        trace.degrade(PRIMARY, exc.reason.value, model or guard.name)
+        gw.state.telemetry.degradation(PRIMARY, exc.reason.value)
+        return _exhausted(gw, request, trace, exc)
+    trace.model = model
+    out = web.Response(status=answer.status, body=answer.body,
+                       headers={k: v for k, v in answer.headers.items() if k.lower() not in _HOP})
+    out.headers.update(_rag_headers(request, trace))
+    return out
+
+
+async def _gateway_ctx(app: web.Application) -> Any:
     yield
-    await app[SESSION].close()
+    await app[GATEWAY].http.close()
 
 
 def setup(app: web.Application) -> None:
+    app[GATEWAY] = MessagesGateway(app[STATE], app[STATE].llm_router)
     app.router.add_post("/v1/messages", messages)
-    app.cleanup_ctx.append(_session_ctx)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
+    app.router.add_get("/v1/models", models)
+    app.cleanup_ctx.append(_gateway_ctx)

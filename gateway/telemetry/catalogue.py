@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.contract import Component, Mode, Reason
+from gateway.contract import Component, Mode, Reason, StreamOutcome
 
 MetricType = Literal["count", "gauge", "distribution", "histogram"]
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
@@ -61,6 +61,7 @@ MODES = (*(m.value for m in Mode), "none")
 COMPONENTS = tuple(c.value for c in Component)
 OUTCOMES = ("success", "timeout", "error", "rate_limited", "overloaded", "caller_error", "cancelled", "shed",
             "caller_timeout", "queued_timeout")
+STREAM_OUTCOMES = tuple(o.value for o in StreamOutcome)
 FAILURE_REASONS = ("breaker_open", "timeout", "rate_limited", "error", "shed", "overloaded")
 DEGRADATION_REASONS = tuple(r.value for r in Reason)
 BREAKER_STATES = tuple(BREAKER_STATE_VALUES)
@@ -171,6 +172,17 @@ RETRIEVAL_QUALITY = MetricSpec(
     "article's Precision@5), from the last evaluation stored in the version's manifest (`evaluation`); "
     "refreshed whenever a version is loaded or activated, absent when the version was never evaluated.",
     values={"measure": QUALITY_MEASURES})
+LLM_FIRST_TOKEN = MetricSpec(
+    "llm.first_token", "distribution", "ms", ("model",),
+    "/v1/messages streams: time from the request to the first content sent to the client, by the model "
+    "that answered (with `llm.stream_buffer: full`, to the whole answer).",
+    plotted=False, unplotted_reason="added with the pass-through gateway; dashboard widget pending")
+LLM_STREAMS = MetricSpec(
+    "llm.streams", "count", "streams", ("model", "outcome"),
+    "/v1/messages streams by how they ended: complete, or cut / stalled / malformed / no_stop / error / "
+    "timeout after content was sent (the client got an `event: error`), or client_gone.",
+    values={"outcome": STREAM_OUTCOMES},
+    plotted=False, unplotted_reason="added with the pass-through gateway; dashboard widget pending")
 
 CATALOGUE: tuple[MetricSpec, ...] = (
     REQUEST_COUNT, REQUEST_DURATION, REQUEST_IN_FLIGHT, RATE_LIMITED, DEGRADATION_COUNT,
@@ -179,6 +191,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     KB_INFO, KB_AGE, KB_CHUNKS,
     JOBS_SUBMITTED, JOBS_REJECTED, JOBS_ITEMS, JOBS_ITEM_DURATION, JOBS_RETRIES, JOBS_QUEUE_DEPTH,
     JOBS_QUEUE_IN_FLIGHT, JOBS_QUEUE_OLDEST_AGE, JOBS_WEBHOOKS, BREAKER_OPEN_FOR, RETRIEVAL_QUALITY,
+    LLM_FIRST_TOKEN, LLM_STREAMS,
 )
 # Slot of each metric in the per-catalogue lists below (the request path indexes, never looks up).
 _REQ_COUNT, _REQ_DURATION, _IN_FLIGHT, _RATE_LIMITED, _DEGRADATION = map(CATALOGUE.index, (
@@ -190,6 +203,7 @@ _BREAKER_STATE, _BREAKER_TRANSITIONS, _CACHE, _KW_DURATION, _KW_SEARCHES = map(C
 _KB_INFO, _KB_AGE, _KB_CHUNKS, _BREAKER_OPEN_FOR, _QUALITY = map(CATALOGUE.index, (
     KB_INFO, KB_AGE, KB_CHUNKS, BREAKER_OPEN_FOR, RETRIEVAL_QUALITY))
 _JOBS = {spec.name: CATALOGUE.index(spec) for spec in CATALOGUE if spec.name.startswith("jobs.")}
+_LLM_FIRST_TOKEN, _LLM_STREAMS = map(CATALOGUE.index, (LLM_FIRST_TOKEN, LLM_STREAMS))
 _SAMPLED = frozenset(i for i, s in enumerate(CATALOGUE) if s.type in ("distribution", "histogram"))
 _COUNTED = frozenset(i for i, s in enumerate(CATALOGUE) if s.type == "count")
 # Every count slot records a list per key (its length is the count); in these the values are

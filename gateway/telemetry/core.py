@@ -37,6 +37,8 @@ from gateway.telemetry.catalogue import (
     _KB_CHUNKS,
     _KB_INFO,
     _KW_SEARCHES,
+    _LLM_FIRST_TOKEN,
+    _LLM_STREAMS,
     _QUALITY,
     _RATE_LIMITED,
     _REQ_COUNT,
@@ -166,6 +168,15 @@ class Telemetry:
     def rate_limited(self, route: str) -> None:
         key = (self._route_tags.get(route) or self._route(route),)
         self._pending[_RATE_LIMITED].setdefault(key, []).append(1)
+
+    # ---- /v1/messages streams -----------------------------------------------------------------
+    def llm_first_token(self, model: str, ms: float) -> None:
+        """Time to the first content of a /v1/messages stream, in ms, by the answering model."""
+        self._pending[_LLM_FIRST_TOKEN].setdefault((model,), []).append(ms)
+
+    def llm_stream_outcome(self, model: str, outcome: str) -> None:
+        """How a /v1/messages stream ended (a :class:`gateway.contract.StreamOutcome`)."""
+        self._pending[_LLM_STREAMS].setdefault((model, outcome), []).append(1)
 
     # ---- fallbacks ---------------------------------------------------------------------------
     def cache_result(self, result: str) -> None:

@@ -1,0 +1,265 @@
+"""The Anthropic Messages API over raw HTTP, for the ``/v1/messages`` pass-through: bytes in, bytes out.
+
+The SDK client (:mod:`gateway.upstreams.anthropic_llm`) parses answers into objects; a pass-through
+must not: the client's body goes upstream as sent (only ``model`` is rewritten on a fallback) and
+the upstream's bytes come back as sent. What this module adds is judgement:
+
+- an HTTP error answer becomes :class:`UpstreamReply` (an :class:`UpstreamError` that keeps the
+  status, body and ``request-id`` so the route can relay it verbatim); 400/404/413/422 — and a
+  client's own key refused (401/403) — are the caller's fault and never count against a breaker;
+- a stream is parsed event by event as it passes (:class:`SSEEvents`): only whole events are ever
+  forwarded, the first content delta and ``message_stop`` are noticed, a broken ``data:`` line or an
+  ``event: error`` is caught, so the route can fail over before any content went out and can end a
+  stream that breaks later with a clean Anthropic ``event: error`` instead of a truncated success.
+
+Timeouts (seconds): ``connect_s`` per connection; ``idle_s`` between two reads of a stream (aiohttp's
+``sock_read``, no timer per event); the wait for the first content and the whole stream are bounded
+by the caller (the guard's stage timeout and the route's stream limit).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import aiohttp
+
+from gateway.upstreams.httperrors import parse_retry_after
+from resilience.errors import UpstreamError
+
+CALLER_FAULT = frozenset({400, 404, 413, 422})
+RETRYABLE_4XX = frozenset({408, 409, 429})
+# Anthropic's message for a prompt over the model's context window: "prompt is too long: 250000 tokens > 200000".
+PROMPT_TOO_LONG = re.compile(r"prompt is too long|exceeds? the (?:model's )?context window", re.IGNORECASE)
+# Newer models refuse a conversation that ends with an assistant turn (prefill).
+PREFILL_REJECTED = re.compile(r"prefill|must end with a user message|final assistant content", re.IGNORECASE)
+# Status reported for an `event: error` inside a 200 stream, by its `error.type`.
+STREAM_ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500,
+                       "timeout_error": 504, "invalid_request_error": 400, "request_too_large": 413,
+                       "authentication_error": 401, "permission_error": 403, "not_found_error": 404}
+# Upstream headers relayed to the client with an error answer.
+RELAYED_ERROR_HEADERS = ("request-id", "retry-after", "retry-after-ms", "x-should-retry")
+
+
+def _error_fields(body: bytes) -> tuple[str, str]:
+    try:
+        err = json.loads(body).get("error") or {}
+        return str(err.get("type") or "error"), str(err.get("message") or "")
+    except (ValueError, AttributeError):
+        return "error", body[:200].decode("utf-8", "replace")
+
+
+class UpstreamReply(UpstreamError):
+    """An HTTP error answer, kept whole (``status``, ``body`` bytes, ``headers`` to relay)."""
+
+    def __init__(self, status: int, body: bytes, headers: Mapping[str, str], *, client_key: bool = False) -> None:
+        self.error_type, self.error_message = _error_fields(body)
+        retryable = status >= 500 or status in RETRYABLE_4XX
+        super().__init__(f"HTTP {status} {self.error_type}: {self.error_message}"[:300], status=status,
+                         retryable=retryable, retry_after_s=parse_retry_after(headers) if retryable else None,
+                         caller_fault=status in CALLER_FAULT or (client_key and status in (401, 403)))
+        self.body = body
+        self.content_type = headers.get("Content-Type", "application/json")
+        self.headers = {k: headers[k] for k in RELAYED_ERROR_HEADERS if k in headers}
+
+    @property
+    def prompt_too_long(self) -> bool:
+        return self.status == 400 and bool(PROMPT_TOO_LONG.search(self.error_message))
+
+    @property
+    def prefill_rejected(self) -> bool:
+        return self.status == 400 and bool(PREFILL_REJECTED.search(self.error_message))
+
+
+class StreamBroken(UpstreamError):
+    """A stream broke: ``outcome`` is cut | stalled | malformed | no_stop | error."""
+
+    def __init__(self, outcome: str, message: str, *, status: int | None = None, retryable: bool = True) -> None:
+        super().__init__(f"stream {outcome}: {message}", status=status, retryable=retryable)
+        self.outcome = outcome
+
+
+class SSEEvents:
+    """Incremental parser of an Anthropic SSE stream. :meth:`feed` returns the bytes of the complete,
+    well-formed events received so far (a partial event is held back until it completes)."""
+
+    __slots__ = ("_rest", "content_started", "stopped", "malformed", "error", "model")
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self.content_started = False  # a content_block_delta was seen
+        self.stopped = False  # message_stop was seen
+        self.malformed = False  # an event whose data is not a JSON object: nothing after it is forwarded
+        self.error: dict[str, Any] | None = None  # the payload of an `event: error`
+        self.model: str | None = None  # from message_start
+
+    @property
+    def pending(self) -> bool:
+        """Bytes of an incomplete event are held."""
+        return bool(self._rest)
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._rest + chunk if self._rest else chunk
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._rest = data
+            return b""
+        end += 2
+        self._rest = data[end:]
+        pos = 0
+        while pos < end:
+            nxt = data.find(b"\n\n", pos, end) + 2
+            if not self._event(data[pos:nxt - 2]):
+                self.malformed = True
+                self._rest = b""
+                return data[:pos]
+            pos = nxt
+        return data[:end] if end < len(data) else data
+
+    def _event(self, block: bytes) -> bool:
+        lines = block.split(b"\n")
+        datas = [line[5:] for line in lines if line.startswith(b"data:")]
+        if not datas:
+            return True  # a comment or an event without data: nothing to judge
+        try:
+            payload = json.loads(datas[0] if len(datas) == 1 else b"\n".join(datas))
+        except ValueError:
+            return False
+        if not isinstance(payload, dict):
+            return False
+        kind = payload.get("type")
+        if kind == "content_block_delta":
+            self.content_started = True
+        elif kind == "message_stop":
+            self.stopped = True
+        elif kind == "message_start":
+            message = payload.get("message")
+            if isinstance(message, dict):
+                self.model = message.get("model")
+        elif kind == "error":
+            self.error = payload.get("error") if isinstance(payload.get("error"), dict) else {"type": "api_error"}
+        return True
+
+    def broken(self, *, started: bool) -> StreamBroken | None:
+        """The failure this parser has seen (malformed event or ``event: error``), if any."""
+        if self.malformed:
+            return StreamBroken("malformed", "an event's data is not JSON", status=502, retryable=not started)
+        if self.error is not None:
+            etype = str(self.error.get("type") or "api_error")
+            status = STREAM_ERROR_STATUS.get(etype, 502)
+            return StreamBroken("error", f"{etype}: {self.error.get('message', '')}"[:300], status=status,
+                                retryable=not started and (status >= 500 or status == 429))
+        return None
+
+
+@dataclass
+class JsonAnswer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    model: str | None
+
+
+@dataclass
+class OpenStream:
+    """A stream whose first content (or, with ``whole``, its end) has arrived; ``held`` is what to send
+    first, ``events`` the parser to keep feeding."""
+
+    response: aiohttp.ClientResponse
+    events: SSEEvents
+    held: list[bytes] = field(default_factory=list)
+
+
+class AnthropicHTTP:
+    """Raw Messages API calls over one shared aiohttp session (no connection cap: our bulkheads bound it)."""
+
+    def __init__(self, *, connect_s: float, idle_s: float) -> None:
+        self.connect_s = connect_s
+        self.idle_s = idle_s
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_s))
+        return self._session
+
+    async def _send(self, method: str, url: str, payload: bytes | None, headers: Mapping[str, str],
+                    sock_read: float | None, client_key: bool) -> aiohttp.ClientResponse:
+        try:
+            resp = await self.session.request(method, url, data=payload, headers=headers,
+                                              timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_s,
+                                                                            sock_read=sock_read))
+        except TimeoutError:
+            raise
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"connection to the LLM failed: {type(exc).__name__}: {exc}", status=None) from exc
+        if resp.status >= 400:
+            try:
+                body = await resp.read()
+            except aiohttp.ClientError:
+                body = b""
+            finally:
+                resp.release()
+            raise UpstreamReply(resp.status, body, resp.headers, client_key=client_key)
+        return resp
+
+    async def request_json(self, method: str, url: str, payload: bytes | None, headers: Mapping[str, str], *,
+                           client_key: bool = False, expect: str | None = "message") -> JsonAnswer:
+        """A whole JSON answer. ``expect``: the ``type`` the body must have (None: any JSON object).
+        Raises :class:`UpstreamReply`, :class:`UpstreamError` (connection, broken body) or TimeoutError."""
+        resp = await self._send(method, url, payload, headers, None, client_key)
+        try:
+            body = await resp.read()
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"LLM answer broke off: {type(exc).__name__}", status=None) from exc
+        finally:
+            resp.release()
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or (expect is not None and parsed.get("type") != expect):
+            raise UpstreamError("LLM answer is not a well-formed JSON message", status=502)
+        model = parsed.get("model")
+        return JsonAnswer(resp.status, resp.headers, body, model if isinstance(model, str) else None)
+
+    async def open_stream(self, url: str, payload: bytes, headers: Mapping[str, str], *, whole: bool = False,
+                          client_key: bool = False) -> OpenStream:
+        """POST a streaming request and read until its first content delta (``whole``: its ``message_stop``).
+
+        Raises :class:`UpstreamReply` for an HTTP error, :class:`StreamBroken` for a stream that breaks,
+        is malformed, carries an ``event: error`` or ends without ``message_stop`` before that point,
+        TimeoutError for a silence longer than ``idle_s``. The connection is closed on any failure."""
+        resp = await self._send("POST", url, payload, headers, self.idle_s, client_key)
+        opened = OpenStream(resp, SSEEvents())
+        events = opened.events
+        try:
+            while True:
+                try:
+                    chunk = await resp.content.readany()
+                except TimeoutError:
+                    raise
+                except aiohttp.ClientError as exc:
+                    raise StreamBroken("cut", f"{type(exc).__name__} before the first content") from exc
+                if not chunk:
+                    raise StreamBroken("no_stop", "the stream ended without message_stop")
+                out = events.feed(chunk)
+                if out:
+                    opened.held.append(out)
+                # A break in the same read as the first content still fails over: nothing was sent yet.
+                broken = events.broken(started=False)
+                if broken is not None:
+                    raise broken
+                if events.stopped or (events.content_started and not whole):
+                    return opened
+        except BaseException:
+            resp.close()
+            raise
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,79 @@
+"""/v1/messages streams under default limits: a long healthy Claude answer, and hundreds at once.
+
+Defaults only (the stand-in paces its events): the old limits cut a 20 s answer at the 8 s stage
+timeout / 10 s deadline and shed 21 of 50 concurrent streams.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import anthropic
+import pytest
+
+from tests.conftest import anthropic_overrides, make_settings, state_of
+
+MODEL = "claude-sonnet-4-6"
+
+
+async def test_a_30_s_healthy_stream_completes_under_defaults(gateway_factory, data_dir, fake_anthropic):
+    # 10 s to the first token (past the old 8 s stage timeout), then 20 deltas a second apart.
+    words = " ".join(f"w{i}" for i in range(40))
+    fake_anthropic.reply = words
+    fake_anthropic.set_model_faults(MODEL, first_token_delay_s=10.0, event_interval_s=1.0)
+    client = await gateway_factory(make_settings(data_dir, **anthropic_overrides(fake_anthropic)))
+    sdk = anthropic.AsyncAnthropic(api_key="sk-ant-client-0000", base_url=str(client.make_url("")).rstrip("/"),
+                                   max_retries=0)
+    t0 = time.monotonic()
+    try:
+        async with sdk.messages.stream(model=MODEL, max_tokens=512,
+                                       messages=[{"role": "user", "content": "talk for a while"}]) as stream:
+            text = "".join([t async for t in stream.text_stream])
+            final = await stream.get_final_message()
+    finally:
+        await sdk.close()
+    assert time.monotonic() - t0 >= 29.0
+    assert text == words and final.stop_reason == "end_turn" and final.model == MODEL
+    assert fake_anthropic.model_counts[MODEL] == 1
+    assert stream.response.headers["x-rag-mode"] == "full"
+
+
+async def _stream(http: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
+    async with http.post(url, json={"model": MODEL, "max_tokens": 64, "stream": True,
+                                    "messages": [{"role": "user", "content": "[1] Lava is hot. Why?"}]}) as r:
+        return r.status, await r.read()
+
+
+@pytest.mark.parametrize("n", [50, 500])
+async def test_hundreds_of_concurrent_streams_all_complete_under_defaults(gateway_factory, data_dir,
+                                                                          fake_anthropic, n):
+    fake_anthropic.reply = " ".join(f"w{i}" for i in range(10))  # 5 deltas, 0.3 s apart: ~1.5 s open each
+    fake_anthropic.set_model_faults(MODEL, event_interval_s=0.3)
+    client = await gateway_factory(make_settings(data_dir, **anthropic_overrides(fake_anthropic)))
+    state = state_of(client)
+    url = str(client.make_url("/v1/messages"))
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, state.llm_router.target(MODEL).guard.bulkhead.in_flight, _open_streams(client))
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        results = await asyncio.wait_for(asyncio.gather(*(_stream(http, url) for _ in range(n))), 120)
+    watcher.cancel()
+    assert [s for s, _ in results] == [200] * n  # none shed
+    for _, body in results:  # none truncated, none ended with an error event
+        assert body.rstrip().endswith(b'data: {"type": "message_stop"}') and b"event: error" not in body
+    assert fake_anthropic.model_counts[MODEL] == n  # one attempt each: nothing retried or failed over
+    assert peak >= min(n, 50)  # they really were open at the same time
+    assert _open_streams(client) == 0
+
+
+def _open_streams(client) -> int:
+    from gateway.routes.messages import GATEWAY
+
+    return client.server.app[GATEWAY].streams.in_flight
