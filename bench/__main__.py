@@ -1,10 +1,12 @@
 """``python -m bench`` (``make bench``): the performance suite; writes bench/results/latest.{md,json} + PNGs.
 
-    python -m bench [--quick] [--only overhead,rag,costs,scale,memory,workers,jobs] [--duration S] [--out DIR]
+    python -m bench [--quick] [--only overhead,rag,costs,scale,memory,workers,jobs,messages] [--duration S] [--out DIR]
 
 Sections: overhead (gateway vs the Python floor), rag (embedded defaults, warm), costs (breaker-open
 fast fail, rate-limit rejection, metrics emission), scale (keyword index + vector store, 1k→100k),
-memory (gateway RSS with a 100k-chunk KB), workers (`serve --workers 1|2` vs the pass-through at c=32), jobs (interactive p99 beside a running batch job). Everything runs on loopback; every load point is bounded
+memory (gateway RSS with a 100k-chunk KB), workers (`serve --workers 1|2` vs the pass-through at c=32), jobs
+(interactive p99 beside a running batch job), messages (/v1/messages pass-through vs a minimal aiohttp one,
+stream buffering's cost on the first token, memory per open stream). Everything runs on loopback; every load point is bounded
 in time and count; child processes stop with the runner. Progress goes to stderr, the target table
 to stdout. ``--only`` merges the sections it runs into the existing results in ``--out``.
 """
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import costs, jobs, memory, overhead, rag, report, scale, scaleout
+from bench import costs, jobs, memory, messages, overhead, rag, report, scale, scaleout
 from bench.context import Context
 from bench.machine import machine
 from bench.procs import log
@@ -30,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SECTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "overhead": overhead.run, "rag": rag.run, "costs": costs.run, "scale": scale.run, "memory": memory.run,
-    "workers": scaleout.run, "jobs": jobs.run}
+    "workers": scaleout.run, "jobs": jobs.run, "messages": messages.run}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -98,6 +98,13 @@ def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
                            f"/v1/query c={jb['interactive_concurrency']}, interleaved slices", why))
     else:
         out.append(_target("Running batch raises interactive p99 by ≤ 20%", None, 1.2, "<=", "× alone", "section jobs"))
+
+    from bench import messages
+
+    for name, measured, limit, op, unit, where in messages.targets(sections.get("messages") or {}):
+        out.append(_target(name, measured, limit, op, unit, where,
+                           "see section 8: CPU per request of the gateway vs the floor"))
+
     if mem.get("peak_rss_mb"):
         why = _rss_why(mem, scale)
         out.append(_target(f"Gateway RSS ≤ 400 MB with {mem['chunks']:,} chunks", mem["peak_rss_mb"], 400.0, "<=",
@@ -371,9 +378,18 @@ SECTION_TITLES = {
     "memory": "5. Gateway memory with a large KB",
     "workers": "6. Scale-out: `serve --workers N` vs the pass-through",
     "jobs": "7. Interactive latency beside a running batch job",
+    "messages": "8. /v1/messages: pass-through, stream buffering, memory per stream",
 }
+
+
+def _messages_md(sec: dict) -> list[str]:
+    from bench import messages
+
+    return messages.markdown(sec)
+
+
 RENDER = {"overhead": _overhead_md, "rag": _rag_md, "costs": _costs_md, "scale": _scale_md, "memory": _memory_md,
-          "workers": _workers_md, "jobs": _jobs_md}
+          "workers": _workers_md, "jobs": _jobs_md, "messages": _messages_md}
 
 
 def markdown(results: dict[str, Any]) -> str:

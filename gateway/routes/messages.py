@@ -90,7 +90,7 @@ class MessagesTrace:
 
     @property
     def degraded(self) -> bool:
-        return bool(self.degradations)
+        return contract.is_degraded(self.mode, self.degradations)
 
     def degrade(self, component: str, reason: str, model: str, **extra: Any) -> None:
         self.degradations.append(contract.degradation(component, reason, model=model, **extra))
@@ -147,8 +147,8 @@ def anthropic_error(status: int, type_: str, message: str, headers: dict[str, st
 
 
 def _rag_headers(request: web.Request, trace: MessagesTrace) -> dict[str, str]:
-    return contract.headers(trace.mode, degraded=contract.is_degraded(trace.mode, trace.degradations),
-                            request_id=request[REQUEST_ID], degradations=trace.degradations)
+    return contract.headers(trace.mode, degraded=trace.degraded, request_id=request[REQUEST_ID],
+                            degradations=trace.degradations)
 
 
 def _relay_reply(gw: MessagesGateway, request: web.Request, reply: UpstreamReply,

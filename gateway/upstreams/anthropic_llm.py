@@ -138,8 +138,8 @@ class TextStream:
     async def _deltas(self, llm: "AnthropicLLM", question: str, chunks: Sequence[Chunk], model: str,
                       request_id: str | None) -> AsyncGenerator[str, None]:
         try:
-            events = await llm.client.messages.create(**llm.request_args(question, chunks, model, request_id),
-                                                      stream=True)
+            events = await llm.client_for(model).messages.create(
+                **llm.request_args(question, chunks, model, request_id), stream=True)
         except Exception as exc:
             raise map_error(exc) from exc
         started = finished = False
@@ -185,6 +185,20 @@ class AnthropicLLM:
         self.client = client or anthropic.AsyncAnthropic(
             api_key=config.api_key.get_secret_value() if config.api_key is not None else None,
             base_url=config.base_url, max_retries=0, timeout=config.timeout_s)
+        self._endpoint_clients: dict[str, anthropic.AsyncAnthropic] = {}
+
+    def client_for(self, model: str | None) -> anthropic.AsyncAnthropic:
+        """The SDK client for ``model``: its own ``llm.endpoints[model]`` base URL / key, else the default."""
+        ep = self.config.endpoints.get(model or self.config.model)
+        if ep is None or (ep.base_url is None and ep.api_key is None):
+            return self.client
+        client = self._endpoint_clients.get(model or "")
+        if client is None:
+            key = ep.api_key or self.config.api_key
+            client = self._endpoint_clients[model or ""] = anthropic.AsyncAnthropic(
+                api_key=key.get_secret_value() if key is not None else None,
+                base_url=ep.base_url or self.config.base_url, max_retries=0, timeout=self.config.timeout_s)
+        return client
 
     def request_args(self, question: str, chunks: Sequence[Chunk], model: str | None,
                      request_id: str | None) -> dict[str, Any]:
@@ -203,7 +217,8 @@ class AnthropicLLM:
                        request_id: str | None = None) -> Generation:
         """One complete answer. Raises :class:`UpstreamError` or TimeoutError."""
         try:
-            msg = await self.client.messages.create(**self.request_args(question, chunks, model, request_id))
+            msg = await self.client_for(model).messages.create(**self.request_args(question, chunks, model,
+                                                                                   request_id))
         except Exception as exc:
             raise map_error(exc) from exc
         text = "".join(block.text for block in msg.content if block.type == "text")
@@ -216,5 +231,7 @@ class AnthropicLLM:
         return TextStream(self, question, chunks, model or self.config.model, request_id)
 
     async def close(self) -> None:
+        for client in self._endpoint_clients.values():
+            await client.close()
         if self._owns_client:
             await self.client.close()

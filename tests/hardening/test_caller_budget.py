@@ -18,7 +18,7 @@ async def test_short_client_budgets_do_not_open_the_llm_breaker(gateway_factory,
         body = await resp.json()
         assert resp.status == 200 and body["mode"] == "extractive"
         assert {"component": "llm", "reason": "timeout", "model": "claude-sonnet-4-6"} in body["degradations"]
-    llm = state_of(client).guards["llm"].breaker.snapshot()
+    llm = state_of(client).llm_router.target("claude-sonnet-4-6").guard.breaker.snapshot()
     assert llm["state"] == "closed" and llm["totals"]["failures"] == 0
     # A caller with the default budget still gets the full answer.
     resp = await client.post("/v1/query", json={"query": "green tea"})
