@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -153,9 +154,13 @@ def targets(sec: dict[str, Any]) -> list[tuple[str, float | None, float, str, st
     return out
 
 
-def markdown(sec: dict[str, Any]) -> list[str]:
-    from bench.report import _f
+def _f(x: Any, nd: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:,.{nd}f}" if isinstance(x, (int, float)) else str(x)
 
+
+def markdown(sec: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for kind in ("json", "stream"):
         rows = sec.get(kind) or []

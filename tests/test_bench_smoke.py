@@ -39,7 +39,7 @@ def test_quick_overhead_run_writes_markdown_json_and_png(tmp_path: Path) -> None
         assert all(r["gateway"]["modes"] == {"full": r["gateway"]["requests"]} for r in overhead["query"])
 
     targets = {t["target"]: t for t in results["targets"]}
-    assert len(targets) == 8
+    assert len(targets) == 10
     assert all(t["result"] in ("PASS", "MISS", "NOT RUN") for t in targets.values())
     throughput = next(t for name, t in targets.items() if name.startswith("Gateway throughput"))
     assert throughput["result"] in ("PASS", "MISS") and throughput["measured"] is not None
