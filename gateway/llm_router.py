@@ -39,6 +39,7 @@ class ModelRouter:
         self.config = config
         self.guards = guards
         self.default_base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._chains: dict[str, tuple[int, list[Target]]] = {}  # model → (guards.evicted when made, chain)
 
     def _endpoint(self, model: str) -> tuple[str, str | None]:
         ep = self.config.endpoints.get(model)
@@ -69,8 +70,18 @@ class ModelRouter:
         return out
 
     def chain(self, model: str) -> list[Target]:
-        """``model`` then its fallbacks, as targets."""
-        return [self.target(model)] + [self.target(m, FALLBACK) for m in self.fallbacks(model)]
+        """``model`` then its fallbacks, as targets (a fresh list: callers may consume it)."""
+        cached = self._chains.get(model)
+        # A guard dropped from the registry since (LRU) must not be used from this cache.
+        if cached is None or cached[0] != self.guards.evicted:
+            chain = [self.target(model)] + [self.target(m, FALLBACK) for m in self.fallbacks(model)]
+            if len(self._chains) >= self.guards.max_guards:
+                self._chains.clear()  # bounded like the guards themselves (models come from clients)
+            cached = self._chains[model] = (self.guards.evicted, chain)
+        else:
+            for t in cached[1]:
+                self.guards.touch((t.base_url, t.model))  # keep the registry's LRU order honest
+        return list(cached[1])
 
     def context_chain(self, model: str) -> list[Target]:
         """Larger-context models for a prompt ``model`` refused as too long ([] = relay the 400)."""

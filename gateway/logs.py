@@ -75,7 +75,9 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(redact(out), default=str, ensure_ascii=False)
+        # One pass of the patterns over the finished line, not one per field (a request line has ~25
+        # fields: walking them cost ~0.3 ms per request, the largest single item of the pass-through).
+        return redact(json.dumps(out, default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):

@@ -74,6 +74,11 @@ class KeyedGuards:
             shared.register(guard.breaker)
             guard._on_call = self._ensure_shared_started
 
+    def touch(self, key: Hashable) -> None:
+        """Mark ``key``'s guard most recently used (no-op if it has none)."""
+        if key in self._guards:
+            self._guards.move_to_end(key)
+
     def _evict_one(self) -> None:
         for key, guard in self._guards.items():  # oldest first
             if guard.breaker.state == "closed" and guard.bulkhead.in_flight == 0 and not guard.bulkhead.waiting:
