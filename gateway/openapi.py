@@ -150,7 +150,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                           "503": _json(not_ready, "every retrieval path failed, or the KB is still loading"),
                           **_ERRORS}}},
         "/v1/messages": {"post": {
-            "summary": "Anthropic Messages API pass-through (ANTHROPIC_BASE_URL), with fallback model",
+            "summary": "Anthropic Messages API gateway (ANTHROPIC_BASE_URL): per-model guards, fallback chains",
             "security": _V1, "parameters": v1_params, "requestBody": _body(MessagesRequest),
             "responses": {
                 "200": {"description": "the upstream's answer (X-RAG-Mode: full | fallback_model)",
@@ -158,7 +158,25 @@ def _operations() -> dict[str, dict[str, Any]]:
                                     "text/event-stream": {"schema": {"type": "string"}}}},
                 "4XX": _json({"anyOf": [_ref(Error), _ref(AnthropicError)]},
                              "bad input, auth, or the upstream's own 4xx relayed"),
-                "529": _json(_ref(AnthropicError), "both models overloaded or failing (Retry-After)"),
+                "529": _json(_ref(AnthropicError), "every model of the chain failing, or no stream slot (Retry-After)"),
+                "default": _json(_ref(AnthropicError), "an upstream status relayed as-is")}}},
+        "/v1/messages/count_tokens": {"post": {
+            "summary": "Anthropic token counting, under the model's own guard (no fallback: a count is per model)",
+            "security": _V1, "parameters": v1_params, "requestBody": _body(MessagesRequest),
+            "responses": {
+                "200": _json(_ANY_OBJECT, "the upstream's count ({input_tokens})"),
+                "4XX": _json({"anyOf": [_ref(Error), _ref(AnthropicError)]},
+                             "bad input, auth, or the upstream's own 4xx relayed"),
+                "529": _json(_ref(AnthropicError), "the model is unavailable (Retry-After)"),
+                "default": _json(_ref(AnthropicError), "an upstream status relayed as-is")}}},
+        "/v1/models": {"get": {
+            "summary": "Anthropic model list, under its own endpoint guard (query string passed on)",
+            "security": _V1, "parameters": v1_params,
+            "responses": {
+                "200": _json(_ANY_OBJECT, "the upstream's model list"),
+                "4XX": _json({"anyOf": [_ref(Error), _ref(AnthropicError)]},
+                             "auth, or the upstream's own 4xx relayed"),
+                "529": _json(_ref(AnthropicError), "the upstream is unavailable (Retry-After)"),
                 "default": _json(_ref(AnthropicError), "an upstream status relayed as-is")}}},
         "/livez": {"get": {"summary": "the process is up", "responses": {"200": _json(_ref(Probe), "up")}}},
         "/readyz": {"get": {"summary": "the KB is loaded", "responses": {
