@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test install bench drill drill-mutants lock clean sample-embeddings image-check
+.PHONY: serve test check install bench drill drill-mutants lock clean sample-embeddings image-check
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -18,9 +18,17 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/rag-sidecar serve
 
-## The whole test suite (unit, integration over real sockets, chaos).
+## What CI runs (.ci/run): lint, types, then the whole suite (unit, integration over real sockets, chaos drills).
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+## The edit loop: lint, types and every test but the real-time ones (marker `slow`); under a minute.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

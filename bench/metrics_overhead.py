@@ -82,14 +82,14 @@ class DrainingAgent:
 
     @property
     def url(self) -> str:
-        return "udp://127.0.0.1:%d" % self.sock.getsockname()[1]
+        return f"udp://127.0.0.1:{self.sock.getsockname()[1]}"
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.sock.recv(65535)
                 self.datagrams += 1
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
 
     def close(self) -> None:

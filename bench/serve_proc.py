@@ -37,7 +37,7 @@ async def main(workers: int, overrides: dict, ready_timeout_s: float) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--workers", str(workers),
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--workers", str(workers),  # noqa: ASYNC220
                              "--port", str(port)], env=env_of(overrides), stdin=subprocess.DEVNULL)
     pids: dict[int, int] = {}
     deadline = time.monotonic() + ready_timeout_s

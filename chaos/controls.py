@@ -68,9 +68,13 @@ class Controls:
 
     # -- plumbing ------------------------------------------------------------------------------
     def _proxy(self, target: str) -> str:
+        self._fault_proxy()
+        return self.target.proxies.get(target, target)
+
+    def _fault_proxy(self) -> ToxiproxyClient:
         if self.toxiproxy is None:
             raise DrillError("this action needs the fault proxy: pass --toxiproxy URL")
-        return self.target.proxies.get(target, target)
+        return self.toxiproxy
 
     def _stub(self, target: str) -> str:
         dep = STUB_ALIASES.get(target, target)
@@ -102,11 +106,11 @@ class Controls:
             proxy = self._proxy(target)
             stream = attrs.get("stream", "downstream")
             name = attrs.get("name") or f"drill{index}_{attrs['type']}_{stream}"
-            await self.toxiproxy.add_toxic(proxy, attrs["type"], attributes=attrs.get("attributes") or {},
+            await self._fault_proxy().add_toxic(proxy, attrs["type"], attributes=attrs.get("attributes") or {},
                                            stream=stream, toxicity=float(attrs.get("toxicity", 1.0)), name=name)
             return lambda: self._remove_toxic(proxy, name)
         if kind == "toxic_update":
-            await self.toxiproxy.update_toxic(self._proxy(target), attrs["name"], attributes=attrs.get("attributes"),
+            await self._fault_proxy().update_toxic(self._proxy(target), attrs["name"], attributes=attrs.get("attributes"),
                                               toxicity=attrs.get("toxicity"))
             return None
         if kind == "toxic_remove":
@@ -114,7 +118,7 @@ class Controls:
             return None
         if kind == "proxy_disable":
             proxy = self._proxy(target)
-            await self.toxiproxy.disable(proxy)
+            await self._fault_proxy().disable(proxy)
             return lambda: self._enable(proxy)
         if kind == "proxy_enable":
             await self._enable(self._proxy(target))
@@ -150,17 +154,18 @@ class Controls:
 
     async def _remove_toxic(self, proxy: str, name: str) -> None:
         try:
-            await self.toxiproxy.remove_toxic(proxy, name)
+            await self._fault_proxy().remove_toxic(proxy, name)
         except ToxiproxyNotFound:
             pass  # already gone: the goal of a removal is met
 
     async def _enable(self, proxy: str) -> None:
-        await self.toxiproxy.enable(proxy)
+        await self._fault_proxy().enable(proxy)
 
     def needs(self, scenario: Scenario) -> set[str]:
         """What the scenario's actions need: ``toxiproxy``, ``stub:<dep>``, ``admin``."""
         out: set[str] = set()
-        for a in [*scenario.method, *scenario.rollbacks]:
+        actions: list[Action | Rollback] = [*scenario.method, *scenario.rollbacks]
+        for a in actions:
             if a.action.startswith(("toxic_", "proxy_")):
                 out.add("toxiproxy")
             elif a.action.startswith("stub_"):

@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -135,17 +135,18 @@ class Drill:
                 await self._run_method_safely(controls, load)
                 if self.aborted_by_safeguard is not None:
                     raise _SafeguardTripped()
-                self.phase_times["after"][0] = self.now()
+                after_start = self.phase_times["after"][0] = self.now()
                 await self._mark(controls, "after_start")
                 self._say(f"[{sc.id}] after ({sc.steady_state_hypothesis.after_s:g}s)")
-                await self._sleep_until(self.phase_times["after"][0] + sc.steady_state_hypothesis.after_s)
+                await self._sleep_until(after_start + sc.steady_state_hypothesis.after_s)
                 await self._mark(controls, "after_end")
                 self.phase_times["after"][1] = self.now()
         except _SafeguardTripped:
+            trip = self.aborted_by_safeguard or {}
             status, error = "aborted", (f"aborted_by_safeguard: availability "
-                                        f"{self.aborted_by_safeguard['availability']:.2f} < "
-                                        f"{self.aborted_by_safeguard['floor']:.2f} over the last "
-                                        f"{self.aborted_by_safeguard['window_s']:g}s: fault undone early")
+                                        f"{trip['availability']:.2f} < "
+                                        f"{trip['floor']:.2f} over the last "
+                                        f"{trip['window_s']:g}s: fault undone early")
             self._say(f"[{sc.id}] {error}")
         except asyncio.CancelledError:
             status, cancelled = "aborted", True
@@ -265,13 +266,13 @@ class Drill:
                     self.windows[w]["end_s"] = round(self.marks[f"w{w}_end"]["t"], 3)
             elif kind == "apply":
                 await self._apply(controls, payload)
-                w = window_of.get(payload)
-                if w is not None and self.windows[w]["start_s"] is None:
-                    self.windows[w]["start_s"] = round(self.now(), 3)
+                win = window_of.get(payload)
+                if win is not None and self.windows[win]["start_s"] is None:
+                    self.windows[win]["start_s"] = round(self.now(), 3)
             else:
-                w = window_of.get(payload)
-                if w is not None and self.windows[w]["end_s"] is None and at >= windows[w][1]:
-                    self.windows[w]["end_s"] = round(self.now(), 3)
+                win = window_of.get(payload)
+                if win is not None and self.windows[win]["end_s"] is None and at >= windows[win][1]:
+                    self.windows[win]["end_s"] = round(self.now(), 3)
                 await self._undo(payload)
         await self._sleep_until(m0 + sc.method_duration_s)
         self.phase_times["method"][1] = self.now()
@@ -555,7 +556,7 @@ class Drill:
         from chaos.report import plot_timeline, render_report
 
         assert self.journal is not None and self.out_dir is not None
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.out_dir.mkdir, parents=True, exist_ok=True)
         paths = {"journal": str(self.out_dir / "journal.json"), "report": str(self.out_dir / "report.md")}
         if self.png:
             paths["timeline"] = str(self.out_dir / "timeline.png")
@@ -566,8 +567,11 @@ class Drill:
             except Exception as exc:  # noqa: BLE001 - a plotting problem must not lose the journal
                 self.journal["outputs"]["timeline_error"] = f"{type(exc).__name__}: {exc}"
                 paths.pop("timeline", None)
-        Path(paths["journal"]).write_text(json.dumps(self.journal, indent=2, default=str), encoding="utf-8")
-        Path(paths["report"]).write_text(render_report(self.journal), encoding="utf-8")
+        journal_text = json.dumps(self.journal, indent=2, default=str)
+        report_text = render_report(self.journal)
+        # Off the event loop: the drill's own probes may still be polling when it writes.
+        await asyncio.to_thread(Path(paths["journal"]).write_text, journal_text, encoding="utf-8")
+        await asyncio.to_thread(Path(paths["report"]).write_text, report_text, encoding="utf-8")
         return paths
 
 
@@ -604,7 +608,7 @@ def _compact(r: RequestRecord) -> dict[str, Any]:
 
 
 def _iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds")
 
 
 async def run_scenario(scenario: Scenario, target: DrillTarget, **kwargs: Any) -> dict[str, Any]:

@@ -176,7 +176,7 @@ class LocalStack:
                  f"fault proxy {self.info['toxiproxy']}")
 
     async def _start_upstreams(self) -> None:
-        log = open(self.workdir / "upstreams.log", "ab")  # noqa: SIM115 - closed in stop()
+        log = await asyncio.to_thread(open, self.workdir / "upstreams.log", "ab")  # closed in stop()
         self._logs.append(log)
         self._upstreams = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "chaos.local", "upstreams", "--seed", str(self.seed),
@@ -231,13 +231,17 @@ class LocalStack:
         from gateway.ingest import ingest
 
         settings = load_settings(self.config_path, env={})
-        with open(self.workdir / "ingest.log", "w", encoding="utf-8") as log, \
-                contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            result = await asyncio.wait_for(ingest(settings, [self.corpus], label="chaos drill"), START_TIMEOUT_S)
-            print(json.dumps(result.as_dict()), file=log)
+        log = await asyncio.to_thread(open, self.workdir / "ingest.log", "w", encoding="utf-8")
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                result = await asyncio.wait_for(ingest(settings, [self.corpus], label="chaos drill"),
+                                                START_TIMEOUT_S)
+                print(json.dumps(result.as_dict()), file=log)
+        finally:
+            await asyncio.to_thread(log.close)
 
     async def _start_gateway(self) -> None:
-        log = open(self.workdir / "gateway.log", "ab")  # noqa: SIM115 - closed in stop()
+        log = await asyncio.to_thread(open, self.workdir / "gateway.log", "ab")  # closed in stop()
         self._logs.append(log)
         self._gateway = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "--config", str(self.config_path), "serve",

@@ -33,6 +33,14 @@ class DrillView(Protocol):
 
     def opens(self, dependency: str, phase: str) -> int | None: ...
 
+    def final_state(self, dependency: str, phase: str) -> str | None: ...
+
+    def blamed_components(self, dependency: str) -> set[str]: ...
+
+    def all_faulted_components(self) -> set[str]: ...
+
+    def proxy_counter(self, dependency: str, phase: str, key: str) -> tuple[int | None, str]: ...
+
 
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile (``q`` in 0..100); None for no values."""
@@ -75,6 +83,18 @@ class ProbeInput:
     def tol(self) -> Tolerance:
         return self.probe.tolerance
 
+    @property
+    def tol_min(self) -> float:
+        """``tolerance.min``, which :data:`chaos.scenario._PROBE_RULES` requires for this probe type."""
+        assert self.tol.min is not None, f"{self.probe.type} probe without tolerance.min"
+        return self.tol.min
+
+    @property
+    def tol_max(self) -> float:
+        """``tolerance.max``, which :data:`chaos.scenario._PROBE_RULES` requires for this probe type."""
+        assert self.tol.max is not None, f"{self.probe.type} probe without tolerance.max"
+        return self.tol.max
+
 
 @dataclass
 class Verdict:
@@ -86,17 +106,17 @@ class Verdict:
 
 def availability(p: ProbeInput) -> Verdict:
     value = sum(r.available for r in p.records) / len(p.records) if p.records else None
-    return Verdict(value, p.tol.min, value is not None and value >= p.tol.min,
+    return Verdict(value, p.tol_min, value is not None and value >= p.tol_min,
                    {"by_status": status_counts(p.records)})
 
 
 def latency_p99(p: ProbeInput) -> Verdict:
-    tol, detail = p.tol, {}
-    latencies = [r.latency_ms for r in p.done if not r.hung]
+    tol, detail = p.tol, dict[str, Any]()
+    latencies = [r.latency_ms for r in p.done if not r.hung and r.latency_ms is not None]
     value = percentile(latencies, 99)
-    limit = tol.max
+    limit = p.tol_max
     if tol.plus_fallback_p99:
-        fallback = percentile([r.latency_ms for r in p.answers if r.short_circuited], 99)
+        fallback = percentile([r.latency_ms for r in p.answers if r.short_circuited and r.latency_ms is not None], 99)
         source = "short-circuited requests"
         if fallback is None:
             baseline = p.drill.spans("before")
@@ -105,7 +125,7 @@ def latency_p99(p: ProbeInput) -> Verdict:
             source = "baseline requests"
         detail["fallback_p99_ms"] = rounded(fallback, 1)
         detail["fallback_p99_from"] = source
-        limit = tol.max + (fallback or 0.0)
+        limit = p.tol_max + (fallback or 0.0)
     detail["p50_ms"] = rounded(percentile(latencies, 50), 1)
     return Verdict(value, limit, value is not None and value <= limit, detail)
 
@@ -113,7 +133,7 @@ def latency_p99(p: ProbeInput) -> Verdict:
 def mode(p: ProbeInput) -> Verdict:
     modes = Counter(r.mode for r in p.answers)
     value = sum(modes[m] for m in p.tol.expect) / len(p.answers) if p.answers else None
-    return Verdict(value, p.tol.min, value is not None and value >= p.tol.min, {"modes": dict(modes)})
+    return Verdict(value, p.tol_min, value is not None and value >= p.tol_min, {"modes": dict(modes)})
 
 
 def degraded_labelled(p: ProbeInput) -> Verdict:
@@ -123,16 +143,16 @@ def degraded_labelled(p: ProbeInput) -> Verdict:
     value = (len(judged) - len(bad)) / len(judged) if judged else None
     detail = {"judged": len(judged), "unlabelled": len(bad), "examples": [x for _, x in bad[:3]],
               "discard_events": sum(r.discarded for r in judged)}
-    return Verdict(value, p.tol.min, value is not None and value >= p.tol.min, detail)
+    return Verdict(value, p.tol_min, value is not None and value >= p.tol_min, detail)
 
 
 def upstream_attempts_ratio(p: ProbeInput) -> Verdict:
     attempts, source = p.drill.attempts(p.dependency, p.phase, p.probe.source)
     value = attempts / len(p.records) if attempts is not None and p.records else None
-    met = value is not None and value <= p.tol.max
+    met = value is not None and value <= p.tol_max
     if attempts is not None and not p.records:
         value, met = 0.0, attempts == 0
-    return Verdict(value, p.tol.max, met, {"attempts": attempts, "source": source})
+    return Verdict(value, p.tol_max, met, {"attempts": attempts, "source": source})
 
 
 def breaker_transitions(p: ProbeInput) -> Verdict:
@@ -140,13 +160,13 @@ def breaker_transitions(p: ProbeInput) -> Verdict:
     opens = p.drill.opens(p.dependency, p.phase)
     window_s = sum(e - s for s, e in p.spans)
     value = None if opens is None else 2.0 * opens  # every open is followed by a close (or will be)
-    limit = tol.max if tol.max is not None else max(2.0, tol.max_per_min * window_s / 60.0)
+    limit = tol.max if tol.max is not None else max(2.0, (tol.max_per_min or 0.0) * window_s / 60.0)
     return Verdict(value, limit, value is not None and value <= limit, {"opens": opens, "window_s": round(window_s, 3)})
 
 
 def hung_requests(p: ProbeInput) -> Verdict:
     value = float(sum(r.hung for r in p.records))
-    return Verdict(value, p.tol.max, value <= p.tol.max)
+    return Verdict(value, p.tol_max, value <= p.tol_max)
 
 
 def recovery_time(p: ProbeInput) -> Verdict:
@@ -157,11 +177,11 @@ def recovery_time(p: ProbeInput) -> Verdict:
     opened = drill.opens(p.dependency, "during")
     if not opened:
         detail["reason"] = "the breaker never opened during the fault"
-        return Verdict(None, p.tol.max, False, detail)
+        return Verdict(None, p.tol_max, False, detail)
     rec_at = drill.recovered_at(p.dependency)
     method_end = drill.phase_times["method"][1]
     value = None if rec_at is None or method_end is None else max(0.0, rec_at - method_end)
-    return Verdict(value, p.tol.max, value is not None and value <= p.tol.max, detail)
+    return Verdict(value, p.tol_max, value is not None and value <= p.tol_max, detail)
 
 
 def degraded_rate(p: ProbeInput) -> Verdict:
@@ -174,8 +194,8 @@ def degraded_rate(p: ProbeInput) -> Verdict:
 
 def breaker_opened(p: ProbeInput) -> Verdict:
     opens = p.drill.opens(p.dependency, p.phase)
-    return Verdict(None if opens is None else float(opens), p.tol.min,
-                   opens is not None and opens >= p.tol.min, {"guard": p.drill.guard_of(p.dependency)})
+    return Verdict(None if opens is None else float(opens), p.tol_min,
+                   opens is not None and opens >= p.tol_min, {"guard": p.drill.guard_of(p.dependency)})
 
 
 def breaker_closed(p: ProbeInput) -> Verdict:
@@ -199,7 +219,7 @@ def blame(p: ProbeInput) -> Verdict:
         elif len(wrong) < 3:
             wrong.append(f"request {r.i}: {sorted(c for c in named if c)}")
     value = right / len(degraded) if degraded else None
-    return Verdict(value, p.tol.min, value is not None and value >= p.tol.min,
+    return Verdict(value, p.tol_min, value is not None and value >= p.tol_min,
                    {"degraded": len(degraded), "expected": sorted(faulted), "misblamed": wrong})
 
 
@@ -208,8 +228,8 @@ def resets_fired(p: ProbeInput) -> Verdict:
     detail: dict[str, Any] = {"proxy": proxy}
     if resets is None:
         detail["reason"] = "no /__stats__ on the fault proxy (a real Toxiproxy keeps no reset counter)"
-    return Verdict(None if resets is None else float(resets), p.tol.min,
-                   resets is not None and resets >= p.tol.min, detail)
+    return Verdict(None if resets is None else float(resets), p.tol_min,
+                   resets is not None and resets >= p.tol_min, detail)
 
 
 EVALUATORS: dict[str, Callable[[ProbeInput], Verdict]] = {

@@ -67,7 +67,7 @@ async def _junk_worker(url: str, rate_per_s: float, stop: asyncio.Event) -> int:
 
 async def record(recipe_path: Path, out: Path, *, workdir: Path) -> dict[str, Any]:
     """Run one recipe (a scenario plus ``record:`` settings) and write its datagrams to ``out``."""
-    recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
+    recipe = yaml.safe_load(await asyncio.to_thread(recipe_path.read_text, encoding="utf-8"))
     settings = recipe.pop("record", {}) or {}
     loop = asyncio.get_running_loop()
     t0 = time.monotonic()
@@ -83,7 +83,7 @@ async def record(recipe_path: Path, out: Path, *, workdir: Path) -> dict[str, An
     def age_kb(stack: LocalStack) -> None:  # as if the ingest job had stopped running days ago
         for manifest in (stack.workdir / "data" / "kb" / "versions").glob("*/manifest.json"):
             data = json.loads(manifest.read_text(encoding="utf-8"))
-            data["created_at"] = time.time() - float(age_days) * 86400
+            data["created_at"] = time.time() - float(age_days or 0) * 86400
             manifest.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
     stack = LocalStack(workdir, open_s=float(settings.get("open_s", 2.0)), timeouts=timeouts, overrides=overrides,
@@ -110,7 +110,8 @@ async def record(recipe_path: Path, out: Path, *, workdir: Path) -> dict[str, An
     out.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(out, "wt", encoding="utf-8") as f:
         f.write(json.dumps({"recipe": recipe_path.name, "status": journal.get("status"),
-                            "phases": journal.get("phases"), "drill_start_t": drill_start_t, "recorded_lines": len(sink.lines)}) + "\n")
+                            "phases": journal.get("phases"), "drill_start_t": drill_start_t,
+                            "recorded_lines": len(sink.lines)}) + "\n")
         for entry in sink.lines:
             f.write(json.dumps(entry, separators=(",", ":")) + "\n")
     return {"lines": len(sink.lines), "status": journal.get("status"), "out": str(out)}

@@ -36,7 +36,7 @@ import operator
 import re
 from dataclasses import fields as dc_fields
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -48,8 +48,8 @@ SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEPENDENCIES = ("embedder", "vector_db", "llm")
-PHASES = ("before", "during", "after")
 Phase = Literal["before", "during", "after"]
+PHASES: tuple[Phase, ...] = ("before", "during", "after")
 ProbeType = Literal["availability", "latency_p99", "mode", "degraded_labelled", "upstream_attempts_ratio",
                     "breaker_transitions", "hung_requests", "recovery_time", "degraded_rate",
                     "breaker_opened", "breaker_closed", "blame", "resets_fired"]
@@ -94,7 +94,7 @@ class Tolerance(_Model):
 
 
 # (required tolerance keys, default phases) per probe type.
-_PROBE_RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+_PROBE_RULES: dict[str, tuple[tuple[str, ...], tuple[Phase, ...]]] = {
     "availability": (("min",), PHASES),
     "latency_p99": (("max",), PHASES),
     "mode": (("expect", "min"), ("during",)),
@@ -342,8 +342,9 @@ def _check_action(action: str, attrs: dict[str, Any]) -> None:
 # -- ${var} substitution ------------------------------------------------------------------------
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ARITH = re.compile(r"^[\d\s.+\-*/()eE]+$")
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.USub: operator.neg, ast.UAdd: operator.pos}
+_OPS: dict[type, Callable[..., float]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
 def _arith(text: str) -> float:

@@ -28,8 +28,9 @@ def run_drill(scenario: str, url: str, toxiproxy: str = "", stubs: str = "", var
     """Run the rag-sidecar drill ``scenario`` (a name in chaos/scenarios/ or a YAML path) against the
     gateway at ``url``: load, faults, probes, rollbacks. ``stubs``: ``"vector_db=http://…,llm=http://…"``
     (stand-ins for stub_* actions and attempt counters); the gateway's admin token comes from
-    ``$RAG_SIDECAR_ADMIN_TOKEN`` (never an experiment argument: journals record those). Returns the drill's summary (``verdict``, ``failed_probes``, ``journal``); the verdict also
-    decides :func:`chaosragsidecar.probes.no_drill_deviated`."""
+    ``$RAG_SIDECAR_ADMIN_TOKEN`` (never an experiment argument: journals record those). Returns the drill's
+    summary (``verdict``, ``failed_probes``, ``journal``); the verdict also decides
+    :func:`chaosragsidecar.probes.no_drill_deviated`."""
     from chaos.drill import Drill
     from chaos.scenario import load_scenario
 

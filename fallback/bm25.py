@@ -209,7 +209,7 @@ class KeywordIndex:
                     with open(f, "rb+") as fh:
                         os.fsync(fh.fileno())
                     files[f.relative_to(tmp).as_posix()] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
-            manifest = {"format": FORMAT, "engine": ENGINE, "engine_version": tantivy.__version__,
+            manifest = {"format": FORMAT, "engine": ENGINE, "engine_version": tantivy.__version__,  # type: ignore[attr-defined]
                         "analyzer": ANALYZER_VERSION, "size": self._size, "built_at": self._built_at,
                         "files": files}
             with open(tmp / _MANIFEST, "w", encoding="utf-8") as fh:

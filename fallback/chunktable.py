@@ -33,7 +33,7 @@ class ChunkTable:
     def __init__(self, source: Path | BinaryIO) -> None:
         if isinstance(source, (str, Path)):
             self.path = Path(source)
-            fh: BinaryIO = open(self.path, "rb")
+            fh: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - the map needs it open; close() closes both
         else:
             fh = source
             self.path = Path(getattr(source, "name", "") if isinstance(getattr(source, "name", None), str) else "")
@@ -80,6 +80,7 @@ class ChunkTable:
     def __getitem__(self, i: int) -> Chunk:
         """Chunk ``i`` with its text, read from the file."""
         start = int(self._offsets[i])
+        assert self._mm is not None, "an empty table has no chunk to read"
         end = self._mm.find(b"\n", start)
         raw = self._mm[start:end if end >= 0 else len(self._mm)]
         return replace(self._light[i], text=json.loads(raw)["text"])

@@ -23,8 +23,7 @@ DEFAULT_CUTOFFS = {"precision": 5, "recall": 5, "ndcg": 10}
 
 
 def _dedupe(ranked: Iterable[str]) -> list[str]:
-    seen: set[str] = set()
-    return [d for d in ranked if not (d in seen or seen.add(d))]
+    return list(dict.fromkeys(ranked))  # first occurrence of each, in order
 
 
 def _relevant(qrel: Qrel) -> set[str]:
@@ -135,5 +134,6 @@ def format_table(results: Mapping[str, Mapping[str, object]]) -> str:
     lines = ["| run | queries | " + " | ".join(metrics) + " |",
              "|---|---:|" + "---:|" * len(metrics)]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['queries']} | " + " | ".join(f"{float(r[m]):.3f}" for m in metrics) + " |")
+        scores = " | ".join(f"{float(r[m]):.3f}" for m in metrics)  # type: ignore[arg-type]
+        lines.append(f"| {name} | {r['queries']} | {scores} |")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Metadata filters shared by every local retriever: ``{field: value | [values]}``, all must match."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fallback.documents import Chunk
@@ -13,7 +14,7 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def matches(chunk: Chunk, filters: dict[str, Any]) -> bool:
+def matches(chunk: Chunk, filters: Mapping[str, Any]) -> bool:
     """True when every filter field equals the value (or one of the listed values).
 
     A list-valued metadata field matches when any of its elements does (as in the keyword index).

@@ -152,7 +152,7 @@ class _RST:
                 i = self.explicit(lines, i)
                 continue
             # A paragraph: consecutive lines at this indent.
-            para = []
+            para: list[str] = []
             while i < n and lines[i].strip() and not _indent(lines[i]) and not (
                     lines[i].startswith(".. ") and para):
                 para.append(lines[i])

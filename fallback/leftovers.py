@@ -49,7 +49,7 @@ def pid_alive(pid: int) -> bool:
 def remove_dead(directory: Path, prefix: str) -> list[str]:
     """Remove entries ``<prefix><pid>-<token>-…`` of ``directory`` whose owner is gone (and untagged ones
     older than an hour). Returns the names removed; never raises for an entry that vanished meanwhile."""
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(Path(directory).glob(prefix + "*"))
     except OSError:

@@ -121,7 +121,7 @@ async def _on_startup(app: web.Application) -> None:
     s = state.settings
     state.started_at = time.monotonic()
     data_dir = Path(s.server.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     state.embedder = build_embedder(s)
     state.store = build_store(s)
     state.llm = build_llm(s)
@@ -196,6 +196,7 @@ async def _sync_kb_periodically(state: AppState) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
+            assert state.store is not None  # built in _on_startup
             version = await state.kb_store.sync_from(state.store)
         except Exception as exc:  # noqa: BLE001 - the old index keeps serving; the failure is logged and visible
             state.kb_error = f"sync failed: {type(exc).__name__}: {exc}"

@@ -228,7 +228,7 @@ class ResilienceConfig(_Section):
         for name, given in data.items():
             field = cls.model_fields.get(name)
             if isinstance(given, dict) and field is not None and field.default_factory is not None:
-                data[name] = _merged_defaults(field.default_factory().model_dump(), given)
+                data[name] = _merged_defaults(field.get_default(call_default_factory=True).model_dump(), given)
         return data
 
 

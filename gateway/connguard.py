@@ -70,7 +70,7 @@ class _Conn(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.made else None
 
-    def connection_lost(self, exc: BaseException | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self.guard.forget(self)

@@ -32,9 +32,9 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator, Sequence, cast
 
 import numpy as np
 
@@ -159,7 +159,7 @@ def _private_copy(src: Path, expect: dict[str, Any] | None, into: Path) -> Any:
         h = hashlib.sha256()
         n = 0
         try:
-            src_fh = open(src, "rb")
+            src_fh = open(src, "rb")  # noqa: SIM115 - entered just below, after the open error is mapped
         except OSError as exc:
             raise KBCorrupt(f"{src.parent.name}/{src.name}: {exc.strerror or exc}") from exc
         with src_fh:
@@ -612,6 +612,7 @@ class KnowledgeBase:
             except KBError as exc:
                 problems.append(str(exc))
                 continue
+            assert kb is not None, "load(name) returns the version or raises"
             kb.degraded = KBDegraded("fallback_version", active, "; ".join(problems))
             return kb
         for name in ([active] if active in names else []) + [n for n in names if n != active]:
@@ -714,7 +715,7 @@ class KnowledgeBase:
         """
         progress = progress or (lambda stage, done, total: None)
         self.clean_leftovers()
-        version = datetime.now(timezone.utc).strftime("v%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        version = datetime.now(UTC).strftime("v%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         tmp = self.root / f".tmp-{version}"
         tmp.mkdir(parents=True)
         (tmp / BUILDER_FILE).write_text(str(os.getpid()))
@@ -736,7 +737,7 @@ class KnowledgeBase:
                     for j, i in enumerate(idx):
                         vectors_list[i] = out[j]
                     progress("embed", min(start + batch_size, len(todo)), len(todo))
-                vectors = np.vstack(vectors_list).astype(np.float32)
+                vectors = np.vstack(cast("list[np.ndarray]", vectors_list)).astype(np.float32)  # all filled
                 await asyncio.to_thread(_save_synced, tmp / "vectors.npy", vectors)
                 journal.clear()  # the version holds them now (reused by chunk id from the active version)
             if upsert is not None:

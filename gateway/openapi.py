@@ -118,8 +118,8 @@ _TIMEOUT_HEADER = {"name": "X-Request-Timeout", "in": "header", "required": Fals
                    "schema": {"type": "string"}}
 _REQUEST_ID_HEADER = {"name": "X-Request-Id", "in": "header", "required": False,
                       "description": "echoed on the response and sent upstream", "schema": {"type": "string"}}
-_V1 = [{"apiKey": []}, {"bearer": []}, {}]  # {} = no auth when auth.api_keys is empty
-_ADMIN = [{"bearer": []}]
+_V1: list[dict[str, list[str]]] = [{"apiKey": []}, {"bearer": []}, {}]  # {} = no auth when auth.api_keys is empty
+_ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
 _ANY_OBJECT = {"type": "object"}
 
 

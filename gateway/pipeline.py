@@ -17,7 +17,8 @@ import asyncio
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterator
+from functools import partial
+from typing import Any, AsyncGenerator, AsyncIterator, Callable, Iterator
 
 from fallback import fusion
 from fallback.cache import AnswerStore, CacheEntry, CacheKey
@@ -153,10 +154,11 @@ class Pipeline:
                 # An open vector DB breaker makes the embedding useless: fail over before paying for it.
                 with trace.timed("vector_search"):
                     self.guards["vector_db"].check_admits()
-                if self.embedder is not None:
+                embedder = self.embedder
+                if embedder is not None:
                     with trace.timed("embed"):
                         vector = await self.guards["embedder"].call(
-                            lambda: self.embedder.embed_query(req.query, request_id=req.request_id), deadline,
+                            lambda: embedder.embed_query(req.query, request_id=req.request_id), deadline,
                             reserve_s=self.reserve_s)
                 depth = max(req.top_k, self.settings.retrieval.candidates) if self.local_hybrid else req.top_k
                 with trace.timed("vector_search"):
@@ -210,6 +212,7 @@ class Pipeline:
             trace.degrade(Component.KEYWORD_INDEX, reason)
             self.telemetry.degradation(Component.KEYWORD_INDEX, reason)
             raise LadderExhausted(trace, self._retry_after())
+        assert kb is not None  # it holds the index
         if kb.manifest.get("synced_from"):
             age = time.time() - kb.created_at
             if age > self.settings.kb.stale_after_s:
@@ -286,13 +289,13 @@ class Pipeline:
         if not chunks:
             trace.generation = Mode.FULL if self.llm is not None else Mode.EXTRACTIVE
             return NO_INFO_ANSWER, chunks
-        if self.llm is not None:
+        llm = self.llm
+        if llm is not None:
             with trace.timed("generate"):
                 for component, guard, model in self._llm_rungs():
                     try:
                         gen = await guard.call(
-                            lambda m=model: self.llm.generate(req.query, chunks, model=m,
-                                                              request_id=req.request_id),
+                            partial(llm.generate, req.query, chunks, model=model, request_id=req.request_id),
                             deadline, reserve_s=self.reserve_s)
                     except DependencyUnavailable as exc:
                         trace.degrade(component, exc.reason, model=model)
@@ -332,7 +335,7 @@ class Pipeline:
         await self.cache.put(self._cache_key(req, kb_version), entry)
 
     # ---- streaming ------------------------------------------------------------------------
-    async def stream(self, req: QueryRequest, deadline: Deadline) -> AsyncIterator[tuple[str, Any]]:
+    async def stream(self, req: QueryRequest, deadline: Deadline) -> AsyncGenerator[tuple[str, Any], None]:
         """Yield ``("delta", text)``, ``("discard", {...})`` and finally ``("done", QueryResult)``.
 
         A stream that fails after text was sent cannot be retried transparently: the client is told
@@ -344,7 +347,8 @@ class Pipeline:
             yield "done", cached
             return
         chunks = await self.retrieve(req, deadline, trace)
-        if not chunks or self.llm is None:
+        llm = self.llm
+        if not chunks or llm is None:
             text, sources = await self._generate(req, chunks, deadline, trace, hit, kb_version)
             if text:
                 yield "delta", text
@@ -358,7 +362,7 @@ class Pipeline:
 
                 async def open_stream(m: str = model) -> tuple[Any, str | None]:
                     # A fresh stream per attempt: a failed generator cannot be resumed by a retry.
-                    stream = self.llm.stream(req.query, chunks, model=m, request_id=req.request_id)
+                    stream = llm.stream(req.query, chunks, model=m, request_id=req.request_id)
                     try:
                         return stream, await _first(stream)
                     except BaseException:

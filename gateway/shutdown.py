@@ -95,14 +95,14 @@ async def drain_and_stop(app: web.Application, runner: web.AppRunner, sites: lis
     try:
         await asyncio.wait_for(d.idle.wait(), timeout=grace_s)
         cut = 0
-    except asyncio.TimeoutError:
+    except TimeoutError:
         cut = d.cut()
         log.error("shutdown grace expired; in-flight requests cut with 503",
                   extra={"event": "shutdown_cut", "cut": cut, "grace_s": grace_s,
                          "after_s": round(loop.time() - t0, 3)})
         try:
             await asyncio.wait_for(d.idle.wait(), timeout=CUT_FLUSH_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     log.warning("drained", extra={"event": "shutdown_drained", "in_flight": in_flight, "cut": cut,
                                   "after_s": round(loop.time() - t0, 3)})

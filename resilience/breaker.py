@@ -28,7 +28,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any, Awaitable, Callable, Iterable, Protocol, TypeVar
 
 import pybreaker
@@ -79,7 +79,7 @@ def counts_as_failure(exc: BaseException) -> bool:
 
 
 def _iso(wall: float | None) -> str | None:
-    return None if wall is None else datetime.fromtimestamp(wall, timezone.utc).isoformat()
+    return None if wall is None else datetime.fromtimestamp(wall, UTC).isoformat()
 
 
 class _RecordedFailure(Exception):
@@ -366,7 +366,8 @@ class CircuitBreaker:
         n = len(self._window)
         is_open = state == OPEN
         open_until_wall = None
-        if is_open and self._open_until is not None and self._opened_at is not None:
+        if (is_open and self._open_until is not None and self._opened_at is not None
+                and self._opened_at_wall is not None):
             open_until_wall = self._opened_at_wall + (self._open_until - self._opened_at)
         return {
             "name": self.name,

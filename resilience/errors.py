@@ -1,10 +1,10 @@
 """Typed errors: what a guard raises, and what an upstream client raises for a guard to judge."""
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     BREAKER_OPEN = "breaker_open"
     TIMEOUT = "timeout"
     RATE_LIMITED = "rate_limited"

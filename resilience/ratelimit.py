@@ -154,8 +154,8 @@ class RedisRateLimiter:
         self.prefix = prefix
         self._clock = clock
         self.local = LocalRateLimiter(rate_per_s, burst, clock, max_keys=max_keys)
-        self._client = None
-        self._script = None
+        self._client: Any = None  # redis.asyncio.Redis once connected
+        self._script: Any = None  # its registered token-bucket script
         self._skip_until: float | None = None
         self.status = "ok"
         self.last_error: str | None = None

@@ -200,7 +200,7 @@ class SharedBreakerState:
                 pipe.get(self.key(name))
                 pipe.pttl(self.key(name))
             replies = await pipe.execute()
-        for i, name in enumerate(names):
+        for i in range(len(names)):
             raw, pttl = replies[2 * i], replies[2 * i + 1]
             if raw is None or pttl is None or pttl <= 0:
                 continue

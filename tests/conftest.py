@@ -191,3 +191,22 @@ def stack_overrides(weaviate: Any, anthropic: Any, embeddings: Any, **extra: Any
     so every request reaches the upstreams. Run :func:`ingest_into` before starting the gateway."""
     return {**weaviate_overrides(weaviate), **anthropic_overrides(anthropic), "embedder.backend": "openai",
             "embedder.url": embeddings.url + "/v1", "cache.enabled": False, **extra}
+
+
+# ---- test tiers -------------------------------------------------------------------------------
+# Real-time tests: chaos drills, process trees, benchmarks, slow-client and shutdown timing. Seconds to
+# minutes each, so `make check` (the edit loop) leaves them out with `-m "not slow"`; `make test` and
+# CI run everything. A new test that sleeps through real seconds belongs here.
+SLOW = (
+    "tests/chaos/test_drills.py", "tests/chaos/test_scenarios_suite.py", "tests/chaos/test_chaostoolkit.py",
+    "tests/chaos/test_mutants.py", "tests/test_workers.py",
+    "tests/test_bench_smoke.py", "tests/test_deploy.py", "tests/test_shutdown.py", "tests/test_cli.py",
+    "tests/hardening/test_slow_headers.py", "tests/hardening/test_embed_fairness.py",
+    "tests/jobs/test_jobs_durability.py", "tests/jobs/test_jobs_cli.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)

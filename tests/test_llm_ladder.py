@@ -110,7 +110,7 @@ async def test_stream_full_path(gateway_factory, data_dir, fake_anthropic):
     client = await gateway_factory(make_settings(data_dir, **anthropic_overrides(fake_anthropic)))
     resp = await client.post("/v1/query", json={"query": "How long should green tea steep?", "stream": True})
     blocks = (await resp.text()).strip().split("\n\n")
-    events = [(dict(l.split(": ", 1) for l in b.splitlines())) for b in blocks]
+    events = [(dict(line.split(": ", 1) for line in b.splitlines())) for b in blocks]
     deltas = [json.loads(e["data"])["text"] for e in events if e["event"] == "delta"]
     done = json.loads(events[-1]["data"])
     assert len(deltas) > 1 and "".join(deltas) == done["answer"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ SERIES = Path(__file__).parent / "data" / "monitor_series"
 MONITORS = json.loads((ROOT / "deploy" / "datadog" / "monitors.json").read_text(encoding="utf-8"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def recording(name: str) -> Recording:
     return read_recording(SERIES / f"{name}.jsonl.gz")
 

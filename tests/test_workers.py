@@ -2,6 +2,7 @@
 and SIGTERM reach every worker; /metrics answers for all of them."""
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -156,7 +157,7 @@ async def test_sigterm_drains_every_worker(served, fake_anthropic):
 def test_parse_workers_and_merge():
     assert parse_workers("3") == 3 and parse_workers("auto") == len(os.sched_getaffinity(0))
     for bad in ("0", "-1", "x"):
-        with pytest.raises(Exception):
+        with pytest.raises(argparse.ArgumentTypeError):
             parse_workers(bad)
     a = b"# HELP x_total n\n# TYPE x_total counter\nx_total{r=\"a\"} 1.0\n"
     merged = merge_prometheus({0: a, 1: a}).decode()

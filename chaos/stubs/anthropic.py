@@ -326,9 +326,9 @@ class FakeAnthropic(StubServer):
                     await resp.write_eof()
                     return resp
                 return drop_connection(request)
-            if plan.stream_stall_after is not None and sent == plan.stream_stall_after:
-                if await self.injector.hold_while(lambda: source.stream_stall_after is not None):
-                    return drop_connection(request)
+            if (plan.stream_stall_after is not None and sent == plan.stream_stall_after
+                    and await self.injector.hold_while(lambda: source.stream_stall_after is not None)):
+                return drop_connection(request)
             if plan.malformed_after is not None and sent == plan.malformed_after:
                 await resp.write(b'event: content_block_delta\ndata: {"type": "content_block_delta", "ind\n\n')
                 await resp.write_eof()

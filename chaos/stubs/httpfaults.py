@@ -30,6 +30,7 @@ import signal
 import sys
 from collections import Counter, deque
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Awaitable, Callable, ClassVar, Sequence
 
 from aiohttp import web
@@ -539,8 +540,7 @@ class StubServer:
         server = cls.from_args(args, faults)
         await server.start(args.host, args.port)
         if args.port_file:
-            with open(args.port_file, "w", encoding="utf-8") as fh:
-                fh.write(f"{server.port}\n")
+            await asyncio.to_thread(Path(args.port_file).write_text, f"{server.port}\n", encoding="utf-8")
         print(json.dumps({"name": cls.name, "url": server.url, "port": server.port}), flush=True)
         await serve_until_signalled(server.stop)
         print(f"{cls.name} stand-in stopped", file=sys.stderr)

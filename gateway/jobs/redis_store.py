@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -221,7 +221,7 @@ class RedisJobStore:
 
     async def get(self, job_id: str) -> Job | None:
         assert self.r is not None
-        h = await self.r.hgetall(self._keys(job_id)["job"])
+        h: dict[str, str] = await self.r.hgetall(self._keys(job_id)["job"])  # type: ignore[assignment]
         return self._job(h) if h else None
 
     async def items(self, job_id: str, offset: int, limit: int) -> list[dict[str, Any]]:
@@ -276,7 +276,7 @@ class RedisJobStore:
             block = int(min(block_s, 1.0) * 1000) if not entries and block_s > 0 else None
             got = await self.r.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=n - len(entries),
                                           block=block)
-            for _, stream_entries in got or []:
+            for _, stream_entries in cast("list[tuple[str, list[tuple[str, dict[str, str]]]]]", got or []):
                 entries += [(eid, f) for eid, f in stream_entries if f]
         claims = []
         for entry_id, fields in entries:

@@ -112,7 +112,7 @@ async def kb_activate(request: web.Request) -> web.Response:
     state = _check_admin(request)
     version = validate(ActivateRequest, await read_json(request)).version
     try:
-        check_version_name(version)
+        version = check_version_name(version)
     except KBInvalidName as exc:
         raise APIError(422, "invalid_value", f"version: {exc}", field="version") from None
     return await _switch_to(state, version, "version")

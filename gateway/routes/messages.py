@@ -34,6 +34,7 @@ import asyncio
 import json
 import logging
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,7 @@ from gateway.http_input import read_json_raw, validate
 from gateway.llm_router import PRIMARY, ModelRouter, Target
 from gateway.state import DEADLINE, REQUEST_ID, STARTED_RESPONSE, STATE, TRACE, AppState
 from gateway.tracing import outgoing_headers
-from gateway.upstreams.anthropic_http import AnthropicHTTP, OpenStream, StreamBroken, UpstreamReply
+from gateway.upstreams.anthropic_http import AnthropicHTTP, OpenStream, UpstreamReply
 from resilience import Bulkhead, BulkheadFull, DependencyUnavailable, Reason
 
 log = logging.getLogger("rag_sidecar.messages")
@@ -155,11 +156,12 @@ def _relay_reply(gw: MessagesGateway, request: web.Request, reply: UpstreamReply
                  trace: MessagesTrace) -> web.Response:
     """An upstream error answer, verbatim: status, body, request-id (Retry-After capped)."""
     headers = dict(reply.headers)
-    if "retry-after" in headers or "retry-after-ms" in headers or reply.status in (429, 529) or reply.status >= 500:
+    status = reply.status if reply.status is not None else 502  # an error answer always has one
+    if "retry-after" in headers or "retry-after-ms" in headers or status in (429, 529) or status >= 500:
         headers.pop("retry-after-ms", None)
         headers["retry-after"] = gw.retry_after(reply.retry_after_s)
     headers.update(_rag_headers(request, trace))
-    resp = web.Response(status=reply.status, body=reply.body, headers=headers)
+    resp = web.Response(status=status, body=reply.body, headers=headers)
     resp.content_type = reply.content_type.split(";")[0].strip() or "application/json"
     return resp
 
@@ -221,11 +223,11 @@ async def _serve(gw: MessagesGateway, request: web.Request, body: dict[str, Any]
         try:
             if streaming:
                 result: Any = await target.guard.call(
-                    lambda: gw.http.open_stream(url, payload, headers, whole=whole, client_key=client_key),
+                    partial(gw.http.open_stream, url, payload, headers, whole=whole, client_key=client_key),
                     deadline, stage_timeout_s=stage_s)
             else:
                 result = await target.guard.call(
-                    lambda: gw.http.request_json("POST", url, payload, headers, client_key=client_key),
+                    partial(gw.http.request_json, "POST", url, payload, headers, client_key=client_key),
                     deadline, stage_timeout_s=stage_s)
         except DependencyUnavailable as exc:
             reply = exc.__cause__ if isinstance(exc.__cause__, UpstreamReply) else None
@@ -313,7 +315,7 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
                         if events.malformed or events.error is not None or events.stopped:
                             break
             except TimeoutError:
-                outcome = StreamOutcome.TIMEOUT if timer.expired() else "stalled"
+                outcome = StreamOutcome.TIMEOUT if timer.expired() else StreamOutcome.STALLED
             except (ConnectionResetError, asyncio.CancelledError):
                 raise
             except Exception as exc:  # noqa: BLE001 - aiohttp payload/connection errors: a cut stream

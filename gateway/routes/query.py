@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Union
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
@@ -12,11 +12,11 @@ from gateway import contract
 from gateway.contract import Mode
 from gateway.errors import APIError
 from gateway.http_input import read_json
-from gateway.pipeline import LadderExhausted, QueryRequest, QueryResult, Trace
+from gateway.pipeline import LadderExhausted, Pipeline, QueryRequest, QueryResult, Trace
 from gateway.state import ANSWER_TEXT, DEADLINE, QUERY_TEXT, REQUEST_ID, STARTED_RESPONSE, STATE, TRACE, AppState
 from resilience import Deadline
 
-FilterValue = Union[StrictStr, StrictInt, StrictFloat, StrictBool, list[Union[StrictStr, StrictInt, StrictFloat]]]
+FilterValue = StrictStr | StrictInt | StrictFloat | StrictBool | list[StrictStr | StrictInt | StrictFloat]
 
 
 class QueryBody(BaseModel):
@@ -81,10 +81,12 @@ def _check_text(text: str, field: str) -> None:
         raise APIError(422, "invalid_value", f"{field} is not valid Unicode (lone surrogate)", field=field) from None
 
 
-def _require_ready(state: AppState) -> None:
+def _require_ready(state: AppState) -> Pipeline:
+    """The pipeline, once the gateway is ready; else a 503 ``not_ready``."""
     if not state.ready.is_set() or state.pipeline is None:
         raise APIError(503, "not_ready", f"the knowledge base is still loading ({state.startup_stage})",
                        headers={"Retry-After": contract.retry_after(2)})
+    return state.pipeline
 
 
 def contract_headers(result_trace: Trace, request_id: str) -> dict[str, str]:
@@ -113,14 +115,14 @@ def _build_request(request: web.Request, body: QueryBody, state: AppState) -> Qu
 async def query(request: web.Request) -> web.StreamResponse:
     state: AppState = request.app[STATE]
     body = parse_query_body(await read_json(request), state)
-    _require_ready(state)
+    pipeline = _require_ready(state)
     req = _build_request(request, body, state)
     request[QUERY_TEXT] = req.query
     deadline: Deadline = request[DEADLINE]
     if req.stream:
-        return await _stream(request, state, req, deadline)
+        return await _stream(request, pipeline, req, deadline)
     try:
-        result = await state.pipeline.answer(req, deadline)
+        result = await pipeline.answer(req, deadline)
     except LadderExhausted as exc:
         request[TRACE] = exc.trace
         return unavailable_response(exc, req.request_id)
@@ -133,9 +135,10 @@ def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-async def _stream(request: web.Request, state: AppState, req: QueryRequest, deadline: Deadline) -> web.StreamResponse:
+async def _stream(request: web.Request, pipeline: Pipeline, req: QueryRequest,
+                  deadline: Deadline) -> web.StreamResponse:
     """SSE: ``delta`` events with text, maybe ``discard``, then ``done`` carrying the full contract."""
-    events = state.pipeline.stream(req, deadline)
+    events = pipeline.stream(req, deadline)
     try:
         first = await events.__anext__()  # retrieval runs here, so a 503 can still be a plain response
     except LadderExhausted as exc:
@@ -170,12 +173,12 @@ async def retrieve(request: web.Request) -> web.Response:
     body = parse_query_body(await read_json(request), state)
     if body.stream:
         raise APIError(422, "invalid_value", "stream is not supported on /v1/retrieve", field="stream")
-    _require_ready(state)
+    pipeline = _require_ready(state)
     req = _build_request(request, body, state)
     request[QUERY_TEXT] = req.query
     trace = Trace(tracer=state.tracer)
     try:
-        chunks = await state.pipeline.retrieve(req, request[DEADLINE], trace)
+        chunks = await pipeline.retrieve(req, request[DEADLINE], trace)
     except LadderExhausted as exc:
         request[TRACE] = exc.trace
         return unavailable_response(exc, req.request_id)

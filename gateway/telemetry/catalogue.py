@@ -217,7 +217,7 @@ def _expand(pending: list[dict[tuple[Any, ...], Any]]) -> None:
         samples = pending[sample_index]
         for key, values in pending[count_index].items():
             if count_index == _REQ_COUNT:  # (route, status, mode, degraded) → duration by (route, mode)
-                skey = (key[0], key[2])
+                skey: tuple[Any, ...] = (key[0], key[2])
             elif count_index == _KW_SEARCHES:  # (result,) → duration untagged
                 skey = ()
             else:
@@ -265,7 +265,8 @@ def quality_measures(evaluation: Any) -> dict[str, float]:
     ``rag-sidecar eval --json`` writes it, or the measures at the top level); {} when absent or unusable."""
     if not isinstance(evaluation, dict):
         return {}
-    source = evaluation.get("normal") if isinstance(evaluation.get("normal"), dict) else evaluation
+    normal = evaluation.get("normal")
+    source: dict[Any, Any] = normal if isinstance(normal, dict) else evaluation
     out = {}
     for key, value in source.items():
         name = str(key).replace("@", "_at_")

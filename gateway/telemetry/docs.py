@@ -10,7 +10,7 @@ DOC = Path(__file__).resolve().parent.parent.parent / "docs" / "observability.md
 
 def catalogue_rows(namespace: str = "rag") -> list[tuple[str, str, str, str, str, str]]:
     """(Datadog name, Prometheus name, type, unit, tags, description) for every metric."""
-    rows = []
+    rows: list[tuple[str, str, str, str, str, str]] = []
     for spec in CATALOGUE:
         prom = spec.prometheus_name(namespace) + ("_total" if spec.type == "count" else "")
         desc = spec.description + ("" if spec.plotted else f" *Not on the dashboard: {spec.unplotted_reason}*")

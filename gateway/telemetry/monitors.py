@@ -31,7 +31,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, cast
 
 from gateway.telemetry.catalogue import CATALOGUE, MetricSpec
 
@@ -357,15 +357,18 @@ def evaluate(monitor: dict[str, Any], points: list[Point], at_t: float, *,
         per_query = [s.get(key) for s in series]
         if time_agg == "percentile":
             q = float(PERCENTILE.fullmatch(uses[0]["agg"])[1])  # type: ignore[index]
-            value = _nearest_rank(per_query[0], q) if per_query[0] else math.nan
-        elif time_agg == "sum":  # each query summed over the window, then the formula
-            value = formula({f"q{i}": sum(v.values()) if v else 0.0 for i, v in enumerate(per_query)})
-        else:  # the formula per second, then the time aggregation
-            seconds = sorted(set().union(*(set(v) for v in per_query if v)))
-            per_second = [formula({f"q{i}": (v or {}).get(s, 0.0) for i, v in enumerate(per_query)})
-                          for s in seconds]
-            per_second = [v for v in per_second if not math.isnan(v)]
-            value = _time(time_agg, per_second) if per_second else math.nan
+            samples = cast("list[float] | None", per_query[0])  # pNN series hold every value
+            value = _nearest_rank(samples, q) if samples else math.nan
+        else:
+            per_second_of = cast("list[dict[int, float] | None]", per_query)  # per-second series
+            if time_agg == "sum":  # each query summed over the window, then the formula
+                value = formula({f"q{i}": sum(v.values()) if v else 0.0 for i, v in enumerate(per_second_of)})
+            else:  # the formula per second, then the time aggregation
+                seconds = sorted(set().union(*(set(v) for v in per_second_of if v)))
+                per_second = [formula({f"q{i}": (v or {}).get(s, 0.0) for i, v in enumerate(per_second_of)})
+                              for s in seconds]
+                per_second = [v for v in per_second if not math.isnan(v)]
+                value = _time(time_agg, per_second) if per_second else math.nan
         if math.isnan(value):
             continue
         state = "Alert" if cmp(value, critical) else "Warn" if warning is not None and cmp(value, float(warning)) \
@@ -400,7 +403,7 @@ def worst_state(monitor: dict[str, Any], points: list[Point], *, step_s: float =
     Alert; No Data counted separately) and where: ``{"state", "group", "value", "at_t"}``."""
     end = until_t if until_t is not None else max((p.t for p in points), default=0.0)
     seen = groups_seen(monitor, points)
-    worst, where = "OK", {"state": "OK", "group": None, "value": None, "at_t": None}
+    worst, where = "OK", dict[str, Any](state="OK", group=None, value=None, at_t=None)
     t = step_s
     while t <= end + 1e-9:
         for key, verdict in evaluate(monitor, points, t, first_seen=seen).items():

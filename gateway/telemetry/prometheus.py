@@ -63,20 +63,22 @@ def build_families(namespace: str, totals: list[dict[tuple[str, ...], Any]],
     for index, spec in enumerate(CATALOGUE):
         name, doc, tags = spec.prometheus_name(namespace), spec.description, list(spec.tags)
         if spec.type == "count":
-            fam: Metric = CounterMetricFamily(name, doc, labels=tags)
+            counter = CounterMetricFamily(name, doc, labels=tags)
             for labels, total in list(totals[index].items()):
-                fam.add_metric(list(labels), total)
+                counter.add_metric(list(labels), total)
+            yield counter
         elif spec.type == "gauge":
-            fam = GaugeMetricFamily(name, doc, labels=tags)
+            gauge = GaugeMetricFamily(name, doc, labels=tags)
             for (i, labels), value in gauges.items():
                 if i == index:
-                    fam.add_metric(list(labels), value)
+                    gauge.add_metric(list(labels), value)
+            yield gauge
         else:
-            fam = HistogramMetricFamily(name, doc, labels=tags)
+            histogram = HistogramMetricFamily(name, doc, labels=tags)
             for labels, hist in list(totals[index].items()):
                 cumulative, running = [], 0
                 for bound, n in zip(SECONDS_BOUNDS, hist.buckets):
                     running += n
                     cumulative.append((bound, running))
-                fam.add_metric(list(labels), cumulative, sum_value=hist.sum / 1000.0)  # ms → s
-        yield fam
+                histogram.add_metric(list(labels), cumulative, sum_value=hist.sum / 1000.0)  # ms → s
+            yield histogram

@@ -20,8 +20,10 @@ from fallback.documents import Chunk
 class Embedder(Protocol):
     name: str
     dim: int | None
-    max_query_tokens: int | None
-    """Queries are cut to this many tokens before embedding (None: the server truncates)."""
+
+    @property
+    def max_query_tokens(self) -> int | None:
+        """Queries are cut to this many tokens before embedding (None: the server truncates)."""
 
     def truncate_query(self, text: str) -> tuple[str, int]:
         """``(text cut to max_query_tokens of this model's tokenizer, its token count)``; CPU-bound."""
@@ -88,6 +90,16 @@ class Generation:
     usage: dict[str, int] = field(default_factory=dict)
 
 
+class DeltaStream(Protocol):
+    """An answer's text deltas (``async for``); :meth:`aclose` ends it early and releases the connection."""
+
+    def __aiter__(self) -> DeltaStream: ...
+
+    async def __anext__(self) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
 @runtime_checkable
 class LLM(Protocol):
     name: str
@@ -97,7 +109,7 @@ class LLM(Protocol):
         ...
 
     def stream(self, question: str, chunks: Sequence[Chunk], *, model: str | None = None,
-               request_id: str | None = None) -> AsyncIterator[str]:
+               request_id: str | None = None) -> DeltaStream:
         """Text deltas. Raises UpstreamError mid-stream if the upstream cuts or errors."""
 
     async def close(self) -> None: ...

@@ -285,13 +285,16 @@ class WeaviateStore:
                 source_properties=[self._wv.title_property, self._wv.text_property],
                 vector_index_config=cosine)
             if vectorizer else Configure.Vectors.self_provided(vector_index_config=cosine))
-        keyword = {"tokenization": Tokenization.FIELD, "skip_vectorization": True}
+        def keyword(name: str) -> Property:  # matched whole (filters), never embedded
+            return Property(name=name, data_type=DataType.TEXT, tokenization=Tokenization.FIELD,
+                            skip_vectorization=True)
+
         properties = [
             Property(name=self._wv.text_property, data_type=DataType.TEXT),
             Property(name=self._wv.title_property, data_type=DataType.TEXT),
-            Property(name=self._wv.source_property, data_type=DataType.TEXT, **keyword),
-            Property(name=CHUNK_ID_PROPERTY, data_type=DataType.TEXT, **keyword),
-            Property(name=DOC_ID_PROPERTY, data_type=DataType.TEXT, **keyword),
+            keyword(self._wv.source_property),
+            keyword(CHUNK_ID_PROPERTY),
+            keyword(DOC_ID_PROPERTY),
             Property(name=POSITION_PROPERTY, data_type=DataType.INT, skip_vectorization=True),
         ]
         try:

@@ -8,7 +8,8 @@ from fallback.documents import Chunk
 from fallback.filters import matches
 
 CHUNKS = [
-    Chunk(id="a", text="alpha tea leaves", source="a.md", title="A", doc_id="3", metadata={"lang": "en", "tags": ["x", "y"], "n": 3}),
+    Chunk(id="a", text="alpha tea leaves", source="a.md", title="A", doc_id="3",
+          metadata={"lang": "en", "tags": ["x", "y"], "n": 3}),
     Chunk(id="b", text="beta tea leaves", source="b.md", title="B", metadata={"lang": "de", "tags": ["y"], "n": 4}),
     Chunk(id="c", text="gamma tea leaves", source="c.md", title="C", metadata={"lang": "en", "n": True}),
 ]

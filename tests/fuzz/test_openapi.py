@@ -9,7 +9,6 @@ minutes on the shared 2-core box).
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
 

@@ -289,10 +289,10 @@ def _tokens(value: Any) -> list[str]:
 def _bm25_scores(query: str, objects: list[StoredObject], corpus: list[StoredObject],
                  properties: list[str], require_all: bool) -> dict[str, float]:
     """BM25 over ``properties`` (``name^2`` boosts a property), statistics from ``corpus``."""
-    weighted = []
+    weighted: list[tuple[str, float]] = []
     for p in properties:
-        name, _, boost = p.partition("^")
-        weighted.append((name, float(boost) if boost else 1.0))
+        name, _, boost_text = p.partition("^")
+        weighted.append((name, float(boost_text) if boost_text else 1.0))
     terms = list(dict.fromkeys(_tokens(query)))
     if not terms:
         return {}
