@@ -337,7 +337,8 @@ class JobsConfig(_Section):
     backoff_base_s: float = Field(1.0, ge=0, description="retry delay: full jitter in [0, base*2^(attempt-1)]")
     backoff_max_s: float = Field(60.0, ge=0, description="cap on one retry delay")
     result_ttl_s: float = Field(86400.0, gt=0, description="a finished job and its results are deleted after this")
-    poll_interval_s: float = Field(0.2, gt=0, description="idle worker: how often it looks for work")
+    poll_interval_s: float = Field(0.5, gt=0, description=(
+        "idle worker: how often it looks for work (a submission to this process wakes it at once)"))
     webhook_secret: SecretStr | None = Field(None, description=(
         "HMAC-SHA256 key signing completion webhooks (X-RAG-Signature); unset = jobs with webhook_url get 422"))
     webhook_allowed_hosts: list[str] = Field(default_factory=list, description=(

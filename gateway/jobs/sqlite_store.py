@@ -190,6 +190,10 @@ class SQLiteJobStore:
         now = self.clock()
 
         def tx(db: sqlite3.Connection) -> list[Claim]:
+            # An idle worker polls: a read-only look first, no write lock when there is nothing to take.
+            if db.execute("SELECT 1 FROM items WHERE (status='pending' AND available_at<=?) "
+                          "OR (status='running' AND lease_until<?) LIMIT 1", (now, now)).fetchone() is None:
+                return []
             db.execute("BEGIN IMMEDIATE")
             try:
                 rows = db.execute(
