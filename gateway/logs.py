@@ -27,9 +27,14 @@ _HEADER_RE = re.compile(r"((?:authorization|proxy-authorization|x-api-key|api-ke
                         r"\s*:\s*)[^\r\n'\"]*", re.IGNORECASE)
 
 
+def _redact_header(match: re.Match[str]) -> str:
+    return match.group(1) + "[REDACTED]"
+
+
 def redact(value: Any) -> Any:
     if isinstance(value, str):
-        return _HEADER_RE.sub(r"\1[REDACTED]", _SECRET_RE.sub("[REDACTED]", value))
+        # A function, not a backreference template: those compile lazily, which fails at interpreter exit.
+        return _HEADER_RE.sub(_redact_header, _SECRET_RE.sub("[REDACTED]", value))
     if isinstance(value, dict):
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
