@@ -125,10 +125,23 @@ class LoadGenerator:
         await self.drain()
 
     async def _one(self, rec: RequestRecord, query: str) -> None:
+        """One request; its outcome and latency land in ``rec`` (a timeout past deadline + slack is hung)."""
+        t0 = time.perf_counter()
+        try:
+            if self.load.endpoint == "messages":
+                await self._message(rec, query)
+            else:
+                await self._query(rec, query)
+        except TimeoutError:
+            rec.error = "hung"
+        except aiohttp.ClientError as exc:
+            rec.error = "connection"
+            log.debug("request %d: %r", rec.i, exc)
+        finally:
+            rec.latency_ms = (time.perf_counter() - t0) * 1e3
+
+    async def _query(self, rec: RequestRecord, query: str) -> None:
         load = self.load
-        if load.endpoint == "messages":
-            await self._one_message(rec, query)
-            return
         body: dict[str, Any] = {"query": query}
         if rec.stream:
             body["stream"] = True
@@ -136,34 +149,24 @@ class LoadGenerator:
             body["top_k"] = load.top_k
         headers = {"X-Request-Timeout": f"{load.request_timeout_s:g}", "X-Client-Id": "chaos-drill"}
         timeout = aiohttp.ClientTimeout(total=load.request_timeout_s + load.slack_s)
-        t0 = time.perf_counter()
-        try:
-            async with self.session.post(self.url, json=body, headers=headers, timeout=timeout) as resp:
-                rec.status = resp.status
-                rec.header_mode = resp.headers.get("X-RAG-Mode")
-                rec.header_degraded = resp.headers.get("X-RAG-Degraded")
-                if resp.content_type == "text/event-stream":
-                    contract = await _read_sse(resp, rec)
-                    if contract is None:
-                        rec.error = "incomplete_stream"
-                else:
-                    contract = await _read_json(resp)
-                    if contract is None and resp.status in (200, 503):
-                        rec.error = "bad_body"
-                if isinstance(contract, dict):
-                    rec.mode = contract.get("mode")
-                    rec.degraded = contract.get("degraded")
-                    rec.degradations = list(contract.get("degradations") or [])
-        except TimeoutError:
-            rec.error = "hung"
-        except aiohttp.ClientError as exc:
-            rec.error = "connection"
-            log.debug("request %d: %r", rec.i, exc)
-        finally:
-            rec.latency_ms = (time.perf_counter() - t0) * 1e3
+        async with self.session.post(self.url, json=body, headers=headers, timeout=timeout) as resp:
+            rec.status = resp.status
+            rec.header_mode = resp.headers.get("X-RAG-Mode")
+            rec.header_degraded = resp.headers.get("X-RAG-Degraded")
+            if resp.content_type == "text/event-stream":
+                contract = await _read_sse(resp, rec)
+                if contract is None:
+                    rec.error = "incomplete_stream"
+            else:
+                contract = await _read_json(resp)
+                if contract is None and resp.status in (200, 503):
+                    rec.error = "bad_body"
+            if isinstance(contract, dict):
+                rec.mode = contract.get("mode")
+                rec.degraded = contract.get("degraded")
+                rec.degradations = list(contract.get("degradations") or [])
 
-
-    async def _one_message(self, rec: RequestRecord, query: str) -> None:
+    async def _message(self, rec: RequestRecord, query: str) -> None:
         """POST /v1/messages as an Anthropic SDK would; the contract comes from the X-RAG-* headers (the
         body is Anthropic's): ``mode``, ``degraded``, ``degradations`` (X-RAG-Degradations JSON)."""
         load = self.load
@@ -171,29 +174,20 @@ class LoadGenerator:
                                 "messages": [{"role": "user", "content": query}]}
         headers = {"X-Request-Timeout": f"{load.request_timeout_s:g}", "anthropic-version": "2023-06-01"}
         timeout = aiohttp.ClientTimeout(total=load.request_timeout_s + load.slack_s)
-        t0 = time.perf_counter()
-        try:
-            async with self.session.post(self.url, json=body, headers=headers, timeout=timeout) as resp:
-                rec.status = resp.status
-                rec.header_mode = rec.mode = resp.headers.get("X-RAG-Mode")
-                rec.header_degraded = resp.headers.get("X-RAG-Degraded")
-                rec.degraded = rec.header_degraded == "true" if rec.header_degraded else None
-                try:
-                    rec.degradations = list(json.loads(resp.headers.get("X-RAG-Degradations") or "[]"))
-                except ValueError:
-                    rec.error = "bad_body"
-                raw = await resp.read()
-                if resp.status == 200 and rec.stream and b"event: message_stop" not in raw:
-                    rec.error = "incomplete_stream"  # a stream cut mid-way is no answer
-                elif resp.status == 200 and not rec.stream and _json_or_none(raw) is None:
-                    rec.error = "bad_body"
-        except TimeoutError:
-            rec.error = "hung"
-        except aiohttp.ClientError as exc:
-            rec.error = "connection"
-            log.debug("request %d: %r", rec.i, exc)
-        finally:
-            rec.latency_ms = (time.perf_counter() - t0) * 1e3
+        async with self.session.post(self.url, json=body, headers=headers, timeout=timeout) as resp:
+            rec.status = resp.status
+            rec.header_mode = rec.mode = resp.headers.get("X-RAG-Mode")
+            rec.header_degraded = resp.headers.get("X-RAG-Degraded")
+            rec.degraded = rec.header_degraded == "true" if rec.header_degraded else None
+            try:
+                rec.degradations = list(json.loads(resp.headers.get("X-RAG-Degradations") or "[]"))
+            except ValueError:
+                rec.error = "bad_body"
+            raw = await resp.read()
+            if resp.status == 200 and rec.stream and b"event: message_stop" not in raw:
+                rec.error = "incomplete_stream"  # a stream cut mid-way is no answer
+            elif resp.status == 200 and not rec.stream and _json_or_none(raw) is None:
+                rec.error = "bad_body"
 
 
 def _json_or_none(raw: bytes) -> Any:

@@ -62,7 +62,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("fallback:fallback_model", "fallback LLM model", {"llm": {"fallback_model": None}},
            ("llm_rate_limited",)),
     Mutant("fallback:answer_cache", "stale cached answers (answer cache)", {"cache": {"enabled": False}},
-           ("llm_and_vector_db_down",)),
+           ("llm_down_stale_answers",)),
 )
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from gateway.tracing import current_ids, log_fields
+from gateway.tracing import current_ids, log_fields, service_fields
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -42,15 +42,7 @@ def redact(value: Any) -> Any:
     return value
 
 
-def resource_fields(config: Any) -> dict[str, str]:
-    """``service`` / ``env`` / ``version`` for every log line, from the same telemetry settings as the
-    DogStatsD tags and the trace resource (Datadog's unified service tagging)."""
-    out = {"service": config.service}
-    if config.env:
-        out["env"] = config.env
-    if config.version:
-        out["version"] = config.version
-    return out
+resource_fields = service_fields  # the log lines' service/env/version (gateway.tracing owns the rule)
 
 
 class JsonFormatter(logging.Formatter):

@@ -26,16 +26,25 @@ if TYPE_CHECKING:
 _ENABLED = False  # any Tracer in this process traces: outgoing_headers() injects
 
 
+def service_fields(config: "TelemetryConfig") -> dict[str, str]:
+    """``service`` / ``env`` / ``version`` as the DogStatsD tags carry them (unset ones left out): the one
+    source for the log lines' fields and the trace resource (Datadog's unified service tagging)."""
+    out = {"service": config.service}
+    if config.env:
+        out["env"] = config.env
+    if config.version:
+        out["version"] = config.version
+    return out
+
+
+_OTEL_NAMES = {"service": "service.name", "env": "deployment.environment", "version": "service.version"}
+
+
 def resource_attributes(config: "TelemetryConfig | None") -> dict[str, str]:
     """OTel resource attributes from the DogStatsD tag settings (service, env, version)."""
     if config is None:
         return {"service.name": "rag-sidecar"}
-    out = {"service.name": config.service}
-    if config.env:
-        out["deployment.environment"] = config.env
-    if config.version:
-        out["service.version"] = config.version
-    return out
+    return {_OTEL_NAMES[k]: v for k, v in service_fields(config).items()}
 
 
 def make_provider(config: "TelemetryConfig | None") -> Any:

@@ -37,6 +37,7 @@ SUITE: dict[str, tuple[str | None, set[str]]] = {
     "vector_db_latency_above_timeout": ("vector_db", {"latency_p99", "upstream_attempts_ratio", "breaker_opened"}),
     "vector_db_bandwidth_starved": ("vector_db", {"mode", "latency_p99", "breaker_opened"}),
     "messages_529_storm": ("llm", {"mode", "breaker_opened", "blame", "degraded_labelled"}),
+    "llm_down_stale_answers": ("llm", {"mode", "blame"}),
     "embedder_hang": ("embedder", {"latency_p99", "breaker_opened", "blame"}),
     "embedder_down": ("embedder", {"mode", "upstream_attempts_ratio", "breaker_opened", "blame"}),
     "llm_rate_limited": ("llm", {"mode", "latency_p99"}),
