@@ -164,8 +164,9 @@ class FaultInjector:
         merged = {**self.faults.to_dict(), **changes}
         self.replace(**merged)
 
-    def replace(self, **values: Any) -> None:
-        """Replace the faults (omitted fields get defaults). Raises ValueError like :meth:`set`."""
+    @staticmethod
+    def _validated(values: dict[str, Any]) -> Faults:
+        """``values`` as a :class:`Faults` (omitted fields get defaults). Raises ValueError."""
         known = {f.name for f in fields(Faults)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -176,7 +177,11 @@ class FaultInjector:
             raise ValueError(str(exc)) from None
         if not 0.0 <= new.error_rate <= 1.0:
             raise ValueError("error_rate must be within 0..1")
-        self.faults.update(**new.to_dict())
+        return new
+
+    def replace(self, **values: Any) -> None:
+        """Replace the faults (omitted fields get defaults). Raises ValueError like :meth:`set`."""
+        self.faults.update(**self._validated(values).to_dict())
         self.notify()
 
     def clear(self) -> None:
@@ -189,14 +194,7 @@ class FaultInjector:
 
     def set_model(self, model: str, **values: Any) -> None:
         """Replace the faults of ``model`` alone (omitted fields get defaults). Raises ValueError."""
-        known = {f.name for f in fields(Faults)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown fault field(s): {unknown}")
-        try:
-            new = _FAULTS_ADAPTER.validate_python(values)
-        except ValidationError as exc:
-            raise ValueError(str(exc)) from None
+        new = self._validated(values)
         old = self.model_faults.get(model)
         if old is not None:
             old.update(**new.to_dict())  # held requests of this model see the change
