@@ -70,7 +70,7 @@ async def test_incoming_traceparent_is_continued_and_injected_upstream(gateway_f
     version, trace_id, span_id, _ = llm_call.headers["traceparent"].split("-")
     assert trace_id == TRACE_ID and span_id != PARENT_ID  # a child span of ours, same trace
     assert root.attributes["rag.model"] == "claude-sonnet-4-6"
-    assert root.attributes["rag.breaker.llm"] == "closed"
+    assert root.attributes["rag.breaker.llm:claude-sonnet-4-6"] == "closed"  # one guard per model
 
 
 async def test_5xx_sets_the_span_status_and_logs_carry_the_trace(gateway_factory, data_dir, capsys):
