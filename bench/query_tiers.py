@@ -18,19 +18,27 @@ from bench.loadgen import LoadGenerator, LoadSpec
 from bench.context import golden_queries
 
 def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 def serve(model):
-    port = free_port(); data = tempfile.mkdtemp(prefix="retr-qps-")
+    port = free_port()
+    data = tempfile.mkdtemp(prefix="retr-qps-")
     env = {**os.environ, "RAG_SIDECAR__SERVER__PORT": str(port), "RAG_SIDECAR__SERVER__DATA_DIR": data,
            "RAG_SIDECAR__EMBEDDER__LOCAL_MODEL": model, "RAG_SIDECAR__TELEMETRY__STATSD_ENABLED": "false",
            "RAG_SIDECAR__LOGGING__LEVEL": "WARNING", "RAG_SIDECAR__RATE_LIMIT__ENABLED": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     for _ in range(600):
         try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200: break
-        except Exception: time.sleep(0.5)
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
+                break
+        except Exception:  # noqa: BLE001 - not up yet: poll again
+            time.sleep(0.5)
     return proc, port
+
 
 def main():
     out = {}
@@ -47,7 +55,8 @@ def main():
                                              "modes": r.get("modes"), "load": os.getloadavg()[0]}
                     print(model, c, out[f"{model} c={c}"], flush=True)
             finally:
-                proc.terminate(); proc.wait(10)
+                proc.terminate()
+                proc.wait(10)
     out["_meta"] = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "cpus": os.cpu_count()}
     path = Path(__file__).resolve().parent / "results" / "query_tiers.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
