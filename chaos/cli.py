@@ -102,6 +102,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _targets_shared_state(name: str) -> bool:
+    """The scenario file breaks the breakers' shared state (so the local stack needs its Redis)."""
+    import yaml
+
+    from chaos.scenario import find_scenario
+
+    try:
+        target = (yaml.safe_load(find_scenario(name).read_text(encoding="utf-8")) or {}).get("target")
+    except (OSError, ValueError, yaml.YAMLError, ScenarioError):
+        return False
+    return "shared_state" in (target if isinstance(target, list) else str(target or "").replace("+", ","))
+
+
 async def _run(args: argparse.Namespace, names: list[str], out: Path) -> int:
     from chaos.events import dogstatsd_url
     from chaos.drill import DEFAULT_PROXIES, Drill, DrillTarget, write_summary
@@ -133,7 +146,9 @@ async def _run(args: argparse.Namespace, names: list[str], out: Path) -> int:
             from chaos.local import LocalStack
 
             stack_dir = out / "stack" if args.keep_stack_files else Path(tempfile.mkdtemp(prefix="rag-sidecar-drill-"))
-            stack = LocalStack(stack_dir, open_s=args.open_s, say=_say)
+            # Two KB versions for the KB switch drills; Redis for the drills that break the shared state.
+            stack = LocalStack(stack_dir, open_s=args.open_s, say=_say, kb_versions=2,
+                               redis=any(_targets_shared_state(n) for n in names))
             await stack.start()
             target = stack.target()
             target.dogstatsd = dogstatsd_url(args.dogstatsd)

@@ -14,7 +14,8 @@ from chaos.proxy.client import ToxiproxyClient, ToxiproxyNotFound
 from chaos.scenario import Action, Rollback, Scenario
 
 # Which proxy (Toxiproxy name) and which guards front each dependency, by default (the local stack's names).
-DEFAULT_PROXIES = {"vector_db": "weaviate_grpc", "embedder": "embeddings", "llm": "anthropic"}
+DEFAULT_PROXIES = {"vector_db": "weaviate_grpc", "embedder": "embeddings", "llm": "anthropic",
+                   "shared_state": "redis"}
 GUARDS = {"embedder": ("embedder",), "vector_db": ("vector_db",), "llm": ("llm", "llm_fallback"),
           "llm_fallback": ("llm_fallback",)}
 # --stub NAME=URL accepts a dependency or a stand-in's name.
@@ -47,6 +48,67 @@ class DrillTarget:
     def describe(self) -> dict[str, Any]:
         return {"url": self.url, "toxiproxy": self.toxiproxy, "stubs": dict(self.stubs),
                 "admin": self.admin_token is not None, "proxies": dict(self.proxies)}
+
+
+# ---- slow clients (the slow_clients action) ----------------------------------------------------------
+SLOW_CLIENT_MAX_CONNECTIONS = 1000  # a slow client reconnects at most this often (bounded loop)
+
+
+async def _trickle_body(host: str, port: int, bytes_per_s: float) -> None:
+    """POST /v1/query whose body arrives ``bytes_per_s``; reconnect whenever the gateway closes it."""
+    body = json.dumps({"query": "json dumps indent " + "x" * 2000}).encode()
+    head = (f"POST /v1/query HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Client-Id: chaos-slow-client\r\n\r\n").encode()
+    for _ in range(SLOW_CLIENT_MAX_CONNECTIONS):
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.2)
+            continue
+        try:
+            writer.write(head)
+            for i in range(len(body)):
+                if reader.at_eof():
+                    break
+                writer.write(body[i:i + 1])
+                await writer.drain()
+                await asyncio.sleep(1.0 / bytes_per_s)
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _slow_reader(host: str, port: int, bytes_per_s: float) -> None:
+    """A streamed /v1/query read ``bytes_per_s`` (small receive buffer, so the gateway's writes back up)."""
+    import socket
+
+    body = json.dumps({"query": "how do I read a csv file with the csv module", "stream": True}).encode()
+    request = (f"POST /v1/query HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nX-Client-Id: chaos-slow-reader\r\n\r\n").encode() + body
+    chunk = max(1, int(bytes_per_s / 10))
+    for _ in range(SLOW_CLIENT_MAX_CONNECTIONS):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except OSError:
+            sock.close()
+            await asyncio.sleep(0.2)
+            continue
+        try:
+            writer.write(request)
+            await writer.drain()
+            for _ in range(100_000):  # ~3 h at 10 reads/s: the undo cancels it long before
+                if not await reader.read(chunk):
+                    break
+                await asyncio.sleep(0.1)
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            writer.close()
 
 
 # ---- the control plane ---------------------------------------------------------------------------
@@ -150,7 +212,40 @@ class Controls:
                 return lambda: self._http("POST", f"{self.target.url.rstrip('/')}/admin/breakers/{target}/close",
                                           headers=self._admin_headers())
             return None
+        if kind in ("kb_activate", "kb_rollback"):
+            # An operator's KB switch under load; undone by switching back to the version it replaced.
+            base = f"{self.target.url.rstrip('/')}/admin/kb"
+            if kind == "kb_activate":
+                result = await self._http("POST", base + "/activate", json_body={"version": attrs["version"]},
+                                          headers=self._admin_headers())
+            else:
+                result = await self._http("POST", base + "/rollback", headers=self._admin_headers())
+            previous = (result or {}).get("previous")
+            if not previous:
+                return None
+            return lambda: self._http("POST", base + "/activate", json_body={"version": previous},
+                                      headers=self._admin_headers())
+        if kind == "slow_clients":
+            return self._slow_clients(attrs)
         raise DrillError(f"unknown action {kind!r}")
+
+    def _slow_clients(self, attrs: dict[str, Any]) -> Undo:
+        """Start ``trickle`` clients that send a request body at ``bytes_per_s`` (reconnecting when the
+        gateway drops them, as a slowloris does) and ``slow_readers`` that ask for a streamed answer and
+        read it ``bytes_per_s`` through a 4 KB receive buffer; the undo closes them all."""
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.target.url)
+        host, port = url.hostname or "127.0.0.1", url.port or 80
+        rate = float(attrs.get("bytes_per_s", 20.0))
+        tasks = [asyncio.create_task(_trickle_body(host, port, rate)) for _ in range(int(attrs.get("trickle", 4)))]
+        tasks += [asyncio.create_task(_slow_reader(host, port, rate)) for _ in range(int(attrs.get("slow_readers", 4)))]
+
+        async def undo() -> None:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return undo
 
     async def _remove_toxic(self, proxy: str, name: str) -> None:
         try:
@@ -170,7 +265,7 @@ class Controls:
                 out.add("toxiproxy")
             elif a.action.startswith("stub_"):
                 out.add(f"stub:{STUB_ALIASES.get(a.target, a.target)}")
-            else:
+            elif a.action != "slow_clients":  # slow clients only need the gateway's own port
                 out.add("admin")
         return out
 
@@ -218,8 +313,21 @@ class Controls:
             return None
         return stats if isinstance(stats, dict) else None
 
+    async def shared_state(self) -> str | None:
+        """``components.shared_state.status`` of ``GET /health`` (off | starting | ok | degraded)."""
+        try:
+            async with self.session.get(f"{self.target.url.rstrip('/')}/health", timeout=self._timeout) as resp:
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        status = ((body or {}).get("components") or {}).get("shared_state", {}).get("status")
+        return status if isinstance(status, str) else None
+
     async def snapshot(self) -> dict[str, Any]:
-        """Breakers, stand-in attempt counters and fault-proxy counters, read concurrently."""
+        """Breakers, stand-in attempt counters, fault-proxy counters and /health's shared-state status,
+        read concurrently."""
         deps = sorted(self.target.stubs)
-        results = await asyncio.gather(self.breakers(), self.proxy_stats(), *(self.stub_attempts(d) for d in deps))
-        return {"breakers": results[0], "proxies": results[1], "attempts": dict(zip(deps, results[2:]))}
+        results = await asyncio.gather(self.breakers(), self.proxy_stats(), self.shared_state(),
+                                       *(self.stub_attempts(d) for d in deps))
+        return {"breakers": results[0], "proxies": results[1], "shared_state": results[2],
+                "attempts": dict(zip(deps, results[3:]))}

@@ -602,6 +602,8 @@ def _compact(r: RequestRecord) -> dict[str, Any]:
         out["stream"] = True
     if r.discarded:
         out["discard"] = True
+    if r.kb_version:
+        out["kb"] = r.kb_version
     if r.error:
         out["error"] = r.error
     return out

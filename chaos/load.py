@@ -26,13 +26,14 @@ class RequestRecord:
     stream: bool
     latency_ms: float | None = None
     status: int | None = None
-    error: str | None = None          # hung | connection | incomplete_stream | bad_body
+    error: str | None = None          # hung | connection | incomplete_stream | stream_error | bad_body
     mode: str | None = None
     degraded: bool | None = None
     degradations: list[dict[str, Any]] = field(default_factory=list)
     header_mode: str | None = None
     header_degraded: str | None = None
     discarded: bool = False
+    kb_version: str | None = None      # /v1/query: the KB version that answered
 
     @property
     def hung(self) -> bool:
@@ -165,6 +166,7 @@ class LoadGenerator:
                 rec.mode = contract.get("mode")
                 rec.degraded = contract.get("degraded")
                 rec.degradations = list(contract.get("degradations") or [])
+                rec.kb_version = contract.get("kb_version")
 
     async def _message(self, rec: RequestRecord, query: str) -> None:
         """POST /v1/messages as an Anthropic SDK would; the contract comes from the X-RAG-* headers (the
@@ -185,7 +187,9 @@ class LoadGenerator:
                 rec.error = "bad_body"
             raw = await resp.read()
             if resp.status == 200 and rec.stream and b"event: message_stop" not in raw:
-                rec.error = "incomplete_stream"  # a stream cut mid-way is no answer
+                # Anthropic's own `event: error` ends a stream honestly (the SDK raises); a stream that just
+                # stops is a truncated answer an SDK may take for a complete one.
+                rec.error = "stream_error" if b"event: error" in raw else "incomplete_stream"
             elif resp.status == 200 and not rec.stream and _json_or_none(raw) is None:
                 rec.error = "bad_body"
 

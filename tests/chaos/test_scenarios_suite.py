@@ -47,11 +47,23 @@ SUITE: dict[str, tuple[str | None, set[str]]] = {
     "llm_and_vector_db_down": ("vector_db", {"mode", "upstream_attempts_ratio", "breaker_opened"}),
     "vector_db_recovers": ("vector_db", {"recovery_time", "degraded_rate", "breaker_opened", "breaker_closed"}),
     "gateway_fault_injection": ("vector_db", {"mode", "upstream_attempts_ratio", "breaker_opened", "blame"}),
+    "slow_clients": (None, {"availability", "latency_p99", "hung_requests"}),
+}
+
+# Shipped scenarios not drilled in `make test` (suite time, or a stack the shared one is not): each
+# still passes `chaos validate` / the export tests; its recorded local run is in notes/issue-13.md.
+NOT_DRILLED_IN_SUITE: dict[str, str] = {
+    "redis_down": "needs the stack's Redis (chaos run --local starts it); 12 s drill",
+    "redis_slow": "needs the stack's Redis (chaos run --local starts it); 10 s drill",
+    "kb_switch_under_load": "needs two KB versions (chaos run --local ingests two)",
+    "messages_stream_cut": "a cut after content ends in an honest `event: error`, which the suite's "
+                           "generic ≥ 99.5 % check counts as unanswered; judged by its own probes",
 }
 
 
 def test_every_shipped_scenario_is_in_the_suite() -> None:
-    assert {p.stem for p in all_scenarios()} == set(SUITE)
+    assert {p.stem for p in all_scenarios()} == set(SUITE) | set(NOT_DRILLED_IN_SUITE)
+    assert not set(SUITE) & set(NOT_DRILLED_IN_SUITE)
 
 
 def _failed_probes(journal: dict[str, Any]) -> dict[str, dict[str, Any]]:
