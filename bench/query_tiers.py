@@ -4,6 +4,8 @@ answers, no cache hits: every question is unique, so the query-vector LRU never 
 own load generator in its own process, 5 s per point. Writes ``bench/results/query_tiers.json``.
 Default models: minilm-l6-int8 wordllama-256.
 """
+from __future__ import annotations
+
 import json
 import os
 import socket
@@ -13,46 +15,48 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-from bench.loadgen import LoadGenerator, LoadSpec
 from bench.context import golden_queries
+from bench.loadgen import LoadGenerator, LoadSpec
 
-def free_port():
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
-def serve(model):
-    port = free_port()
-    data = tempfile.mkdtemp(prefix="retr-qps-")
-    env = {**os.environ, "RAG_SIDECAR__SERVER__PORT": str(port), "RAG_SIDECAR__SERVER__DATA_DIR": data,
+def _serve(model: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    env = {**os.environ, "RAG_SIDECAR__SERVER__PORT": str(port),
+           "RAG_SIDECAR__SERVER__DATA_DIR": tempfile.mkdtemp(prefix="rag-sidecar-qtiers-"),
            "RAG_SIDECAR__EMBEDDER__LOCAL_MODEL": model, "RAG_SIDECAR__TELEMETRY__STATSD_ENABLED": "false",
-           "RAG_SIDECAR__LOGGING__LEVEL": "WARNING", "RAG_SIDECAR__RATE_LIMIT__ENABLED": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(600):
+           "RAG_SIDECAR__LOGGING__LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):  # bounded: 5 minutes at most
         try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
-                break
-        except Exception:  # noqa: BLE001 - not up yet: poll again
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
             time.sleep(0.5)
     return proc, port
 
 
-def main():
-    out = {}
+def main() -> None:
+    out: dict[str, Any] = {}
     bodies = [{"query": q} for q in golden_queries()]
     with LoadGenerator() as lg:
         for model in sys.argv[1:] or ["minilm-l6-int8", "wordllama-256"]:
-            proc, port = serve(model)
+            proc, port = _serve(model)
             try:
                 for c in (1, 4, 32):
                     r = lg.run(LoadSpec(url=f"http://127.0.0.1:{port}/v1/query", bodies=bodies, concurrency=c,
                                         duration_s=5, warmup_s=1, unique_field="query"))
-                    out[f"{model} c={c}"] = {"rps": r.get("rps"), "p50_ms": r.get("p50_ms"), "p99_ms": r.get("p99_ms"),
-                                             "degraded": r.get("degraded"), "requests": r.get("requests"),
-                                             "modes": r.get("modes"), "load": os.getloadavg()[0]}
+                    row = {k: r.get(k) for k in ("rps", "p50_ms", "p99_ms", "degraded", "requests", "modes")}
+                    out[f"{model} c={c}"] = {**row, "load": os.getloadavg()[0]}
                     print(model, c, out[f"{model} c={c}"], flush=True)
             finally:
                 proc.terminate()
@@ -62,5 +66,6 @@ def main():
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}")
 
-if __name__ == '__main__':
+
+if __name__ == "__main__":
     main()
