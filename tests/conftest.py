@@ -203,6 +203,9 @@ SLOW = (
     "tests/test_bench_smoke.py", "tests/test_deploy.py", "tests/test_shutdown.py", "tests/test_cli.py",
     "tests/hardening/test_slow_headers.py", "tests/hardening/test_embed_fairness.py",
     "tests/jobs/test_jobs_durability.py", "tests/jobs/test_jobs_cli.py",
+    # single tests of 8-30 s: a paced 30 s stream, a no-response fault waited out, the bounded fuzz run
+    "tests/test_messages_streams.py::test_a_30_s_healthy_stream", "tests/fuzz/test_openapi.py::test_fuzz_",
+    "tests/test_messages_faults.py::test_fault_per_model[no_response]",
 )
 
 
