@@ -506,12 +506,17 @@ def config_markdown() -> str:
 README_MARKERS = ("<!-- config-table:start -->\n", "<!-- config-table:end -->")
 
 
-def render_readme(text: str) -> str:
-    """README text with the config table between the markers regenerated."""
-    start, end = README_MARKERS
+def replace_between(text: str, markers: tuple[str, str], body: str) -> str:
+    """``text`` with what stands between the two markers replaced by ``body`` (generated doc tables)."""
+    start, end = markers
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    return head + start + config_markdown() + end + tail
+    return head + start + body + end + tail
+
+
+def render_readme(text: str) -> str:
+    """README text with the config table between the markers regenerated."""
+    return replace_between(text, README_MARKERS, config_markdown())
 
 
 if __name__ == "__main__":  # python -m gateway.config  → refresh the README's config table

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gateway.config import replace_between
 from gateway.telemetry.catalogue import CATALOGUE
 
 DOC = Path(__file__).resolve().parent.parent.parent / "docs" / "observability.md"
@@ -32,10 +33,7 @@ DOC_MARKERS = ("<!-- metric-catalogue:start -->\n", "<!-- metric-catalogue:end -
 
 def render_doc(text: str) -> str:
     """``text`` with the catalogue table between the markers regenerated."""
-    start, end = DOC_MARKERS
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    return head + start + catalogue_markdown() + end + tail
+    return replace_between(text, DOC_MARKERS, catalogue_markdown())
 
 
 def refresh_doc(path: Path = DOC) -> None:
