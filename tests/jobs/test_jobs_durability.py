@@ -3,50 +3,25 @@ dir: every query of the batch ends up in the results exactly once."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
+from pathlib import Path
 
 import aiohttp
-import pytest
+
+from tests.serve_proc import ServeProcess
 
 N = 150
 
 
-async def _ready(http: aiohttp.ClientSession, base: str, proc: subprocess.Popen) -> None:
-    for _ in range(600):  # bounded: the process listens, then loads its KB
-        assert proc.poll() is None, "rag-sidecar serve exited"
-        try:
-            async with http.get(base + "/readyz") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    pytest.fail("rag-sidecar serve did not become ready")
-
-
-async def test_kill_9_mid_batch_then_restart_completes_every_query_exactly_once(data_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "RAG_SIDECAR__SERVER__DATA_DIR": str(data_dir), "RAG_SIDECAR__SERVER__PORT": str(port),
-           "RAG_SIDECAR__KB__AUTO_INGEST_SAMPLE": "false", "RAG_SIDECAR__JOBS__CONCURRENCY": "2",
-           "RAG_SIDECAR__TELEMETRY__STATSD_ENABLED": "false", "RAG_SIDECAR__LOGGING__LEVEL": "WARNING"}
-    env.pop("RAG_SIDECAR_CONFIG", None)
-    base = f"http://127.0.0.1:{port}"
+async def test_kill_9_mid_batch_then_restart_completes_every_query_exactly_once(data_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    server = ServeProcess(data_dir, tmp_path / "serve.log", RAG_SIDECAR__JOBS__CONCURRENCY="2")
+    base = server.url
     queries = [{"query": f"green tea steeping time and temperature #{i}", "top_k": 2} for i in range(N)]
 
-    def serve() -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    proc = serve()
+    await server.start()
     try:
         async with aiohttp.ClientSession() as http:
-            await _ready(http, base, proc)
             async with http.post(base + "/v1/jobs", json={"queries": queries}) as r:
                 assert r.status == 202
                 job_id = (await r.json())["id"]
@@ -56,13 +31,11 @@ async def test_kill_9_mid_batch_then_restart_completes_every_query_exactly_once(
                 if done_before >= 15:
                     break
                 await asyncio.sleep(0.01)
-            proc.kill()  # SIGKILL: no shutdown hook runs
-            proc.wait(timeout=10)
+            server.stop()  # SIGKILL: no shutdown hook runs
             assert 15 <= done_before < N, "the batch must be killed mid-way for this test to mean anything"
             with sqlite3.connect(data_dir / "jobs" / "jobs.sqlite3") as db:
                 running_at_kill = db.execute("SELECT COUNT(*) FROM items WHERE status='running'").fetchone()[0]
-            proc = serve()
-            await _ready(http, base, proc)
+            await server.start()  # the same port and data dir
             async with asyncio.timeout(120):
                 while True:
                     async with http.get(f"{base}/v1/jobs/{job_id}?limit=1000") as r:
@@ -71,8 +44,7 @@ async def test_kill_9_mid_batch_then_restart_completes_every_query_exactly_once(
                         break
                     await asyncio.sleep(0.1)
     finally:
-        proc.kill()
-        proc.wait(timeout=10)
+        server.stop()
     assert body["progress"] == {"total": N, "done": N, "failed": 0, "cancelled": 0, "pending": 0}
     results = body["results"]
     assert [r["index"] for r in results] == list(range(N))  # each index once, none missing
