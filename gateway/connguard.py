@@ -24,6 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.errors import error_response
+
 log = logging.getLogger("rag_sidecar.connections")
 _HEADERS_END = b"\r\n\r\n"
 
@@ -96,6 +98,38 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
 
+class _JsonErrorHandler(web.RequestHandler):
+    """aiohttp answers what never reaches our middleware -- malformed HTTP (bad header bytes, over-long
+    lines, a bad chunked body) and errors outside it -- with its own ``text/plain`` body, which echoes the
+    raw request line. Keep its logging and connection handling; replace only the body with the JSON error
+    shape every other answer has, so a client library parses it like any other 4xx."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs (redacted) or raises if bytes went out
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if 400 <= status < 500:
+            kind = type(exc).__name__ if isinstance(exc, HttpProcessingError) else "BadHttpMessage"
+            resp = error_response(status, "bad_http_request",
+                                  f"the request is not valid HTTP/1.1 ({kind}); nothing was processed")
+        else:
+            resp = error_response(status, "internal_error", "internal server error")
+        resp.force_close()
+        return resp
+
+
+def _request_handler(server: web.Server) -> asyncio.Protocol:
+    """What ``server()`` builds, as :class:`_JsonErrorHandler` (aiohttp's class has ``__slots__``, so the
+    method cannot be swapped on an instance). Falls back to aiohttp's own if its internals moved."""
+    try:
+        return _JsonErrorHandler(server, loop=server._loop, **server._kwargs)
+    except (AttributeError, TypeError):
+        return server()
+
+
 class ConnectionGuard:
     """Counts open connections and knows which are still waiting for their headers (oldest first)."""
 
@@ -111,7 +145,7 @@ class ConnectionGuard:
         return getattr(self.server, name)
 
     def __call__(self) -> asyncio.Protocol:
-        return _Conn(self.server(), self)
+        return _Conn(_request_handler(self.server), self)
 
     def admit(self, conn: _Conn) -> bool:
         if len(self._open) >= self.max_connections:

@@ -45,3 +45,18 @@ def test_credential_header_lines_are_redacted_in_any_log_value():
 
     assert redact("b'X-Api-Key: plain-looking-key'") == "b'X-Api-Key: [REDACTED]'"
     assert "hunter2" not in redact("authorization: Basic hunter2\r\nhost: x")
+
+
+async def test_malformed_http_gets_the_json_error_shape_without_echoing_bytes(gateway):
+    # Before: aiohttp's own text/plain "400, message: Invalid header value char ... b'x-api-key: ...'".
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(b"POST /v1/query HTTP/1.1\r\nHost: x\r\nx-api-key: " + SECRET + b"\x01\r\n\r\n")
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0]
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["type"] == "bad_http_request" and error["field"] is None
+    assert SECRET not in raw
