@@ -272,19 +272,30 @@ class Controls:
     # -- counters ------------------------------------------------------------------------------
     async def stub_attempts(self, dependency: str) -> int | None:
         """Upstream calls the stand-in saw (data plane only); None when unknown/unreachable."""
+        return (await self.stub_counters(dependency))[0]
+
+    async def stub_counters(self, dependency: str) -> tuple[int | None, dict[str, int] | None]:
+        """(upstream calls the stand-in saw, the most it served at once since its stats were reset:
+        ``{"": overall, model: per model}``); None for what is unknown/unreachable."""
         url = self.target.stubs.get(dependency)
         if url is None:
-            return None
+            return None, None
         try:
             stats = await self._http("GET", url.rstrip("/") + "/__stats__")
         except (DrillError, aiohttp.ClientError, TimeoutError):
-            return None
+            return None, None
         if not isinstance(stats, dict):
-            return None
+            return None, None
         if "search_calls" in stats:  # FakeWeaviate: gRPC data-plane counters
-            return int(stats["search_calls"])
-        return sum(int(v.get("requests", 0)) for k, v in stats.items()
-                   if isinstance(v, dict) and k.startswith("POST "))
+            return int(stats["search_calls"]), None
+        routes = [v for k, v in stats.items() if isinstance(v, dict) and k.startswith("POST ")]
+        peaks: dict[str, int] = {}
+        for v in routes:
+            if "peak_in_flight" in v:
+                peaks[""] = max(peaks.get("", 0), int(v["peak_in_flight"]))
+            for model, n in (v.get("peak_in_flight_by_model") or {}).items():
+                peaks[model] = max(peaks.get(model, 0), int(n))
+        return sum(int(v.get("requests", 0)) for v in routes), peaks or None
 
     async def breakers(self) -> dict[str, dict[str, Any]] | None:
         """``{guard: {state, opened, attempts}}`` from ``GET /admin/breakers``; None without admin access."""
@@ -328,6 +339,8 @@ class Controls:
         read concurrently."""
         deps = sorted(self.target.stubs)
         results = await asyncio.gather(self.breakers(), self.proxy_stats(), self.shared_state(),
-                                       *(self.stub_attempts(d) for d in deps))
+                                       *(self.stub_counters(d) for d in deps))
+        counters: list[tuple[int | None, dict[str, int] | None]] = list(results[3:])  # type: ignore[arg-type]
         return {"breakers": results[0], "proxies": results[1], "shared_state": results[2],
-                "attempts": dict(zip(deps, results[3:]))}
+                "attempts": {d: c[0] for d, c in zip(deps, counters)},
+                "peak_in_flight": {d: c[1] for d, c in zip(deps, counters) if c[1] is not None}}

@@ -477,6 +477,14 @@ class Drill:
             total += y - x if y >= x else y  # a counter reset in between: count from zero
         return total, "stand-in /__stats__" if use_stub else "gateway /admin/breakers"
 
+    def peak_in_flight(self, dependency: str, phase: str, model: str | None) -> int | None:
+        """The most calls ``dependency``'s stand-in served at once (for ``model`` alone if given), from its
+        counters reset before the drill to the end of the phase; None without such a stand-in counter."""
+        ends = [self.marks.get(b) for _, b in self._mark_pairs(phase)]
+        peaks = [((m or {}).get("peak_in_flight") or {}).get(dependency) for m in ends]
+        values = [p.get(model or "", 0) for p in peaks if p is not None]
+        return max(values) if values else None
+
     def opens(self, dependency: str, phase: str) -> int | None:
         total = 0
         for a, b in self._mark_pairs(phase):

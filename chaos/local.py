@@ -47,6 +47,7 @@ PROXIES = {"weaviate_http": "weaviate REST", "weaviate_grpc": "weaviate gRPC", "
            "anthropic": "anthropic"}
 GUARD_NAMES = ("embedder", "vector_db", "llm", "llm_fallback")
 PRIMARY_MODEL, FALLBACK_MODEL = "claude-sonnet-4-6", "claude-haiku-4-5"
+LLM_MAX_CONCURRENT = 16  # the LLM guards' bulkhead (calls in flight per model)
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 10.0
 
@@ -262,7 +263,7 @@ class LocalStack:
 
         resilience: dict[str, Any] = {
             "embedder": guard(t.embedder_s, 1.0), "vector_db": guard(t.vector_db_s, 1.0),
-            "llm": guard(t.llm_s, max(t.llm_s * 0.8, 0.1), 16)}
+            "llm": guard(t.llm_s, max(t.llm_s * 0.8, 0.1), LLM_MAX_CONCURRENT)}
         if "redis" in p:
             resilience["redis_url"] = f"redis://127.0.0.1:{p['redis']}/0"
         return {
@@ -363,10 +364,18 @@ class LocalStack:
         t = self.timeouts
         return {"open_s": self.open_s, "embedder_timeout_ms": round(t.embedder_s * 1000),
                 "vector_db_timeout_ms": round(t.vector_db_s * 1000), "llm_timeout_ms": round(t.llm_s * 1000),
-                "request_timeout_s": t.request_s, "primary_model": PRIMARY_MODEL, "fallback_model": FALLBACK_MODEL,
+                "request_timeout_s": t.request_s, "llm_max_concurrent": LLM_MAX_CONCURRENT,
+                "primary_model": PRIMARY_MODEL, "fallback_model": FALLBACK_MODEL,
                 # the active KB version and the one before it (itself when only one was ingested)
                 "kb_version": self.versions[-1] if self.versions else "",
                 "kb_previous_version": self.versions[-2] if len(self.versions) > 1 else (self.versions or [""])[0]}
+
+    async def _reset_breakers(self, s: aiohttp.ClientSession, headers: dict[str, str]) -> None:
+        for guard in GUARD_NAMES:
+            async with s.post(f"{self.gateway_url}/admin/breakers/{guard}/reset", headers=headers) as r:
+                if r.status == 404 and guard == "llm_fallback":
+                    continue  # a config without a fallback model (a mutant) has no such guard
+                r.raise_for_status()
 
     async def reset(self, *, settle_s: float = 15.0) -> None:
         """Between drills: no toxics, proxies enabled, no stand-in or gateway faults, breakers reset and
@@ -382,9 +391,7 @@ class LocalStack:
                         r.raise_for_status()
             async with s.delete(self.gateway_url + "/admin/faults", headers=headers) as r:
                 r.raise_for_status()
-            for guard in GUARD_NAMES:
-                async with s.post(f"{self.gateway_url}/admin/breakers/{guard}/reset", headers=headers) as r:
-                    r.raise_for_status()
+            await self._reset_breakers(s, headers)
             deadline = time.monotonic() + settle_s
             streak = 0
             while time.monotonic() < deadline:
@@ -399,9 +406,7 @@ class LocalStack:
                     break
                 await asyncio.sleep(0.2)
             # Settling queries count too: start every drill from zeroed breakers and counters.
-            for guard in GUARD_NAMES:
-                async with s.post(f"{self.gateway_url}/admin/breakers/{guard}/reset", headers=headers) as r:
-                    r.raise_for_status()
+            await self._reset_breakers(s, headers)
             for url in self.info["stubs"].values():
                 async with s.delete(url + "/__stats__") as r:
                     r.raise_for_status()

@@ -34,6 +34,8 @@ class DrillView(Protocol):
 
     def opens(self, dependency: str, phase: str) -> int | None: ...
 
+    def peak_in_flight(self, dependency: str, phase: str, model: str | None) -> int | None: ...
+
     def final_state(self, dependency: str, phase: str) -> str | None: ...
 
     def blamed_components(self, dependency: str) -> set[str]: ...
@@ -244,6 +246,17 @@ def truncated_streams(p: ProbeInput) -> Verdict:
                     "error_events": sum(r.error == "stream_error" for r in p.records)})
 
 
+def upstream_concurrency(p: ProbeInput) -> Verdict:
+    """The most calls the dependency's stand-in served at once (of ``model`` alone if given) since the
+    drill started: what the gateway's bulkhead must keep at its limit however many requests wait."""
+    peak = p.drill.peak_in_flight(p.dependency, p.phase, p.probe.model)
+    detail: dict[str, Any] = {"model": p.probe.model} if p.probe.model else {}
+    if peak is None:
+        detail["reason"] = "no in-flight counter on this stand-in (GET /__stats__ peak_in_flight)"
+    return Verdict(None if peak is None else float(peak), p.tol_max, peak is not None and peak <= p.tol_max,
+                   detail)
+
+
 def kb_switched(p: ProbeInput) -> Verdict:
     """KB switch drills: during the windows, the share of answers served by another version than the one
     at rest (the switch took effect); after, the share served by the version at rest again (the undo
@@ -287,4 +300,5 @@ EVALUATORS: dict[str, Callable[[ProbeInput], Verdict]] = {
     "truncated_streams": truncated_streams,
     "kb_switched": kb_switched,
     "shared_state": shared_state,
+    "upstream_concurrency": upstream_concurrency,
 }

@@ -54,7 +54,7 @@ PHASES: tuple[Phase, ...] = ("before", "during", "after")
 ProbeType = Literal["availability", "latency_p99", "mode", "degraded_labelled", "upstream_attempts_ratio",
                     "breaker_transitions", "hung_requests", "recovery_time", "degraded_rate",
                     "breaker_opened", "breaker_closed", "blame", "resets_fired", "truncated_streams",
-                    "kb_switched", "shared_state"]
+                    "kb_switched", "shared_state", "upstream_concurrency"]
 ActionType = Literal["toxic_add", "toxic_update", "toxic_remove", "proxy_disable", "proxy_enable",
                      "stub_fault", "stub_clear", "gateway_fault", "gateway_fault_clear",
                      "breaker_open", "breaker_close", "breaker_reset", "kb_activate", "kb_rollback", "slow_clients"]
@@ -115,6 +115,7 @@ _PROBE_RULES: dict[str, tuple[tuple[str, ...], tuple[Phase, ...]]] = {
     "truncated_streams": (("max",), PHASES),
     "kb_switched": (("min",), ("during", "after")),
     "shared_state": (("expect", "min"), ("during",)),
+    "upstream_concurrency": (("max",), ("during",)),
 }
 
 
@@ -146,6 +147,8 @@ class Probe(_Model):
       version again ≥ ``min`` (the switch back took effect)
     - ``shared_state``: share of the phase's samples in which ``GET /health`` reported
       ``components.shared_state.status`` in ``expect`` ≥ ``min`` (Redis down/slow → ``degraded``)
+    - ``upstream_concurrency``: the most calls ``dependency``'s stand-in served at once (``model``'s alone
+      if given) since the drill started ≤ ``max`` (a bulkhead bounds it however many requests wait)
     """
 
     name: str
@@ -156,6 +159,7 @@ class Probe(_Model):
     source: Literal["auto", "stub", "gateway"] = Field(
         "auto", description="upstream_attempts_ratio: stand-in /__stats__ or the gateway's guard stats")
     skip_s: float = Field(0.0, ge=0, description="ignore requests in the first skip_s seconds of each window")
+    model: str | None = Field(None, description="upstream_concurrency: count this model's calls alone")
     since: Literal["phase_start", "recovered"] = "phase_start"
 
     @model_validator(mode="after")

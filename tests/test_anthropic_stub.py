@@ -529,7 +529,11 @@ async def test_faults_control_endpoint_over_http(fake: FakeAnthropic, llm: Anthr
 
         async with http.get("/__stats__") as resp:
             stats = await resp.json()
-    assert stats["POST /v1/messages"] == {"requests": 3, "faulted": 2, "by_fault": {"status": 1, "hang": 1}}
+    route = stats["POST /v1/messages"]
+    assert {k: route[k] for k in ("requests", "faulted", "by_fault")} == {
+        "requests": 3, "faulted": 2, "by_fault": {"status": 1, "hang": 1}}
+    # One call at a time (each attempt after the previous one ended): the most served at once is 1.
+    assert route["peak_in_flight"] == 1 and set(route["peak_in_flight_by_model"].values()) == {1}
     assert "GET /__faults__" not in stats
 
 

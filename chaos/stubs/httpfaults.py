@@ -7,7 +7,8 @@ aiohttp middleware and serves the control routes:
 - ``GET /__faults__`` the current faults as JSON; ``PUT`` replaces them (fields left out get their
   defaults), ``PATCH`` merges; an unknown field or a bad value → 400; ``DELETE`` clears them.
   Clearing (or switching off ``hang`` / ``stream_stall_after``) releases the requests held by them.
-- ``GET /__stats__`` per-route counters (``requests``, ``faulted``, ``by_fault``); ``DELETE`` resets them.
+- ``GET /__stats__`` per-route counters (``requests``, ``faulted``, ``by_fault``, ``peak_in_flight`` and
+  ``peak_in_flight_by_model``: the most requests served at once); ``DELETE`` resets them.
 
 Order applied to a request (control routes are never faulted): record → draw → count → latency →
 reset | hang | status | malformed. ``error_rate`` decides, once per request, whether the faults other than latency
@@ -115,9 +116,24 @@ class RouteStats:
     requests: int = 0
     faulted: int = 0
     by_fault: Counter[str] = field(default_factory=Counter)
+    # Requests being served right now and the most at once since the last reset, overall and per model
+    # (what a bulkhead in front of this upstream must bound).
+    in_flight: Counter[str] = field(default_factory=Counter)
+    peak_in_flight: Counter[str] = field(default_factory=Counter)
+
+    def enter(self, model: str | None) -> None:
+        for key in ("", *([model] if model else [])):
+            self.in_flight[key] += 1
+            self.peak_in_flight[key] = max(self.peak_in_flight[key], self.in_flight[key])
+
+    def leave(self, model: str | None) -> None:
+        for key in ("", *([model] if model else [])):
+            self.in_flight[key] -= 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "faulted": self.faulted, "by_fault": dict(self.by_fault)}
+        return {"requests": self.requests, "faulted": self.faulted, "by_fault": dict(self.by_fault),
+                "peak_in_flight": self.peak_in_flight[""],
+                "peak_in_flight_by_model": {k: v for k, v in self.peak_in_flight.items() if k}}
 
 
 def route_key(request: web.Request) -> str:
@@ -259,12 +275,13 @@ class FaultInjector:
                          no_stop=f.no_stop, malformed_after=f.malformed_after, reject_prefill=f.reject_prefill,
                          source=f)
 
-    def _count(self, request: web.Request, kinds: Sequence[str]) -> None:
+    def _count(self, request: web.Request, kinds: Sequence[str]) -> RouteStats:
         st = self.stats.setdefault(route_key(request), RouteStats())
         st.requests += 1
         if kinds:
             st.faulted += 1
             st.by_fault.update(kinds)
+        return st
 
     def error_response(self, request: web.Request, status: int, retry_after_s: float | None) -> web.Response:
         """The stand-in's JSON error for ``status``, with Retry-After headers if set."""
@@ -283,10 +300,19 @@ class FaultInjector:
             plan = dataclasses.replace(plan, stream_cut_after=None, stream_stall_after=None, no_stop=False,
                                        malformed_after=None, first_token_delay_s=0.0, event_interval_s=0.0)
         request[PLAN_KEY] = plan
-        self._count(request, plan.kinds)
+        st = self._count(request, plan.kinds)
+        model = await self._request_model(request)
+        st.enter(model)
+        try:
+            return await self._serve(request, handler, plan, streaming)
+        finally:
+            st.leave(model)
 
-        if plan.latency_s > 0 and await self.hold_while(lambda: True, plan.latency_s):
-            return drop_connection(request)
+    async def _serve(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                     plan: FaultPlan, streaming: bool) -> web.StreamResponse:
+        if plan.latency_s > 0 and (await self.hold_while(lambda: not client_gone(request), plan.latency_s)
+                                   or client_gone(request)):
+            return drop_connection(request)  # stopping, or the client gave up waiting (no longer in flight)
         if plan.reset:
             return drop_connection(request)
         if plan.hang:
@@ -346,6 +372,11 @@ class FaultInjector:
 
 class _ConnectionDropped(web.StreamResponse):
     """Stands for "no answer": the transport is already gone, so aiohttp writes nothing."""
+
+
+def client_gone(request: web.Request) -> bool:
+    """The client closed the connection (e.g. its timeout ended the call)."""
+    return request.transport is None or request.transport.is_closing()
 
 
 def drop_connection(request: web.Request) -> web.StreamResponse:
