@@ -274,6 +274,10 @@ class RetrievalConfig(_Section):
 
 class FallbackConfig(_Section):
     keyword_index: bool = Field(True, description="BM25 fallback when the embedder or vector DB fails")
+    extractive: bool = Field(True, description=(
+        "when no model answers and no cached answer exists, answer with sentences of the retrieved passages "
+        "(mode extractive, labelled); false = 503 unavailable instead, for products that must never show a "
+        "non-LLM answer (the extractive *backend* is not affected)"))
     extractive_sentences: int = Field(3, ge=1, le=20, description="sentences in an extractive answer")
 
 

@@ -105,12 +105,15 @@ class QueryResult:
 
 
 class LadderExhausted(Exception):
-    """Not even the keyword index could answer: the route returns 503 + Retry-After."""
+    """Not even the keyword index could answer (or, with ``fallback.extractive`` off, no model did): the
+    route returns 503 + Retry-After."""
 
-    def __init__(self, trace: Trace, retry_after_s: float) -> None:
+    def __init__(self, trace: Trace, retry_after_s: float,
+                 message: str = "every retrieval path failed; retry later") -> None:
         super().__init__("every rung of the retrieval ladder failed")
         self.trace = trace
         self.retry_after_s = retry_after_s
+        self.message = message  # what the 503 tells the client
 
 
 class Pipeline:
@@ -315,6 +318,10 @@ class Pipeline:
             self.telemetry.degradation(Component.ANSWER_CACHE, contract.Reason.STALE_ANSWER)
             self.telemetry.cache_result("stale_serve")
             return hit.entry.answer, [_source_chunk(s) for s in hit.entry.sources]
+        if not self.settings.fallback.extractive:  # the operator wants a 503, not a non-LLM answer
+            waits = [w for _, guard, _ in self._llm_rungs() if (w := guard.breaker.open_remaining_s())]
+            raise LadderExhausted(trace, max(1.0, min(waits)) if waits else 5.0,
+                                  "no model answered and extractive answers are off (fallback.extractive); retry later")
         return self._extractive(req, chunks, trace), chunks
 
     def _extractive(self, req: QueryRequest, chunks: list[Chunk], trace: Trace) -> str | None:

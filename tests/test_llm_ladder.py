@@ -49,6 +49,33 @@ async def test_llm_down_without_cache_gives_an_extractive_answer(gateway_factory
     assert "[1]" in body["answer"] and body["sources"][0]["source"] == "tea.md"
 
 
+async def test_extractive_off_gives_a_labelled_503_instead(gateway_factory, data_dir, fake_anthropic):
+    client = await gateway_factory(make_settings(data_dir, **anthropic_overrides(
+        fake_anthropic, **{"fallback.extractive": False})))
+    fake_anthropic.set_faults(status=500)
+    resp, body = await _ask(client)
+    assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 1
+    assert body["mode"] == "unavailable" and body["degraded"] is True and body["answer"] is None
+    assert [d["component"] for d in body["degradations"]] == ["llm", "llm_fallback"]
+    assert "fallback.extractive" in body["error"]["message"]
+
+
+async def test_extractive_off_ends_a_discarded_stream_with_an_unavailable_done(gateway_factory, data_dir,
+                                                                             fake_anthropic):
+    client = await gateway_factory(make_settings(data_dir, **anthropic_overrides(
+        fake_anthropic, **{"llm.fallback_model": None, "fallback.extractive": False})))
+    fake_anthropic.set_faults(stream_cut_after=5)
+    resp = await client.post("/v1/query", json={"query": "How long should green tea steep?", "stream": True})
+    kinds, done = [], None
+    for block in (await resp.text()).strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        kinds.append(lines["event"])
+        done = json.loads(lines["data"])
+    assert "discard" in kinds and kinds[-1] == "done"  # never a stream that just stops
+    assert done["mode"] == "unavailable" and done["degraded"] is True and done["answer"] is None
+    assert done["degradations"][0]["reason"] == "stream_cut"
+
+
 async def test_llm_down_serves_the_stale_cached_answer(gateway_factory, data_dir, fake_anthropic):
     client = await gateway_factory(make_settings(
         data_dir, **anthropic_overrides(fake_anthropic, **{"cache.fresh_ttl_s": 0})))

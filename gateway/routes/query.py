@@ -94,14 +94,17 @@ def contract_headers(result_trace: Trace, request_id: str) -> dict[str, str]:
                             timings_ms=result_trace.timings_ms)
 
 
-def unavailable_response(exc: LadderExhausted, request_id: str) -> web.Response:
+def _unavailable_body(exc: LadderExhausted, request_id: str) -> dict[str, Any]:
     trace = exc.trace
     trace.generation = None
     trace.finish()
-    body = contract.body(answer=None, mode=Mode.UNAVAILABLE, degradations=trace.degradations, sources=[],
+    return contract.body(answer=None, mode=Mode.UNAVAILABLE, degradations=trace.degradations, sources=[],
                          kb_version=None, request_id=request_id, timings_ms=trace.timings_ms,
-                         error={"type": "unavailable", "message": "every retrieval path failed; retry later",
-                                "field": None})
+                         error={"type": "unavailable", "message": exc.message, "field": None})
+
+
+def unavailable_response(exc: LadderExhausted, request_id: str) -> web.Response:
+    body = _unavailable_body(exc, request_id)
     headers = contract.headers(Mode.UNAVAILABLE, degraded=True, request_id=request_id,
                                retry_after_s=exc.retry_after_s)
     return web.json_response(body, status=503, headers=headers)
@@ -158,7 +161,12 @@ async def _stream(request: web.Request, pipeline: Pipeline, req: QueryRequest,
                 await resp.write(_sse("done", result.contract()))
                 break
             await resp.write(_sse(kind, {"text": payload} if kind == "delta" else payload))
-            event = await events.__anext__()
+            try:
+                event = await events.__anext__()
+            except LadderExhausted as exc:  # fallback.extractive off: after a discard, nothing left to say
+                request[TRACE] = exc.trace
+                await resp.write(_sse("done", _unavailable_body(exc, req.request_id)))
+                break
     finally:
         await events.aclose()
     if result is not None:
