@@ -9,6 +9,7 @@ import pytest
 from chaos.drill import Drill
 from chaos.mutants import MUTANTS
 from chaos.scenario import load_scenario
+from gateway.config import Settings
 from tests.chaos.conftest import OPEN_S, StackThread
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
@@ -16,10 +17,14 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
 def test_every_mechanism_has_a_mutant_and_a_drill() -> None:
     mechanisms = {m.name.split(":")[0] for m in MUTANTS}
-    assert mechanisms == {"breaker", "timeout", "fallback"}
+    assert mechanisms == {"breaker", "timeout", "fallback", "failover", "bulkhead", "half_open", "retry_budget",
+                          "header_timeout"}
+    assert len({m.name for m in MUTANTS}) == len(MUTANTS)
     for m in MUTANTS:
+        assert m.scenarios, m.name
         for name in m.scenarios:
             load_scenario(name)  # every named drill exists and validates
+        Settings.model_validate(m.overrides)  # a valid config: a typo would fail the stack, not a drill
 
 
 async def test_blackhole_drill_kills_the_vector_db_breaker_mutant(tmp_path: Path) -> None:
