@@ -123,8 +123,11 @@ def _workers_targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
     for name, key, limit in ((names[0], "ratio_2_vs_1", 1.5), (names[1], "ratio_2_vs_floor", 1.0)):
         worst = min(paths, key=lambda p: paths[p][key] or 0.0)
         per = ", ".join(f"{p}: {_f(paths[p][key])}×" for p in paths)
-        why = ("2 cores carry the load generator, the stand-ins and the server; a second worker can only use "
-               "what the others leave, and the machine was shared with other work during the run")
+        ceil = {p: (paths[p].get("ceiling_ratios") or {}).get("cores_left_by_others", {}).get(key[6:])
+                for p in paths}
+        why = ("the cores carry the load generator, the stand-ins and the servers; from the measured CPU per "
+               "request, what other work left of the machine allowed at most "
+               + ", ".join(f"{p}: {_f(c)}×" for p, c in ceil.items()) + " (section 6, `ceiling`)")
         out.append(_target(name, paths[worst][key], limit, ">=", "×", f"worst of {per}", why))
     return out
 
@@ -231,6 +234,24 @@ def _workers_md(sec: dict) -> list[str]:
                 for k in ("floor_passthrough", "workers_1", "workers_2")]
         lines.append(f"| {name} | {' | '.join(cell)} | {_f(r['ratio_2_vs_1'])}× | {_f(r['ratio_2_vs_floor'])}× | "
                      f"{_f(r['ratio_1_vs_floor'])}× |")
+    lines += ["", "Where the CPU went (ms per request: server / load generator / stand-ins), the cores other work "
+              "used meanwhile, and the most each side could serve from its CPU per request (`ceiling`, req/s: on "
+              "all cores / on what other work left):", "",
+              "| path | side | CPU ms/req srv / loadgen / stand-ins | other work (cores) | ceiling req/s | measured "
+              "/ ceiling |", "|---|---|---|---:|---|---:|"]
+    for name, r in sec.get("paths", {}).items():
+        for k in ("floor_passthrough", "workers_1", "workers_2"):
+            side, cpu, ceil = r[k], r[k]["cpu_ms_per_req"], r[k].get("ceiling_rps") or {}
+            left = ceil.get("cores_left_by_others")
+            lines.append(f"| {name} | {k} | {_f(cpu.get('server'), 3)} / {_f(cpu.get('loadgen'), 3)} / "
+                         f"{_f(cpu.get('standins'), 3)} | {_f((side.get('box') or {}).get('others_cores'))} | "
+                         f"{_f(ceil.get('all_cores'), 0)} / {_f(left, 0)} | "
+                         f"{_f(side['rps'] / left if left else None)} |")
+        cr = r.get("ceiling_ratios") or {}
+        if cr:
+            lines.append(f"| {name} | ratios the ceilings allow | 2 vs 1: {_f(cr['all_cores']['2_vs_1'])}× / "
+                         f"{_f(cr['cores_left_by_others']['2_vs_1'])}× | | 2 vs floor: "
+                         f"{_f(cr['all_cores']['2_vs_floor'])}× / {_f(cr['cores_left_by_others']['2_vs_floor'])}× | |")
     lines += ["", "Worker memory (MB; PSS divides shared pages among the processes mapping them):", "",
               "| server | pid | RSS | PSS | shared clean | private dirty |", "|---|---|---|---|---|---|"]
     for server, rows in sec.get("memory", {}).items():

@@ -11,7 +11,9 @@ splits shared pages (the memory-mapped KB, libraries) between the processes that
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,24 @@ class ServeTree(ServerProcess):
         return out
 
 
+def _notes(out: dict[str, Any]) -> list[str]:
+    sides = [r[k] for r in out["paths"].values() for k in ("floor_passthrough", "workers_1", "workers_2")]
+    others = [s["box"]["others_cores"] for s in sides]
+    lg = [s["cpu_ms_per_req"].get("loadgen", 0.0) for s in sides]
+    return [
+        f"Everything runs on the same {out['cores']} cores: the load generator (one Python process, "
+        f"{min(lg):.2f}–{max(lg):.2f} ms CPU per request), the stand-ins and the servers under test, so 2 workers "
+        "never get 2 whole cores. `ceiling` is the most each side could serve from its measured CPU per request "
+        "(server + load generator + stand-ins; no process above one core) — on all cores, and on what other work "
+        "on the machine left; the ratios those ceilings allow are what the targets can reach on this machine.",
+        f"Other work on the machine (not this run) used {min(others):.2f}–{max(others):.2f} cores during the "
+        f"slices; 1-min load average {out['load_avg_1m']} at the end. Compare the ratios, not the absolute req/s.",
+        "`floor_passthrough` is the minimal aiohttp pass-through (bench/floor.py /v1/messages, one process); "
+        "it is the reference for every path, as the issue asks — the query paths do more per request than it "
+        "(an answer-cache lookup; BM25 and an LLM call on the keyword path).",
+    ]
+
+
 def _admin(port: int, path: str) -> None:
     status, body, _ = http_json("POST", f"http://127.0.0.1:{port}{path}",
                                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
@@ -68,20 +88,72 @@ def _admin(port: int, path: str) -> None:
 
 
 def _interleave(ctx: Context, sides: dict[str, dict[str, Any]], slices: int) -> dict[str, dict[str, Any]]:
-    """Like ``Context.compare`` but each side has its own URL, bodies, headers and unique field."""
+    """Like ``Context.compare`` but each side has its own URL, bodies, headers and unique field; each side
+    also gets ``box``: the machine's busy cores during its slices, split into ours and everyone else's."""
     from bench.context import _merge
 
     per_slice = ctx.duration_s / slices
     parts: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    boxes: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
     names = list(sides)
     for i in range(slices):
         for name in (names if i % 2 == 0 else names[::-1]):
             s = sides[name]
             warmup = ctx.warmup_s if i < 2 else min(ctx.warmup_s, 0.2)
-            parts[name].append(ctx.point(s["url"], s["bodies"], CONCURRENCY, s["procs"], headers=s.get("headers"),
-                                         unique_field=s.get("unique"), duration_s=per_slice, warmup_s=warmup,
-                                         return_raw=True))
-    return {name: _merge(ps) for name, ps in parts.items()}
+            busy0, t0 = _box_busy_s(), time.monotonic()
+            point = ctx.point(s["url"], s["bodies"], CONCURRENCY, s["procs"], headers=s.get("headers"),
+                              unique_field=s.get("unique"), duration_s=per_slice, warmup_s=warmup, return_raw=True)
+            wall = time.monotonic() - t0
+            ours = sum(point["cpu_s"].values())
+            box = _box_busy_s() - busy0
+            boxes[name].append({"wall_s": wall, "box_cpu_s": box, "ours_cpu_s": ours})
+            parts[name].append(point)
+    out = {}
+    for name, ps in parts.items():
+        merged = _merge(ps)
+        wall = sum(b["wall_s"] for b in boxes[name]) or 1.0
+        box = sum(b["box_cpu_s"] for b in boxes[name])
+        ours = sum(b["ours_cpu_s"] for b in boxes[name])
+        merged["box"] = {"busy_cores": round(box / wall, 2), "ours_cores": round(ours / wall, 2),
+                         "others_cores": round(max(0.0, box - ours) / wall, 2)}
+        out[name] = merged
+    return out
+
+
+def _box_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (all processes, all cores) since boot."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def ceiling_rps(cpu_ms: dict[str, float], server_procs: int, cores: float) -> float | None:
+    """Most req/s a side could serve with ``cores`` CPUs, from its measured CPU per request.
+
+    Every request costs ``server + loadgen + standins`` ms of CPU on the same cores; each of those runs
+    in its own single-threaded process(es), so none can exceed one core (the servers: ``server_procs``
+    cores, shared evenly). An upper bound: perfect scheduling, no waiting.
+    """
+    server, other = cpu_ms.get("server", 0.0), [cpu_ms.get("loadgen", 0.0), cpu_ms.get("standins", 0.0)]
+    total = server + sum(other)
+    if server <= 0 or cores <= 0:
+        return None
+    limits = [server_procs * 1e3 / server, cores * 1e3 / total] + [1e3 / c for c in other if c > 0]
+    return round(min(limits), 1)
+
+
+def add_ceilings(res: dict[str, dict[str, Any]], cores: int) -> None:
+    """``ceiling_rps`` per side on the whole box and on what other work left of it, and the ratios those
+    ceilings allow: what the workers targets can reach on this machine with this load generator."""
+    procs = {"floor_passthrough": 1, "workers_1": 1, "workers_2": 2}
+    for side, n in procs.items():
+        r = res[side]
+        left = max(0.5, cores - r["box"]["others_cores"])
+        r["ceiling_rps"] = {"all_cores": ceiling_rps(r["cpu_ms_per_req"], n, cores),
+                            "cores_left_by_others": ceiling_rps(r["cpu_ms_per_req"], n, left)}
+    for key in ("all_cores", "cores_left_by_others"):
+        f, w1, w2 = (res[s]["ceiling_rps"][key] for s in procs)
+        res.setdefault("ceiling_ratios", {})[key] = {
+            "2_vs_1": round(w2 / w1, 2) if w1 and w2 else None, "2_vs_floor": round(w2 / f, 2) if f and w2 else None}
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -140,17 +212,12 @@ def run(ctx: Context) -> dict[str, Any]:
             res["ratio_2_vs_1"] = round(w2 / w1, 3) if w1 else None
             res["ratio_2_vs_floor"] = round(w2 / f, 3) if f else None
             res["ratio_1_vs_floor"] = round(w1 / f, 3) if f else None
+            add_ceilings(res, out["cores"] or 2)
             out["paths"][name] = res
         for n in WORKERS:
             out["memory"][f"workers_{n}"] = trees[n].worker_memory()
-        out["notes"] = [
-            "The load generator (one Python process), the stand-ins and the servers share the same cores: "
-            "on 2 cores the servers under test never get 2 whole cores.",
-            "The machine was shared with other engineers' work during the run: compare the ratios, not the "
-            "absolute req/s.",
-            "`floor_passthrough` is the minimal aiohttp pass-through (bench/floor.py /v1/messages, one process); "
-            "it is the reference for every path, as the issue asks.",
-        ]
+        out["load_avg_1m"] = round(os.getloadavg()[0], 2)
+        out["notes"] = _notes(out)
         return out
     finally:
         for tree in trees.values():
