@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -138,3 +139,29 @@ async def test_breaker_transitions_are_logged_as_events(gateway_factory, data_di
     assert [(e["from"], e["to"], e["level"]) for e in events] == [("closed", "open", "warning"),
                                                                   ("open", "closed", "info")]
     assert events[0]["logger"] == "rag_sidecar.events"
+
+
+@pytest.mark.parametrize("name", ["Authorization", "PROXY-AUTHORIZATION", "x-api-key", "Api-Key", "X-Admin-Token",
+                                  "cookie", "Set-Cookie", "Authorızation"])  # the last with a dotless ı
+def test_credential_headers_are_redacted_inside_a_whole_json_line(name):
+    """The access line is redacted whole, with a cheap look for header names first: any case, deep in a
+    long line, and non-ASCII text that the case-insensitive pattern still matches."""
+    from gateway.logs import redact
+
+    line = json.dumps({"event": "request", "route": "/v1/messages", "pad": "x" * 600,
+                       "detail": f"b'POST / HTTP/1.1\\r\\n{name}: hunter2-plain\\r\\n'"},
+                      ensure_ascii=False)
+    out = redact(line)
+    assert "hunter2-plain" not in out and f"{name}: [REDACTED]" in out
+    assert json.loads(out)["pad"] == "x" * 600
+
+
+def test_json_line_timestamp_is_the_records_utc_time_to_the_millisecond():
+    from gateway.logs import JsonFormatter
+
+    fmt = JsonFormatter()
+    for created in (1_700_000_000.0005, 1_700_000_000.9994, 1_700_000_001.25):  # same second, then the next
+        record = logging.LogRecord("t", logging.INFO, __file__, 1, "m", (), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert json.loads(fmt.format(record))["timestamp"] == (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(record.msecs):03d}Z")
