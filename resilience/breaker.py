@@ -93,6 +93,35 @@ class _PendingOpen:
     opened_at_wall: float | None = None
 
 
+class _Window:
+    """The last ``size`` outcomes as (failed, slow), with running counts: judging the rates after each call
+    costs O(1), not two passes over the window."""
+
+    __slots__ = ("_calls", "failures", "slow")
+
+    def __init__(self, size: int) -> None:
+        self._calls: deque[tuple[bool, bool]] = deque(maxlen=size)
+        self.failures = 0
+        self.slow = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def append(self, failed: bool, slow: bool) -> None:
+        calls = self._calls
+        if len(calls) == calls.maxlen:
+            old_failed, old_slow = calls[0]
+            self.failures -= old_failed
+            self.slow -= old_slow
+        calls.append((failed, slow))
+        self.failures += failed
+        self.slow += slow
+
+    def clear(self) -> None:
+        self._calls.clear()
+        self.failures = self.slow = 0
+
+
 class Permit:
     """Admission to make one call. Report exactly one outcome: success, failure or ignore."""
 
@@ -149,7 +178,7 @@ class CircuitBreaker:
         self._pb = pybreaker.CircuitBreaker(
             fail_max=self.config.failure_threshold, reset_timeout=self.config.open_s, success_threshold=1,
             listeners=[_Bridge(self)], name=name, throw_new_error_on_trip=False)
-        self._window: deque[tuple[bool, bool]] = deque(maxlen=self.config.window)  # (failed, slow)
+        self._window = _Window(self.config.window)
         self._generation = 0
         self._half_open_in_flight = 0
         self._pending: _PendingOpen | None = None
@@ -244,24 +273,29 @@ class CircuitBreaker:
         self._totals["calls"] += 1
         self._totals["successes" if outcome == "success" else "failures"] += 1
         self._totals["slow"] += int(slow)
-        if not current or self._pb.current_state == pybreaker.STATE_OPEN:
+        pb_state = self._pb.current_state
+        if not current or pb_state == pybreaker.STATE_OPEN:
             self._totals["stale"] += 1
             return
-        try:
-            with self._pb.calling():
-                if outcome == "failure":
-                    raise _RecordedFailure
-        except _RecordedFailure:
-            pass
-        if self._generation != permit.generation or self._pb.current_state != pybreaker.STATE_CLOSED:
-            return  # pybreaker changed state (consecutive failures, or a probe's verdict)
-        self._window.append((outcome == "failure", slow))
-        if len(self._window) >= self.config.min_calls:
-            failures = sum(1 for failed, _ in self._window if failed)
-            slows = sum(1 for _, s in self._window if s)
-            if (failures / len(self._window) >= self.config.failure_rate
-                    or slows / len(self._window) >= self.config.slow_call_rate):
-                self.trip()
+        failed = outcome == "failure"
+        if failed or permit.half_open or pb_state != pybreaker.STATE_CLOSED or self._pb.fail_counter:
+            try:
+                with self._pb.calling():
+                    if failed:
+                        raise _RecordedFailure
+            except _RecordedFailure:
+                pass
+            if self._generation != permit.generation or self._pb.current_state != pybreaker.STATE_CLOSED:
+                return  # pybreaker changed state (consecutive failures, or a probe's verdict)
+        # else: a success while closed with no consecutive failures to reset is a no-op for pybreaker
+        # (its closed state only zeroes the failure counter on success); skipping its lock and
+        # generator-based context manager is most of the success path's cost.
+        window = self._window
+        window.append(failed, slow)
+        n = len(window)
+        if n >= self.config.min_calls and (window.failures / n >= self.config.failure_rate
+                                           or window.slow / n >= self.config.slow_call_rate):
+            self.trip()
 
     # ---- transitions -------------------------------------------------------------------------
     def trip(self, duration_s: float | None = None) -> None:
@@ -361,9 +395,7 @@ class CircuitBreaker:
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state for /admin/breakers and /health."""
         state = self.state
-        failures = sum(1 for failed, _ in self._window if failed)
-        slows = sum(1 for _, slow in self._window if slow)
-        n = len(self._window)
+        failures, slows, n = self._window.failures, self._window.slow, len(self._window)
         is_open = state == OPEN
         open_until_wall = None
         if (is_open and self._open_until is not None and self._opened_at is not None

@@ -64,6 +64,29 @@ async def test_opens_after_consecutive_failures(clock):
     assert up.calls == 6
 
 
+async def test_after_a_long_run_of_successes_failures_still_open_it(clock):
+    """A success while closed skips pybreaker's bookkeeping when it has nothing to reset; the consecutive
+    count (reset by a success after failures), the window's running counts and both ways of opening hold."""
+    by_count = CircuitBreaker("a", cfg(failure_threshold=5), clock=clock)
+    by_rate = CircuitBreaker("b", cfg(failure_threshold=100, failure_rate=0.5, window=10, min_calls=10), clock=clock)
+    up = Upstream(clock)
+    for breaker in (by_count, by_rate):
+        for _ in range(1000):
+            await run(breaker, up.ok())
+        for _ in range(4):
+            await run(breaker, up.fail())
+        await run(breaker, up.ok())
+        assert breaker.state == "closed" and breaker.snapshot()["consecutive_failures"] == 0
+        assert breaker.snapshot()["window"]["failures"] == 4
+    for _ in range(4):
+        await run(by_count, up.fail())
+    assert by_count.state == "closed", "the success reset the consecutive count: 4 in a row"
+    await run(by_count, up.fail())
+    assert by_count.state == "open", "5 in a row"
+    await run(by_rate, up.fail())
+    assert by_rate.state == "open", "5 failures of the last 10 (the oldest success slid out)"
+
+
 async def test_failure_rate_window_waits_for_min_calls(clock):
     breaker = CircuitBreaker("db", cfg(failure_rate=0.5, window=10, min_calls=10), clock=clock)
     up = Upstream(clock)
