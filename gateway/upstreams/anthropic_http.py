@@ -80,6 +80,10 @@ class StreamBroken(UpstreamError):
         self.outcome = outcome
 
 
+_DECODE = json.JSONDecoder().raw_decode
+_JSON_SPACE = " \t\r\n"  # what json.loads skips around a value
+
+
 class SSEEvents:
     """Incremental parser of an Anthropic SSE stream. :meth:`feed` returns the bytes of the complete,
     well-formed events received so far (a partial event is held back until it completes)."""
@@ -118,15 +122,25 @@ class SSEEvents:
         return data[:end] if end < len(data) else data
 
     def _event(self, block: bytes) -> bool:
-        lines = block.split(b"\n")
-        datas = [line[5:] for line in lines if line.startswith(b"data:")]
-        if not datas:
+        start = block.find(b"data:")
+        if start < 0:
             return True  # a comment or an event without data: nothing to judge
+        if (start and block[start - 1] != 10) or block.find(b"\ndata:", start + 5) >= 0:
+            # Unusual shapes (several data lines, "data:" inside another line): the general rule.
+            datas = [line[5:] for line in block.split(b"\n") if line.startswith(b"data:")]
+            if not datas:
+                return True
+            data = b"\n".join(datas)
+        else:  # one data line, as Anthropic sends every event: no split per event
+            end = block.find(b"\n", start)
+            data = block[start + 5:] if end < 0 else block[start + 5:end]
         try:
-            payload = json.loads(datas[0] if len(datas) == 1 else b"\n".join(datas))
-        except ValueError:
+            # json.loads(bytes) would sniff the encoding first; SSE is UTF-8 by definition.
+            text = data.decode().strip(_JSON_SPACE)
+            payload, end = _DECODE(text)
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             return False
-        if not isinstance(payload, dict):
+        if end != len(text) or type(payload) is not dict:
             return False
         kind = payload.get("type")
         if kind == "content_block_delta":

@@ -1,0 +1,76 @@
+"""The SSE judge of the /v1/messages pass-through (gateway.upstreams.anthropic_http.SSEEvents): only whole,
+well-formed events go on, however the bytes are cut; what it notices decides failover and stream outcomes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chaos.stubs.anthropic import sse
+from gateway.upstreams.anthropic_http import SSEEvents
+
+EVENTS = [
+    sse("message_start", {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                                                               "model": "claude-haiku-4-5", "content": []}}),
+    sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                "content_block": {"type": "text", "text": ""}}),
+    sse("ping", {"type": "ping"}),
+    *(sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                  "delta": {"type": "text_delta", "text": word}}) for word in ("Hé", "llo\n\n", " ✓")),
+    sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    sse("message_stop", {"type": "message_stop"}),
+]
+STREAM = b"".join(EVENTS)
+
+
+def feed_in_pieces(parser: SSEEvents, data: bytes, size: int) -> bytes:
+    return b"".join(parser.feed(data[i:i + size]) for i in range(0, len(data), size))
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 64, len(STREAM)])
+def test_any_cut_of_a_healthy_stream_goes_through_whole_and_is_judged_complete(size):
+    parser = SSEEvents()
+    assert feed_in_pieces(parser, STREAM, size) == STREAM
+    assert parser.content_started and parser.stopped and not parser.malformed and not parser.pending
+    assert parser.model == "claude-haiku-4-5" and parser.error is None
+
+
+def test_nothing_of_an_unfinished_event_is_forwarded():
+    parser = SSEEvents()
+    first_delta = STREAM.index(b"event: content_block_delta")
+    out = parser.feed(STREAM[:first_delta + 20])
+    assert out == STREAM[:first_delta] and parser.pending and not parser.content_started
+
+
+@pytest.mark.parametrize("data", [b"{\"type\": \"content_block_delta\", \"ind", b"[1, 2]", b"\"text\"",
+                                  b"{\"type\": \"ping\"} trailing", b"{\"type\": \"ping\"}{}", b"\xff\xfe{}", b"",
+                                  b"[" * 5000])
+def test_a_malformed_event_stops_the_stream_before_it(data):
+    parser = SSEEvents()
+    head = EVENTS[0] + EVENTS[3]
+    out = parser.feed(head + b"event: content_block_delta\ndata: " + data + b"\n\n" + EVENTS[-1])
+    assert out == head and parser.malformed and not parser.stopped
+    assert parser.broken(started=True).outcome == "malformed"
+
+
+def test_the_general_rule_for_unusual_events():
+    """Several data lines are one JSON text; no space after the colon, CRLF line ends and surrounding
+    whitespace are allowed; a comment mentioning data: is not a data line; an event without data passes."""
+    parser = SSEEvents()
+    unusual = [b'event: message_start\ndata:{"type": "message_start",\ndata: "message": {"model": "m2"}}\n\n',
+               b': keep-alive, not data: {\nevent: ping\ndata: {"type": "ping"}\n\n',
+               b'event: content_block_delta\r\ndata:\t{"type": "content_block_delta"} \r\n\n',
+               b"event: ping\n\n", b": a comment about data: {\n\n"]
+    stream = b"".join(unusual) + EVENTS[-1]
+    assert feed_in_pieces(parser, stream, 3) == stream
+    assert parser.model == "m2" and parser.content_started and parser.stopped and not parser.malformed
+
+
+def test_an_error_event_is_noticed_and_forwarded():
+    parser = SSEEvents()
+    error = sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    assert parser.feed(EVENTS[0] + error) == EVENTS[0] + error
+    assert parser.error == {"type": "overloaded_error", "message": "Overloaded"}
+    broken = parser.broken(started=False)
+    assert broken.outcome == "error" and broken.status == 529 and broken.retryable
+    assert json.loads(error.split(b"data: ", 1)[1])["error"]["type"] == "overloaded_error"
