@@ -77,3 +77,25 @@ def _open_streams(client) -> int:
     from gateway.routes.messages import GATEWAY
 
     return client.server.app[GATEWAY].streams.in_flight
+
+
+async def test_the_idle_limit_bounds_each_gap_not_the_stream(gateway_factory, data_dir, fake_anthropic):
+    """llm.idle_timeout_s 0.5 s: a stream 3x longer than that, with a delta every 0.1 s, completes (its one
+    idle timer re-arms instead of firing); a stall after content is cut after the gap, ended with an
+    Anthropic timeout_error event."""
+    fake_anthropic.reply = " ".join(f"w{i}" for i in range(30))  # 15 deltas, 0.1 s apart: ~1.5 s
+    fake_anthropic.set_model_faults(MODEL, event_interval_s=0.1)
+    client = await gateway_factory(make_settings(data_dir, **anthropic_overrides(
+        fake_anthropic, **{"llm.idle_timeout_s": 0.5})))
+    url = str(client.make_url("/v1/messages"))
+    async with aiohttp.ClientSession() as http:
+        t0 = time.monotonic()
+        status, body = await _stream(http, url)
+        assert time.monotonic() - t0 >= 1.4 and status == 200
+        assert body.rstrip().endswith(b'data: {"type": "message_stop"}') and b"event: error" not in body
+        fake_anthropic.set_model_faults(MODEL, event_interval_s=0.1, stream_stall_after=5)
+        t0 = time.monotonic()
+        status, body = await asyncio.wait_for(_stream(http, url), 20)
+    assert status == 200 and b"content_block_delta" in body and body.count(b"event: error") == 1
+    assert b'"type": "timeout_error"' in body and b"message_stop" not in body
+    assert 0.5 <= time.monotonic() - t0 < 10

@@ -305,8 +305,11 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
             try:
                 async with timer:
                     content = upstream.content
+                    idle = opened.idle
                     while True:
                         chunk = await content.readany()
+                        if idle is not None:
+                            idle.touch()
                         if not chunk:
                             break
                         data = events.feed(chunk)
@@ -337,7 +340,7 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
         outcome = StreamOutcome.CLIENT_GONE
         raise
     finally:
-        upstream.close() if outcome != StreamOutcome.COMPLETE else upstream.release()
+        opened.finish(reuse=outcome == StreamOutcome.COMPLETE)
         trace.stream_outcome = outcome
         trace.timings_ms["stream"] = round((time.perf_counter() - trace.started) * 1e3, 3)
         gw.state.telemetry.llm_stream_outcome(target.model, outcome)

@@ -12,12 +12,14 @@ the upstream's bytes come back as sent. What this module adds is judgement:
   ``event: error`` is caught, so the route can fail over before any content went out and can end a
   stream that breaks later with a clean Anthropic ``event: error`` instead of a truncated success.
 
-Timeouts (seconds): ``connect_s`` per connection; ``idle_s`` between two reads of a stream (aiohttp's
-``sock_read``, no timer per event); the wait for the first content and the whole stream are bounded
-by the caller (the guard's stage timeout and the route's stream limit).
+Timeouts (seconds): ``connect_s`` per connection; ``idle_s`` for a stream's response headers and then
+between two reads of its body (:class:`IdleWatch`: one timer per stream, not aiohttp's ``sock_read``, which
+cancels and schedules a timer on every TCP read); the wait for the first content and the whole stream are
+bounded by the caller (the guard's stage timeout and the route's stream limit).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from dataclasses import dataclass, field
@@ -175,14 +177,59 @@ class JsonAnswer:
     model: str | None
 
 
+class IdleWatch:
+    """The idle limit of one stream body with a single timer. A read only stamps :attr:`last` (cheap);
+    the timer, when it fires before the gap is over, re-arms for the rest of it, and when the gap is
+    over fails the body's reader with the error aiohttp's ``sock_read`` raises (a ``TimeoutError``).
+    A healthy stream whose reads come more often than ``idle_s`` costs one timer in all."""
+
+    __slots__ = ("_loop", "_idle_s", "_content", "_handle", "last")
+
+    def __init__(self, content: aiohttp.StreamReader, idle_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._idle_s = idle_s
+        self._content = content
+        self.last = self._loop.time()
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self.last + idle_s, self._check)
+
+    def touch(self) -> None:
+        """Data arrived: the gap starts again."""
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        due = self.last + self._idle_s
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        self._handle = None
+        self._content.set_exception(aiohttp.SocketTimeoutError(
+            f"no data from the LLM stream for {self._idle_s:g} s (llm.idle_timeout_s)"))
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 @dataclass
 class OpenStream:
     """A stream whose first content (or, with ``whole``, its end) has arrived; ``held`` is what to send
-    first, ``events`` the parser to keep feeding."""
+    first, ``events`` the parser to keep feeding, ``idle`` its idle limit (touch it on every read).
+    End it with :meth:`finish`."""
 
     response: aiohttp.ClientResponse
     events: SSEEvents
+    idle: IdleWatch | None = None
     held: list[bytes] = field(default_factory=list)
+
+    def finish(self, *, reuse: bool) -> None:
+        """Stop the idle timer; give the connection back (``reuse``: the body was read to its end) or close it."""
+        if self.idle is not None:
+            self.idle.cancel()
+        if reuse:
+            self.response.release()
+        else:
+            self.response.close()
 
 
 class AnthropicHTTP:
@@ -192,6 +239,8 @@ class AnthropicHTTP:
         self.connect_s = connect_s
         self.idle_s = idle_s
         self._session: aiohttp.ClientSession | None = None
+        # One timeout object for every request (no sock_read: streams have IdleWatch).
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -202,11 +251,14 @@ class AnthropicHTTP:
         return self._session
 
     async def _send(self, method: str, url: str, payload: bytes | None, headers: Mapping[str, str],
-                    sock_read: float | None, client_key: bool) -> aiohttp.ClientResponse:
+                    header_timeout_s: float | None, client_key: bool) -> aiohttp.ClientResponse:
         try:
-            resp = await self.session.request(method, url, data=payload, headers=headers,
-                                              timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_s,
-                                                                            sock_read=sock_read))
+            if header_timeout_s:
+                async with asyncio.timeout(header_timeout_s):
+                    resp = await self.session.request(method, url, data=payload, headers=headers,
+                                                      timeout=self._timeout)
+            else:
+                resp = await self.session.request(method, url, data=payload, headers=headers, timeout=self._timeout)
         except TimeoutError:
             raise
         except aiohttp.ClientError as exc:
@@ -251,14 +303,18 @@ class AnthropicHTTP:
         resp = await self._send("POST", url, payload, headers, self.idle_s, client_key)
         opened = OpenStream(resp, SSEEvents())
         events = opened.events
+        content = resp.content
         try:
+            idle = opened.idle = IdleWatch(content, self.idle_s) if self.idle_s else None
             while True:
                 try:
-                    chunk = await resp.content.readany()
+                    chunk = await content.readany()
                 except TimeoutError:
                     raise
                 except aiohttp.ClientError as exc:
                     raise StreamBroken("cut", f"{type(exc).__name__} before the first content") from exc
+                if idle is not None:
+                    idle.touch()
                 if not chunk:
                     raise StreamBroken("no_stop", "the stream ended without message_stop")
                 out = events.feed(chunk)
@@ -271,7 +327,7 @@ class AnthropicHTTP:
                 if events.stopped or (events.content_started and not whole):
                     return opened
         except BaseException:
-            resp.close()
+            opened.finish(reuse=False)
             raise
 
     async def close(self) -> None:
