@@ -8,6 +8,7 @@ route-agnostic and does one thing each.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import ipaddress
@@ -104,20 +105,27 @@ def _span_attributes(sp: Any, request: web.Request, state: AppState, status: int
         sp.set_attribute(f"rag.breaker.{dependency}", breaker)
 
 
+_NO_SPAN = contextlib.nullcontext()  # reusable: the request span when tracing is off
+
+
 @web.middleware
 async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One JSON line per request with every decision the pipeline took (see Trace)."""
     state: AppState = request.app[STATE]
     t0 = time.perf_counter()
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else request.path
-    state.telemetry.request_started(route)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource else request.path
+    telemetry = state.telemetry
+    telemetry.request_started(route)
     retries: dict[str, int] = {}
     retries_token = request_retries.set(retries)
     status = 500
     resp: web.StreamResponse | None = None
     ids: tuple[int, int] | None = None
-    span = state.tracer.server_span("rag.request", request.headers, **{
-        "http.route": route, "http.method": request.method, "rag.request_id": request.get(REQUEST_ID)})
+    tracer = state.tracer
+    span = tracer.server_span("rag.request", request.headers, **{
+        "http.route": route, "http.method": request.method,
+        "rag.request_id": request.get(REQUEST_ID)}) if tracer.enabled else _NO_SPAN
     try:
         with span as sp:
             ids = span_ids(sp)  # the access line below is written after the span ends: keep its ids
@@ -141,21 +149,23 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         ms = (time.perf_counter() - t0) * 1e3
         trace = request.get(TRACE)
         mode, degraded = told_mode(resp, trace)
-        state.telemetry.request_finished(route, status, mode, degraded, ms)
-        fields = {**log_fields(ids), "event": "request", "method": request.method, "route": route,
-                  "path": request.path,
-                  "status": status, "duration_ms": round(ms, 3), "client": request.get(CLIENT_ID)}
-        if trace is not None:
-            fields.update(mode=mode, degraded=degraded, degradations=trace.degradations,
-                          timings_ms=trace.timings_ms, cache=trace.cache, retriever=trace.retriever,
-                          model=trace.model, retries=retries)
-            if hasattr(trace, "log_fields"):
-                fields.update(trace.log_fields())
-        if state.settings.logging.log_prompts and QUERY_TEXT in request:
-            fields["query"] = request[QUERY_TEXT]
-            fields["answer"] = request.get(ANSWER_TEXT)
-        level = logging.DEBUG if request.path in PROBES and status < 500 else logging.INFO
-        log.log(level, "request", extra=fields)
+        telemetry.request_finished(route, status, mode, degraded, ms)
+        path = request.path
+        level = logging.DEBUG if path in PROBES and status < 500 else logging.INFO
+        if log.isEnabledFor(level):  # the line is built only when it will be written
+            fields: dict[str, Any] = {**log_fields(ids)} if ids is not None else {}
+            fields.update(event="request", method=request.method, route=route, path=path, status=status,
+                          duration_ms=round(ms, 3), client=request.get(CLIENT_ID))
+            if trace is not None:
+                fields.update(mode=mode, degraded=degraded, degradations=trace.degradations,
+                              timings_ms=trace.timings_ms, cache=trace.cache, retriever=trace.retriever,
+                              model=trace.model, retries=retries)
+                if hasattr(trace, "log_fields"):
+                    fields.update(trace.log_fields())
+            if state.settings.logging.log_prompts and QUERY_TEXT in request:
+                fields["query"] = request[QUERY_TEXT]
+                fields["answer"] = request.get(ANSWER_TEXT)
+            log.log(level, "request", extra=fields)
 
 
 @web.middleware
