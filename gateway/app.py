@@ -26,6 +26,7 @@ from gateway.kbload import reload_kb, serve_best
 from gateway.logs import install_server_log_filter, resource_fields, setup_logging
 from gateway.middleware import CHAIN
 from gateway.pipeline import Pipeline
+from gateway.progressive import run_upgrades
 from gateway.retrieval import warm_embedder
 from gateway.routes import admin, health, messages, metrics, query
 from gateway.state import STATE, AppState, all_guards
@@ -169,7 +170,9 @@ async def _load_kb(state: AppState) -> None:
             seed = load_seed_vectors(s.kb.sample_embeddings, state.embedder) if state.embedder else {}
             await kbs.ingest([s.kb.sample_corpus], embedder=state.embedder, chunk_chars=s.kb.chunk_chars,
                              overlap=s.kb.chunk_overlap, batch_size=s.embedder.batch_size, progress=progress,
-                             label="sample corpus", root=Path(s.kb.sample_corpus).parent, seed_vectors=seed)
+                             label="sample corpus", root=Path(s.kb.sample_corpus).parent, seed_vectors=seed,
+                             fast_embedder=getattr(store, "fast_embedder", None),
+                             progressive_min_chunks=s.kb.progressive_min_chunks)
         state.startup_stage = "loading the embedder"
         await warm_embedder(state.embedder, log)
         state.startup_stage = "loading KB"
@@ -187,6 +190,8 @@ async def _load_kb(state: AppState) -> None:
     state.settled.set()
     if not store.serves_kb_versions and s.kb.sync_interval_s > 0:
         state.tasks.append(asyncio.create_task(_sync_kb_periodically(state), name="kb-sync"))
+    if getattr(store, "fast_embedder", None) is not None:  # progressive ingest: upgrade fast versions
+        state.tasks.append(asyncio.create_task(run_upgrades(state), name="kb-upgrade"))
     await _poll_kb(state)
 
 

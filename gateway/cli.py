@@ -67,7 +67,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         result = asyncio.run(ingest(settings, [Path(p) for p in args.paths], activate=not args.no_activate,
                                     label=args.label or "", progress=progress_printer(),
                                     golden=Path(args.golden) if args.golden else None, min_mrr=args.min_mrr,
-                                    max_mrr_drop=args.max_mrr_drop))
+                                    max_mrr_drop=args.max_mrr_drop, wait_quality=args.wait_quality))
     except QualityGateFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         print(json.dumps({"version": exc.version, "activated": False, "evaluation": exc.evaluation}))
@@ -176,6 +176,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_kb(args: argparse.Namespace) -> int:
     from gateway.ingest import open_kb, sync
     from gateway.kb import KBError
+    from gateway.progressive import vectors_label
 
     settings = _settings(args)
     kb = open_kb(settings)
@@ -186,13 +187,16 @@ def cmd_kb(args: argparse.Namespace) -> int:
                 ev = v.get("evaluation") or {}
                 quality = (f"  mrr={ev['normal']['mrr']:.3f} (keyword {ev['keyword_fallback']['mrr']:.3f}, "
                            f"{ev['golden']})" if ev else "")
+                vectors = vectors_label(kb, v["version"], v)
                 print(f"{mark} {v['version']}  chunks={v['chunk_count']:<6} docs={v['document_count']:<4} "
                       f"created={time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(v['created_at']))}  "
-                      f"{v.get('label', '')}{quality}")
+                      f"{f'vectors: {vectors}  ' if vectors else ''}{v.get('label', '')}{quality}")
         elif args.kb_cmd == "activate":
             print(json.dumps(kb.activate(args.version)))
         elif args.kb_cmd == "rollback":
             print(json.dumps(kb.rollback()))
+        elif args.kb_cmd == "upgrade":
+            print(json.dumps(asyncio.run(_upgrade(settings, args.version))))
         elif args.kb_cmd == "sync":
             version = asyncio.run(sync(settings, activate=not args.no_activate, progress=progress_printer()))
             print(json.dumps({"version": version}))
@@ -200,6 +204,29 @@ def cmd_kb(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _upgrade(settings: Settings, version: str | None) -> dict[str, Any]:
+    """``kb upgrade``: embed a progressive version's quality vectors here (or wait for the gateway doing it)."""
+    from gateway.ingest import open_kb
+    from gateway.kb import KBError
+    from gateway.progressive import wait_or_upgrade
+    from gateway.upstreams.factory import build_embedder
+
+    kb = open_kb(settings)
+    version = version or kb.active_version()
+    if version is None:
+        raise KBError("no active version to upgrade")
+    embedder = build_embedder(settings)
+    if embedder is None:
+        raise KBError("embedder.backend is none: there is no quality model to upgrade with")
+    try:
+        t0 = time.perf_counter()
+        await wait_or_upgrade(kb, version, embedder, batch_size=settings.embedder.batch_size,
+                              progress=progress_printer())
+        return {"version": version, "vectors": "quality", "seconds": round(time.perf_counter() - t0, 2)}
+    finally:
+        await embedder.close()
 
 
 def _workers(value: str) -> int:
@@ -239,6 +266,9 @@ def build_parser(*commands: Register) -> argparse.ArgumentParser:
     s.add_argument("--label", help="free text stored in the version's manifest")
     s.add_argument("--golden", help="golden set (JSON lines): evaluate the new version before activating it")
     s.add_argument("--min-mrr", type=float, help="with --golden: refuse activation below this MRR")
+    s.add_argument("--wait-quality", action="store_true",
+                   help="progressive ingest: return only once the quality vectors are done (embedded here, "
+                        "or by the gateway already upgrading the version)")
     s.add_argument("--max-mrr-drop", type=float, default=0.02,
                    help="with --golden: refuse activation when MRR drops more than this below the active "
                         "version's on the same golden file (default 0.02)")
@@ -262,6 +292,9 @@ def build_parser(*commands: Register) -> argparse.ArgumentParser:
                           help="make VERSION active (atomic; a running gateway picks it up)")
     a.add_argument("version")
     kb_sub.add_parser("rollback", parents=[common], help="activate the version before the active one")
+    a = kb_sub.add_parser("upgrade", parents=[common],
+                          help="embed a progressive version's quality vectors now (default: the active one)")
+    a.add_argument("version", nargs="?")
     a = kb_sub.add_parser("sync", parents=[common],
                           help="rebuild the keyword index from the vector store's collection (cursor)")
     a.add_argument("--no-activate", action="store_true", help="build the version but keep the current one active")

@@ -86,6 +86,14 @@ class KBConfig(_Section):
         "weaviate backend: rebuild the keyword index from the collection this often (0 = only `kb sync`)"))
     stale_after_s: float = Field(7 * 86400.0, gt=0, description=(
         "a keyword index synced from Weaviate longer ago than this is labelled `stale` when it answers"))
+    progressive: bool = Field(True, description=(
+        "embedded store + a local quality model: a large ingest is searchable at once with fast-tier vectors "
+        "(wordllama-256, hybrid with BM25) and upgraded to the quality model in the background, resumably "
+        "(/health and `kb list` say vectors fast, then quality n/N, then quality); false: ingest embeds with the "
+        "quality model before the version exists"))
+    progressive_min_chunks: int = Field(256, ge=1, description=(
+        "progressive ingest only when at least this many chunks need quality vectors (below it the quality "
+        "model is done in seconds and a swap is not worth it)"))
 
     @model_validator(mode="after")
     def _overlap_lt_chunk(self) -> "KBConfig":

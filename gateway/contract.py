@@ -3,7 +3,7 @@
 Body (``/v1/query``, ``/v1/retrieve``, the 503 of an exhausted ladder)::
 
     {"answer", "mode", "degraded", "degradations": [{"component", "reason", ...}], "sources",
-     "kb_version", "request_id", "timings_ms"} (+ "model", "answer_age_s", "chunks", "error" when they apply)
+     "kb_version", "request_id", "timings_ms"} (+ "model", "answer_age_s", "chunks", "error", "vectors" when they apply)
 
 Headers: ``X-Request-Id``, ``X-RAG-Mode``, ``X-RAG-Degraded: true|false``, ``Server-Timing`` (and
 ``X-RAG-Degradations`` on ``/v1/messages``, whose body is Anthropic's and cannot carry them), plus
@@ -114,7 +114,7 @@ def degradation(component: str | Enum, reason: str | Enum, **extra: Any) -> dict
 def body(*, answer: str | None, mode: Mode, degradations: list[dict[str, Any]], sources: list[dict[str, Any]],
          kb_version: str | None, request_id: str, timings_ms: Mapping[str, float],
          chunks: list[dict[str, Any]] | None = None, model: str | None = None, answer_age_s: float | None = None,
-         error: Mapping[str, Any] | None = None) -> dict[str, Any]:
+         error: Mapping[str, Any] | None = None, vectors: str | None = None) -> dict[str, Any]:
     """The contract body. ``degraded`` is derived: any degradation, or no answer at all."""
     out: dict[str, Any] = {
         "answer": answer, "mode": mode, "degraded": is_degraded(mode, degradations), "degradations": degradations,
@@ -127,6 +127,8 @@ def body(*, answer: str | None, mode: Mode, degradations: list[dict[str, Any]], 
         out["model"] = model
     if answer_age_s is not None:
         out["answer_age_s"] = round(answer_age_s, 3)
+    if vectors is not None:  # which vector set answered (embedded store): quality | fast (gateway.progressive)
+        out["vectors"] = vectors
     if error is not None:
         out["error"] = dict(error)
     return out

@@ -16,7 +16,7 @@ from aiohttp import web
 
 ALLOW_HEADERS = ("Authorization", "Content-Type", "X-Api-Key", "X-Request-Id", "X-Request-Timeout",
                  "Anthropic-Version", "Anthropic-Beta")
-EXPOSE_HEADERS = ("X-Request-Id", "X-RAG-Mode", "X-RAG-Degraded", "Server-Timing", "Retry-After",
+EXPOSE_HEADERS = ("X-Request-Id", "X-RAG-Mode", "X-RAG-Degraded", "Server-Timing", "Retry-After", "X-RAG-Vectors",
                   "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 
 

@@ -36,6 +36,8 @@ class IngestResult:
     documents: int
     reused_vectors: int
     seconds: float
+    vectors: str | None = None  # fast (progressive: quality vectors follow in the background) | quality | None
+    quality_seconds: float | None = None  # with wait_quality: the upgrade's wall time
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -48,12 +50,17 @@ def open_kb(settings: Settings) -> KnowledgeBase:
 
 async def ingest(settings: Settings, paths: Sequence[Path], *, activate: bool = True, label: str = "",
                  progress: Progress | None = None, golden: Path | None = None, min_mrr: float | None = None,
-                 max_mrr_drop: float = 0.02) -> IngestResult:
+                 max_mrr_drop: float = 0.02, wait_quality: bool = False) -> IngestResult:
     """Chunk and embed ``paths`` (files or directories) into a new KB version; with the Weaviate
     backend the chunks are also upserted into its collection. Raises :class:`KBError` (nothing to
     ingest), :class:`resilience.UpstreamError` (an upstream failed); the active version is unchanged
     unless everything succeeded. With ``golden``, the version is evaluated before activation and
-    :class:`gateway.quality.QualityGateFailed` is raised on a regression (see :mod:`gateway.quality`)."""
+    :class:`gateway.quality.QualityGateFailed` is raised on a regression (see :mod:`gateway.quality`).
+
+    Progressive (:mod:`gateway.progressive`, embedded store): a large version is returned once searchable with
+    fast vectors (``vectors="fast"``), and a running gateway upgrades it; ``wait_quality`` upgrades it here
+    (or waits for the gateway doing it) before returning. ``golden`` needs the quality vectors to evaluate,
+    so a gated ingest is never progressive."""
     from gateway.upstreams.factory import build_embedder, build_store
 
     from gateway.upstreams.base import IngestTarget
@@ -71,10 +78,23 @@ async def ingest(settings: Settings, paths: Sequence[Path], *, activate: bool = 
             await store.ensure_collection(vectorizer=embedder is None)  # no embedder: the store embeds
             upsert = store.upsert
         t0 = time.perf_counter()
+        fast = getattr(store, "fast_embedder", None) if golden is None else None
         version = await kb.ingest(list(paths), embedder=embedder, chunk_chars=settings.kb.chunk_chars,
                                   overlap=settings.kb.chunk_overlap, batch_size=settings.embedder.batch_size,
                                   activate=activate and golden is None, upsert=upsert, progress=progress,
-                                  label=label)
+                                  label=label, fast_embedder=fast,
+                                  progressive_min_chunks=settings.kb.progressive_min_chunks)
+        searchable_s = round(time.perf_counter() - t0, 2)
+        quality_s = None
+        if wait_quality and embedder is not None:
+            from gateway.kb import is_fast_phase
+            from gateway.progressive import wait_or_upgrade
+
+            if is_fast_phase(next(v for v in kb.list_versions() if v["version"] == version)):
+                t1 = time.perf_counter()
+                await wait_or_upgrade(kb, version, embedder, batch_size=settings.embedder.batch_size,
+                                      progress=progress)
+                quality_s = round(time.perf_counter() - t1, 2)
         if golden is not None:
             from gateway.quality import evaluate_version, gate, store_evaluation
 
@@ -85,9 +105,12 @@ async def ingest(settings: Settings, paths: Sequence[Path], *, activate: bool = 
                 kb.activate(version)
                 await asyncio.to_thread(kb.prune)
         manifest = next(v for v in kb.list_versions() if v["version"] == version)
+        from gateway.progressive import vectors_label
+
         return IngestResult(version=version, activated=activate, chunks=manifest["chunk_count"],
                             documents=manifest["document_count"], reused_vectors=manifest["reused_vectors"],
-                            seconds=round(time.perf_counter() - t0, 2))
+                            seconds=searchable_s, vectors=vectors_label(kb, version, manifest),
+                            quality_seconds=quality_s)
     finally:
         if embedder is not None:
             await embedder.close()

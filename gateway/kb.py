@@ -5,6 +5,8 @@ Layout under ``<data_dir>/kb``::
     versions/<version>/manifest.json   what went in (counts, embedder, chunking, parent version)
     versions/<version>/chunks.jsonl    one Chunk record per line
     versions/<version>/vectors.npy     float32 (n, dim), row i ↔ line i (embedded store only)
+    versions/<version>/vectors.fast.npy  fast-tier rows of a progressive version (``gateway.progressive``):
+                                       served until ``vectors.npy`` (quality) is complete and in the manifest
     versions/<version>/keyword/        the BM25 index for this version
     ACTIVE                             {"version": "..."} — replaced atomically (write tmp + os.replace)
 
@@ -107,7 +109,9 @@ class KBStorageError(KBError):
 
 
 MAX_VERSION_NAME_BYTES = 255  # NAME_MAX of Linux filesystems
-VERSION_FILES = ("chunks.jsonl", "vectors.npy")  # checksummed in the manifest, served from private copies
+FAST_VECTORS = "vectors.fast.npy"  # a progressive version's fast-tier vectors (manifest "vectors": "fast")
+# checksummed in the manifest, served from private copies
+VERSION_FILES = ("chunks.jsonl", "vectors.npy", FAST_VECTORS)
 SERVING_PREFIX = ".serving-"  # + owner tag: private copies being made (unlinked once open)
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
@@ -264,10 +268,24 @@ class KBVersion:
     loaded_at: float = field(default_factory=time.time)
     vectors: np.ndarray | None = None  # rows ↔ chunks, mapped from a private copy (embedded store)
     degraded: KBDegraded | None = None  # set when this is not the version ACTIVE names
+    vectors_fast: np.ndarray | None = None  # a progressive version's fast-tier rows, until its quality set is done
 
     @property
     def created_at(self) -> float:
         return float(self.manifest.get("created_at", 0.0))
+
+    @property
+    def vectors_tier(self) -> str | None:
+        """``fast`` (a progressive version whose quality vectors are not complete), ``quality``, or None
+        (no vectors: keyword-only, or an external store's version)."""
+        if self.vectors_fast is not None:
+            return "fast"
+        return "quality" if self.vectors is not None else None
+
+
+def is_fast_phase(manifest: dict[str, Any]) -> bool:
+    """A progressive version still waiting for (part of) its quality vectors."""
+    return manifest.get("vectors") == "fast"
 
 
 BUILDER_FILE = ".builder-pid"
@@ -468,12 +486,13 @@ class KnowledgeBase:
                 table = ChunkTable(d / "chunks.jsonl")
                 n = len(table)
                 table.close()
-            vectors_path = d / "vectors.npy"
-            if vectors_path.exists():
-                with open(vectors_path, "rb") as fh:
-                    rows = _npy_header(fh)[0][0]
-                if rows != n:
-                    raise KBCorrupt(f"KB version {version} is corrupt: {rows} vectors for {n} chunks")
+            for name in (FAST_VECTORS,) if is_fast_phase(manifest) else ("vectors.npy",):
+                vectors_path = d / name
+                if vectors_path.exists() or name == FAST_VECTORS:
+                    with open(vectors_path, "rb") as fh:
+                        rows = _npy_header(fh)[0][0]
+                    if rows != n:
+                        raise KBCorrupt(f"KB version {version} is corrupt: {rows} vectors for {n} chunks")
         except (OSError, ValueError, IndexError) as exc:
             raise KBCorrupt(f"KB version {version} is unreadable: {type(exc).__name__}: {exc}") from exc
 
@@ -536,18 +555,24 @@ class KnowledgeBase:
             count = manifest.get("chunk_count")
             if isinstance(count, int) and count != len(chunks):
                 raise KBCorrupt(f"KB version {version} is corrupt: {len(chunks)} chunks, manifest says {count}")
-            if "vectors.npy" in files or (d / "vectors.npy").exists():
+            # A fast-phase version serves its fast set; a vectors.npy beside it is an upgrade that crashed
+            # between writing it and the manifest: not trusted (the upgrade rewrites it).
+            name = FAST_VECTORS if is_fast_phase(manifest) else "vectors.npy"
+            if name in files or (d / name).exists() or name == FAST_VECTORS:
                 try:
-                    vectors = _map_vectors(_private_copy(d / "vectors.npy", files.get("vectors.npy"), self.root))
+                    vectors = _map_vectors(_private_copy(d / name, files.get(name), self.root))
                 except (OSError, ValueError) as exc:
-                    raise KBCorrupt(f"KB version {version}: vectors.npy unreadable ({exc})") from exc
+                    raise KBCorrupt(f"KB version {version}: {name} unreadable ({exc})") from exc
                 if vectors.shape[0] != len(chunks):
                     raise KBCorrupt(f"KB version {version} is corrupt: {vectors.shape[0]} vectors for "
                                     f"{len(chunks)} chunks")
         except BaseException:
             chunks.close()
             raise
-        kb = KBVersion(version=version, path=d, manifest=manifest, chunks=chunks, vectors=vectors)
+        if is_fast_phase(manifest):
+            kb = KBVersion(version=version, path=d, manifest=manifest, chunks=chunks, vectors_fast=vectors)
+        else:
+            kb = KBVersion(version=version, path=d, manifest=manifest, chunks=chunks, vectors=vectors)
         try:
             kb.keyword_index = self._load_keyword(d)
         except KBStorageError:
@@ -640,11 +665,14 @@ class KnowledgeBase:
             return {}
         d = self.versions_dir / kb_version
         try:
-            made_by = json.loads((d / "manifest.json").read_text()).get("embedder") or {}
+            manifest = json.loads((d / "manifest.json").read_text())
+            made_by = manifest.get("embedder") or {}
         except (OSError, ValueError, AttributeError):
             return {}
         if made_by.get("name") != embedder_name or (dim and made_by.get("dim") not in (None, dim)):
             return {}
+        if is_fast_phase(manifest):  # its quality vectors so far are in its upgrade journal
+            return EmbedJournal(self.root / "embed-journal", f"{embedder_name}@{kb_version}", dim).load()
         try:
             # Read, not mapped: a file truncated meanwhile is a short read (ValueError), never a SIGBUS.
             vectors = np.load(d / "vectors.npy")
@@ -656,6 +684,63 @@ class KnowledgeBase:
         if len(ids) != vectors.shape[0]:
             return {}
         return {cid: vectors[i] for i, cid in enumerate(ids)}
+
+    # ---- progressive ingest ---------------------------------------------------------------
+    def upgrade_journal(self, version: str, embedder: Embedder) -> EmbedJournal:
+        """The quality vectors of ``version`` embedded so far (its own journal: a kill resumes from it)."""
+        return EmbedJournal(self.root / "embed-journal", f"{embedder_id(embedder)}@{version}", embedder.dim)
+
+    async def _fast_phase(self, tmp: Path, version: str, chunks: Sequence[Chunk],
+                          known: Sequence[np.ndarray | None], embedder: Embedder, fast_embedder: Embedder,
+                          progress: Progress) -> dict[str, Any]:
+        """Embed every chunk with the fast tier into ``tmp/vectors.fast.npy``; journal the quality vectors
+        already ``known`` for the upgrade. Returns the manifest keys of a fast-phase version."""
+        batch = 512  # a static model: a few ms per batch, big batches cost nothing
+        out: list[np.ndarray] = []
+        progress("embed_fast", 0, len(chunks))
+        for start in range(0, len(chunks), batch):
+            out.append(await fast_embedder.embed_passages([c.text for c in chunks[start:start + batch]]))
+            progress("embed_fast", min(start + batch, len(chunks)), len(chunks))
+        fast = np.vstack(out).astype(np.float32)
+        await asyncio.to_thread(_save_synced, tmp / FAST_VECTORS, fast)
+        have = [i for i, v in enumerate(known) if v is not None]
+        journal = self.upgrade_journal(version, embedder)
+        journal.clear()
+        if have:
+            await asyncio.to_thread(journal.append, [chunks[i].id for i in have],
+                                    np.vstack([cast("np.ndarray", known[i]) for i in have]))
+        return {"vectors": "fast", "fast_embedder": {"name": embedder_id(fast_embedder), "dim": fast_embedder.dim}}
+
+    def finish_upgrade(self, version: str, vectors: np.ndarray, embedder: Embedder) -> dict[str, Any]:
+        """Make ``vectors`` (quality, rows ↔ chunks) the version's ``vectors.npy`` and its manifest say
+        ``"vectors": "quality"``. Crash-safe: the matrix is written beside, renamed, then the manifest is
+        replaced atomically; until that last step a reader still sees (and serves) the fast set. Returns the
+        new manifest. Raises KBError (unknown version, rows ≠ chunks, another model), KBStorageError."""
+        d = self.version_dir(version)
+        manifest = self._manifest(d)
+        if (manifest.get("embedder") or {}).get("name") != embedder_id(embedder):
+            raise KBError(f"KB version {version} is for {(manifest.get('embedder') or {}).get('name')}, "
+                          f"not {embedder_id(embedder)}")
+        if vectors.shape[0] != manifest.get("chunk_count"):
+            raise KBError(f"{vectors.shape[0]} quality vectors for {manifest.get('chunk_count')} chunks")
+        for stale in d.glob(".vectors.npy.*.tmp"):  # an upgrade killed mid-write
+            stale.unlink(missing_ok=True)
+        tmp = d / f".vectors.npy.{uuid.uuid4().hex}.tmp"
+        try:
+            _save_synced(tmp, np.ascontiguousarray(vectors, dtype=np.float32))
+            os.replace(tmp, d / "vectors.npy")
+            fsync_dir(d)
+            files = {k: v for k, v in (manifest.get("files") or {}).items() if k != FAST_VECTORS}
+            new = {**manifest, "vectors": "quality", "upgraded_at": time.time(),
+                   "files": {**files, "vectors.npy": file_digest(d / "vectors.npy")}}
+            _atomic_write_text(d / "manifest.json", json.dumps(new, indent=2))
+            (d / FAST_VECTORS).unlink(missing_ok=True)  # served from private copies: nobody reads it any more
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _storage_error(exc, f"quality vectors of {version}") from exc
+        log.info("kb upgraded to quality vectors", extra={"event": "kb_upgraded", "kb_version": version,
+                                                          "chunks": int(vectors.shape[0])})
+        return new
 
     # ---- ingest ---------------------------------------------------------------------------
     def chunk_paths(self, paths: Iterable[Path], *, chunk_chars: int, overlap: int,
@@ -671,17 +756,20 @@ class KnowledgeBase:
     async def ingest(self, paths: Sequence[Path], *, embedder: Embedder | None, chunk_chars: int, overlap: int,
                      batch_size: int = 16, activate: bool = True, upsert: Upsert | None = None,
                      progress: Progress | None = None, label: str = "", root: Path | None = None,
-                     seed_vectors: dict[str, np.ndarray] | None = None) -> str:
+                     seed_vectors: dict[str, np.ndarray] | None = None, fast_embedder: Embedder | None = None,
+                     progressive_min_chunks: int = 1) -> str:
         """Build a new version from documents under ``paths``; returns its name.
 
         ``embedder`` None → no vectors (a store that vectorizes itself). ``upsert(chunks, vectors)``
         is awaited per batch for an external store (Weaviate). Vectors of unchanged chunks are
-        reused from the active version (embeddings cached by chunk hash).
+        reused from the active version (embeddings cached by chunk hash). ``fast_embedder``: progressive
+        (see :meth:`create_version`).
         """
         chunks = self.chunk_paths(paths, chunk_chars=chunk_chars, overlap=overlap, root=root)
         return await self.create_version(
             chunks, embedder=embedder, batch_size=batch_size, activate=activate, upsert=upsert,
-            progress=progress, label=label, seed_vectors=seed_vectors,
+            progress=progress, label=label, seed_vectors=seed_vectors, fast_embedder=fast_embedder,
+            progressive_min_chunks=progressive_min_chunks,
             extra={"chunk_chars": chunk_chars, "chunk_overlap": overlap, "paths": [str(p) for p in paths]})
 
     async def sync_from(self, store: VectorStore, *, activate: bool = True, progress: Progress | None = None,
@@ -707,15 +795,22 @@ class KnowledgeBase:
                              activate: bool = True, upsert: Upsert | None = None,
                              progress: Progress | None = None, label: str = "",
                              extra: dict[str, Any] | None = None,
-                             seed_vectors: dict[str, np.ndarray] | None = None) -> str:
+                             seed_vectors: dict[str, np.ndarray] | None = None,
+                             fast_embedder: Embedder | None = None, progressive_min_chunks: int = 1) -> str:
         """Write ``chunks`` (+ vectors, + keyword index) as a new version, atomically; returns its name.
 
         Vectors are reused, by chunk id, from the active version (same embedder only) and from
         ``seed_vectors``; only the rest are embedded.
+
+        Progressive (``fast_embedder`` given and at least ``progressive_min_chunks`` chunks lack a quality
+        vector): every chunk is embedded by ``fast_embedder`` into ``vectors.fast.npy`` and the manifest
+        says ``"vectors": "fast"``; the quality vectors already known are put in the version's upgrade
+        journal, and :mod:`gateway.progressive` embeds the rest later (``vectors.npy``).
         """
         progress = progress or (lambda stage, done, total: None)
         self.clean_leftovers()
         version = datetime.now(UTC).strftime("v%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        progressive: dict[str, Any] = {}
         tmp = self.root / f".tmp-{version}"
         tmp.mkdir(parents=True)
         (tmp / BUILDER_FILE).write_text(str(os.getpid()))
@@ -729,17 +824,21 @@ class KnowledgeBase:
                 vectors_list: list[np.ndarray | None] = [cache.get(c.id) for c in chunks]
                 reused = sum(v is not None for v in vectors_list)
                 todo = [i for i, v in enumerate(vectors_list) if v is None]
-                progress("embed", 0, len(todo))
-                for start in range(0, len(todo), batch_size):
-                    idx = todo[start:start + batch_size]
-                    out = await embedder.embed_passages([chunks[i].text for i in idx])
-                    await asyncio.to_thread(journal.append, [chunks[i].id for i in idx], out)  # resumable
-                    for j, i in enumerate(idx):
-                        vectors_list[i] = out[j]
-                    progress("embed", min(start + batch_size, len(todo)), len(todo))
-                vectors = np.vstack(cast("list[np.ndarray]", vectors_list)).astype(np.float32)  # all filled
-                await asyncio.to_thread(_save_synced, tmp / "vectors.npy", vectors)
-                journal.clear()  # the version holds them now (reused by chunk id from the active version)
+                if fast_embedder is not None and len(todo) >= max(1, progressive_min_chunks):
+                    progressive = await self._fast_phase(tmp, version, chunks, vectors_list, embedder,
+                                                         fast_embedder, progress)
+                else:
+                    progress("embed", 0, len(todo))
+                    for start in range(0, len(todo), batch_size):
+                        idx = todo[start:start + batch_size]
+                        out = await embedder.embed_passages([chunks[i].text for i in idx])
+                        await asyncio.to_thread(journal.append, [chunks[i].id for i in idx], out)  # resumable
+                        for j, i in enumerate(idx):
+                            vectors_list[i] = out[j]
+                        progress("embed", min(start + batch_size, len(todo)), len(todo))
+                    vectors = np.vstack(cast("list[np.ndarray]", vectors_list)).astype(np.float32)  # all filled
+                    await asyncio.to_thread(_save_synced, tmp / "vectors.npy", vectors)
+                    journal.clear()  # the version holds them now (reused by chunk id from the active version)
             if upsert is not None:
                 for start in range(0, len(chunks), 100):
                     await upsert(chunks[start:start + 100],
@@ -758,7 +857,7 @@ class KnowledgeBase:
                 "version": version, "label": label, "created_at": time.time(),
                 "chunk_count": len(chunks), "document_count": len({c.source for c in chunks}),
                 "embedder": None if embedder is None else {"name": embedder_id(embedder), "dim": embedder.dim},
-                "reused_vectors": reused, "parent": self.active_or_none(), **(extra or {}),
+                "reused_vectors": reused, "parent": self.active_or_none(), **(extra or {}), **progressive,
                 "files": files,
             }
             _atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2))

@@ -10,6 +10,7 @@ import logging
 import time
 
 from gateway.kb import KBVersion
+from gateway.progressive import check_fast_set
 from gateway.retrieval import check_vectors_model
 from gateway.state import AppState
 
@@ -42,7 +43,11 @@ def swap_in(state: AppState, kb: KBVersion | None) -> None:
             state.store.load(kb.version, kb.path, kb.chunks, unavailable=kb.degraded.error)
         else:
             check_vectors_model(kb.version, kb.manifest, state.embedder)  # another model's vectors: refused
-            state.store.load(kb.version, kb.path, kb.chunks, kb.vectors)
+            if kb.vectors_tier == "fast":  # a progressive version before its upgrade (gateway.progressive)
+                check_fast_set(kb.version, kb.manifest, getattr(state.store, "fast_embedder", None))
+                state.store.load(kb.version, kb.path, kb.chunks, kb.vectors_fast, tier="fast")
+            else:
+                state.store.load(kb.version, kb.path, kb.chunks, kb.vectors)
     previous = state.kb.version if state.kb else None
     state.kb, state.kb_error = kb, None
     state.telemetry.kb_state(kb.version, len(kb.chunks), time.time() - kb.created_at,
@@ -55,4 +60,5 @@ def swap_in(state: AppState, kb: KBVersion | None) -> None:
             "active": kb.degraded.active, "error": kb.degraded.error})
     elif previous != kb.version:
         log.info("kb loaded", extra={"event": "kb_loaded", "kb_version": kb.version, "previous": previous,
-                                     "chunks": len(kb.chunks), "keyword_index": kb.keyword_index is not None})
+                                     "chunks": len(kb.chunks), "keyword_index": kb.keyword_index is not None,
+                                     "vectors": kb.vectors_tier})

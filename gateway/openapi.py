@@ -81,6 +81,10 @@ class Answer(BaseModel):
     kb_version: str | None
     request_id: str
     timings_ms: dict[str, float]
+    vectors: str | None = Field(None, description=(
+        "embedded store: the vector set that answered — quality, or fast while a progressive KB version is "
+        "upgraded (also X-RAG-Vectors); absent when no vectors took part"), json_schema_extra={
+        "enum": ["quality", "fast"]})
 
 
 class Retrieval(Answer):

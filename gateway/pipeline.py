@@ -56,6 +56,7 @@ class Trace:
     cache: str = "off"  # off | miss | hit | stale | error
     model: str | None = None
     answer_age_s: float | None = None
+    vectors: str | None = None  # the embedded store's vector set that answered: quality | fast (progressive)
     started: float = field(default_factory=time.perf_counter)
     tracer: Tracer = field(default=NOOP, repr=False)
 
@@ -118,7 +119,7 @@ class QueryResult:
         return contract.body(answer=self.answer, mode=t.mode, degradations=t.degradations,
                              sources=[c.source_view() for c in self.sources], kb_version=self.kb_version,
                              request_id=self.request_id, timings_ms=t.timings_ms, model=t.model,
-                             answer_age_s=t.answer_age_s)
+                             answer_age_s=t.answer_age_s, vectors=t.vectors)
 
 
 class LadderExhausted(Exception):
@@ -175,7 +176,8 @@ class Pipeline:
                 with trace.timed("vector_search"):
                     self.guards["vector_db"].check_admits()
                 embedder = self.embedder
-                if embedder is not None:
+                # A progressive version's fast set: the store embeds the query with the fast model itself.
+                if embedder is not None and not getattr(self.store, "embeds_queries", False):
                     with trace.timed("embed"):
                         vector = await self.guards["embedder"].call(
                             lambda: embedder.embed_query(req.query, request_id=req.request_id), deadline,
@@ -185,6 +187,7 @@ class Pipeline:
                     chunks = await self.guards["vector_db"].call(
                         lambda: self.store.search(vector, depth, query_text=req.query, filters=req.filters),
                         deadline, reserve_s=self.reserve_s)
+                trace.vectors = getattr(chunks, "vectors", None)
                 return self._fuse(req, chunks, depth, trace) if self.local_hybrid else self._vector_only(
                     req, chunks, trace)
             except DependencyUnavailable as exc:

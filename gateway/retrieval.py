@@ -59,6 +59,9 @@ def check_version_servable(kb_store: KnowledgeBase, version: str, settings: Sett
     except (OSError, ValueError):
         return  # unknown or unreadable: activate() reports it
     check_vectors_model(version, manifest, embedder)
+    from gateway import progressive
+
+    progressive.check_fast_set(version, manifest, progressive.fast_model_id() if progressive.applies(settings) else None)
 
 
 async def warm_embedder(embedder: Any, log: Any) -> None:

@@ -51,6 +51,7 @@ class AppState:
     clock: Callable[[], float] = time.monotonic  # monotonic seconds for guards and the rate limiter
     worker: dict[str, Any] | None = None  # {index, count, pid} under `serve --workers N`
     drain: Drain = field(default_factory=Drain)  # in-flight requests and the shutdown sequence
+    upgrade: Any = None  # gateway.progressive.UpgradeStatus of the served version's background upgrade
 
 
 STATE: web.AppKey[AppState] = web.AppKey("rag_sidecar_state", AppState)

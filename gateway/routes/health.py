@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import progressive
 from gateway.quality import evaluation_summary
 from gateway.retrieval import retrieval_mode
 from gateway.routes.admin import presents_admin_token
@@ -80,7 +81,8 @@ def health_report(state: AppState) -> dict[str, Any]:
                         "chunks": len(kb.chunks) if kb else 0, "created_at": kb.created_at if kb else None,
                         "age_s": round(now - kb.created_at, 1) if kb else None, "error": state.kb_error,
                         "fallback": kb.degraded.as_dict() if kb is not None and kb.degraded is not None else None,
-                        "evaluation": evaluation_summary(kb.manifest) if kb else None}
+                        "evaluation": evaluation_summary(kb.manifest) if kb else None,
+                        **progressive.health_view(state)}  # vectors: fast | quality n/N | quality
     cache = state.cache
     components["answer_cache"] = {"enabled": cache is not None, **(cache.snapshot() if cache is not None else {})}
     limiter = state.rate_limiter
@@ -105,6 +107,8 @@ def health_report(state: AppState) -> dict[str, Any]:
             degraded.append(f"{name}:{g['state']}")
     if kb is not None and kb.keyword_index is None:
         degraded.append("keyword_index:unavailable")
+    if (components["kb"].get("upgrade") or {}).get("state") == "failed":
+        degraded.append("kb_upgrade:error")  # the fast vectors serve; the quality model is failing
     if cache is not None and getattr(cache, "healthy", True) is False:
         degraded.append("answer_cache:unhealthy")
     elif components["answer_cache"].get("status") == "degraded":  # Redis down: this replica's cache only

@@ -90,8 +90,11 @@ def _require_ready(state: AppState) -> Pipeline:
 
 
 def contract_headers(result_trace: Trace, request_id: str) -> dict[str, str]:
-    return contract.headers(result_trace.mode, degraded=result_trace.degraded, request_id=request_id,
-                            timings_ms=result_trace.timings_ms)
+    headers = contract.headers(result_trace.mode, degraded=result_trace.degraded, request_id=request_id,
+                               timings_ms=result_trace.timings_ms)
+    if result_trace.vectors is not None:
+        headers["X-RAG-Vectors"] = result_trace.vectors  # fast while a progressive version is upgraded
+    return headers
 
 
 def _unavailable_body(exc: LadderExhausted, request_id: str) -> dict[str, Any]:
@@ -197,7 +200,8 @@ async def retrieve(request: web.Request) -> web.Response:
     out = contract.body(answer=None, mode=trace.mode, degradations=trace.degradations,
                         sources=[c.source_view() for c in chunks],
                         chunks=[{**c.source_view(), "text": c.text} for c in chunks],
-                        kb_version=kb.version if kb else None, request_id=req.request_id, timings_ms=trace.timings_ms)
+                        kb_version=kb.version if kb else None, request_id=req.request_id, timings_ms=trace.timings_ms,
+                        vectors=trace.vectors)
     return web.json_response(out, headers=contract_headers(trace, req.request_id))
 
 

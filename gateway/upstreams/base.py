@@ -54,10 +54,11 @@ class VectorStore(Protocol):
         Raises UpstreamError or TimeoutError."""
 
     def load(self, version: str, version_dir: Path, chunks: ChunkTable, vectors: np.ndarray | None = None,
-             *, unavailable: str | None = None) -> None:
+             *, unavailable: str | None = None, tier: str = "quality") -> None:
         """Serve KB version ``version``: ``vectors`` as loaded (verified, private copy) by ``gateway.kb``;
-        ``unavailable`` says why there are none to serve (searches then raise UpstreamError). A no-op
-        unless ``serves_kb_versions``. Raises ValueError when the vectors don't fit the chunks."""
+        ``unavailable`` says why there are none to serve (searches then raise UpstreamError); ``tier``:
+        ``fast`` for a progressive version's fast-tier set (``gateway.progressive``). A no-op unless
+        ``serves_kb_versions``. Raises ValueError when the vectors don't fit the chunks."""
 
     async def search(self, vector: np.ndarray | None, top_k: int, *, query_text: str | None = None,
                      filters: dict[str, Any] | None = None) -> list[Chunk]:

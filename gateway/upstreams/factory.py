@@ -50,9 +50,10 @@ def build_store(settings: Settings) -> VectorStore:
 
         r = settings.retrieval
         return WeaviateStore(settings.vector_store, hybrid=r.hybrid, fusion=r.fusion, alpha=r.blend_alpha)
+    from gateway.progressive import build_fast_embedder
     from gateway.upstreams.embedded_store import EmbeddedStore
 
-    return EmbeddedStore()
+    return EmbeddedStore(fast_embedder=build_fast_embedder(settings))  # progressive ingest's fast tier
 
 
 def serves_kb_versions(settings: Settings) -> bool:

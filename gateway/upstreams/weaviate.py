@@ -264,7 +264,7 @@ class WeaviateStore:
         return client
 
     def load(self, version: str, version_dir: Path, chunks: ChunkTable, vectors: np.ndarray | None = None,
-             *, unavailable: str | None = None) -> None:
+             *, unavailable: str | None = None, tier: str = "quality") -> None:
         """Nothing to load: searches go to the collection, whatever the local KB version."""
 
     async def close(self) -> None:

@@ -1,0 +1,336 @@
+"""Progressive ingest: a new KB version is searchable at once with fast vectors, then upgraded to quality ones.
+
+Why: the quality model (MiniLM int8) embeds ~5–25 passages/s on 2 cores, so a 10,000-page KB would take
+hours before its first answer; the fast tier (WordLlama 256-d, static) embeds hundreds to thousands a second.
+
+1. **Ingest** (``kb.progressive``, embedded store, a local quality model, at least
+   ``kb.progressive_min_chunks`` chunks without a cached quality vector): chunks + keyword index + *fast*
+   vectors (``vectors.fast.npy``), manifest ``"vectors": "fast"``; activated at once. ``rag-sidecar ingest``
+   returns then (``--wait-quality`` blocks until the upgrade is done).
+2. **Serving**: the embedded store searches the fast set with fast query vectors, fused with BM25 as usual.
+   Answers say so: ``"vectors": "fast"`` in the body and ``X-RAG-Vectors: fast`` — not ``degraded`` (nothing
+   failed; this is the version's state, like ``kb_version``).
+3. **Upgrade** (:func:`upgrade_version`): the quality model embeds every chunk in the background, each batch
+   journaled (``<kb>/embed-journal/<model@version>``): a killed or failed upgrade resumes where it stopped.
+   When complete, ``vectors.npy`` is written beside and the manifest replaced atomically (``"vectors":
+   "quality"``); a crash before that leaves the fast version as it was. Serving processes then load the
+   quality set (verified like any version) and swap it in memory with one assignment.
+4. **Who upgrades**: one process at a time holds ``<version>/.upgrade.lock`` (``flock``; the kernel drops it
+   when a process dies, so a SIGKILLed upgrader never blocks the next). Every gateway process (each worker of
+   ``serve --workers N``) runs :func:`run_upgrades`: it takes the lock and upgrades, or — when another process
+   holds it — polls the manifest and swaps in the quality set when it appears. So every worker swaps.
+5. **Labels**: ``kb list`` and ``/health`` (``components.kb.vectors``): ``fast`` → ``quality n/N`` (serving
+   fast, n quality vectors done) → ``quality``; ``/health`` adds rate and ETA, and logs ``kb_upgrade_progress``
+   lines every 10%. A failing quality embedder is labelled (``kb_upgrade:error`` in ``degraded_components``),
+   retried with backoff; the fast set keeps serving.
+
+The Weaviate backend is not progressive: its collection holds one vector per object (ours), written during
+ingest by the configured embedder; a fast→quality swap there would need named vectors and a re-query path
+(left out). Model checks: the quality set against ``embedder`` (as before), the fast set against the fast
+tier's model id — a version whose fast vectors another model made is refused like any mismatch.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gateway.kb import FAST_VECTORS, KBCorrupt, KBError, KnowledgeBase, Progress, embedder_id, is_fast_phase
+from gateway.retrieval import ModelMismatch
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+    from gateway.state import AppState
+    from gateway.upstreams.base import Embedder
+
+log = logging.getLogger("rag_sidecar.kb")
+LOCK_FILE = ".upgrade.lock"
+POLL_S = 2.0  # how often a process that does not hold the lock looks for the finished quality set
+RETRY_S = (5.0, 300.0)  # backoff after a failed upgrade: first wait, cap
+
+
+def applies(settings: Settings) -> bool:
+    """Whether this config ingests progressively: embedded store, a local quality model (not the fast tier)."""
+    return (settings.kb.progressive and settings.vector_store.backend == "embedded"
+            and settings.embedder.backend == "local" and settings.embedder.local_model != "wordllama-256")
+
+
+def fast_model_id() -> str:
+    from gateway.upstreams.static_embedder import WordLlamaEmbedder
+
+    return WordLlamaEmbedder.model_id
+
+
+def build_fast_embedder(settings: Settings) -> Embedder | None:
+    """The fast tier's embedder when :func:`applies`, else None."""
+    if not applies(settings):
+        return None
+    from gateway.upstreams.static_embedder import WordLlamaEmbedder
+
+    return WordLlamaEmbedder()
+
+
+def check_fast_set(version: str, manifest: dict[str, Any], fast: Embedder | str | None) -> None:
+    """Raise :class:`ModelMismatch` when a fast-phase version cannot be served by this process: progressive
+    off here (``fast`` None), or its fast vectors made by another model than ``fast`` (an embedder or its id)."""
+    if not is_fast_phase(manifest):
+        return
+    made_by = (manifest.get("fast_embedder") or {}).get("name")
+    want = fast if isinstance(fast, str) or fast is None else embedder_id(fast)
+    if want is None:
+        raise ModelMismatch(f"KB version {version} holds fast-tier vectors only (its quality upgrade is pending; "
+                            f"made by {made_by}): enable kb.progressive to serve and upgrade it, or run "
+                            f"`rag-sidecar kb upgrade {version}`")
+    if made_by != want:
+        raise ModelMismatch(f"KB version {version}'s fast vectors were made by {made_by}; this gateway's fast tier "
+                            f"is {want}: vectors of two models are not comparable")
+
+
+# ---- progress ------------------------------------------------------------------------------------------
+def quality_done(kb: KnowledgeBase, version: str, manifest: dict[str, Any]) -> int:
+    """Quality vectors journaled so far for a fast-phase version (from file sizes: cheap enough for /health)."""
+    from gateway.embedjournal import EmbedJournal
+
+    made_by = manifest.get("embedder") or {}
+    dim = made_by.get("dim")
+    if not dim:
+        return 0
+    journal = EmbedJournal(kb.root / "embed-journal", f"{made_by.get('name')}@{version}", dim)
+    try:
+        rows = (journal.dir / "vectors.f32").stat().st_size // (4 * dim)
+        ids = (journal.dir / "ids.txt").stat().st_size // 17  # 16-hex chunk id + newline
+    except OSError:
+        return 0
+    return min(rows, ids, int(manifest.get("chunk_count") or 0))
+
+
+def vectors_label(kb: KnowledgeBase, version: str, manifest: dict[str, Any]) -> str | None:
+    """``fast`` | ``quality n/N`` (serving fast, n quality vectors done) | ``quality`` | None (no vectors)."""
+    if is_fast_phase(manifest):
+        done = quality_done(kb, version, manifest)
+        return f"quality {done}/{manifest.get('chunk_count')}" if done else "fast"
+    return "quality" if manifest.get("embedder") else None  # a version with an embedder holds vectors.npy
+
+
+@dataclass
+class UpgradeStatus:
+    """What /health shows about the background upgrade of the served version."""
+
+    version: str
+    total: int
+    done: int = 0
+    state: str = "pending"  # pending | upgrading | waiting (another process holds the lock) | failed | complete
+    error: str | None = None
+    rate_per_s: float | None = None
+    eta_s: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    done_at_start: int = 0
+
+    def advance(self, done: int) -> None:
+        self.done = done
+        elapsed = time.monotonic() - self.started
+        if elapsed > 0 and done > self.done_at_start:
+            self.rate_per_s = round((done - self.done_at_start) / elapsed, 2)
+            self.eta_s = round((self.total - done) / self.rate_per_s, 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "state": self.state, "done": self.done, "total": self.total,
+                "rate_per_s": self.rate_per_s, "eta_s": self.eta_s, "error": self.error}
+
+
+# ---- the upgrade ----------------------------------------------------------------------------------------
+class UpgradeBusy(KBError):
+    """Another process is upgrading this version (it holds the lock)."""
+
+
+def _try_lock(version_dir: Path) -> int:
+    fd = os.open(version_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UpgradeBusy(f"{version_dir.name} is being upgraded by another process") from None
+    return fd
+
+
+def _read_chunks(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(ids, texts) of a version's chunks, checked against the manifest's digest."""
+    from gateway.kb import file_digest
+
+    path = version_dir / "chunks.jsonl"
+    expect = (manifest.get("files") or {}).get("chunks.jsonl")
+    if expect is not None and file_digest(path) != {k: expect.get(k) for k in ("bytes", "sha256")}:
+        raise KBCorrupt(f"KB version {version_dir.name}: chunks.jsonl does not match its manifest")
+    ids, texts = [], []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                record = json.loads(line)
+                ids.append(record["id"])
+                texts.append(record["text"])
+    return ids, texts
+
+
+async def upgrade_version(kb: KnowledgeBase, version: str, embedder: Embedder, *, batch_size: int = 16,
+                          progress: Progress | None = None) -> dict[str, Any]:
+    """Embed ``version``'s quality vectors (resuming from its journal), then commit them
+    (:meth:`KnowledgeBase.finish_upgrade`). Returns the version's manifest (already ``quality``: unchanged).
+
+    Raises :class:`UpgradeBusy` (another process upgrades it), :class:`ModelMismatch` (the version is for
+    another quality model), KBError / OSError / the embedder's errors (the journal keeps what was done)."""
+    progress = progress or (lambda stage, done, total: None)
+    d = kb.version_dir(version)
+    fd = await asyncio.to_thread(_try_lock, d)
+    try:
+        manifest = kb._manifest(d)
+        if not is_fast_phase(manifest):
+            return manifest
+        made_by = (manifest.get("embedder") or {}).get("name")
+        if made_by != embedder_id(embedder):
+            raise ModelMismatch(f"KB version {version} is for quality model {made_by}, not {embedder_id(embedder)}")
+        ids, texts = await asyncio.to_thread(_read_chunks, d, manifest)
+        journal = kb.upgrade_journal(version, embedder)
+        have = await asyncio.to_thread(journal.load)
+        todo = [i for i, cid in enumerate(ids) if cid not in have]
+        rows: dict[str, np.ndarray] = dict(have)
+        done = len(ids) - len(todo)
+        progress("upgrade", done, len(ids))
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start:start + batch_size]
+            out = await embedder.embed_passages([texts[i] for i in idx])
+            await asyncio.to_thread(journal.append, [ids[i] for i in idx], out)
+            for j, i in enumerate(idx):
+                rows[ids[i]] = out[j]
+            done += len(idx)
+            progress("upgrade", done, len(ids))
+        matrix = np.vstack([rows[cid] for cid in ids]).astype(np.float32)
+        new = await asyncio.to_thread(kb.finish_upgrade, version, matrix, embedder)
+        await asyncio.to_thread(journal.clear)
+        return new
+    finally:
+        os.close(fd)  # releases the lock
+
+
+async def wait_or_upgrade(kb: KnowledgeBase, version: str, embedder: Embedder, *, batch_size: int = 16,
+                          progress: Progress | None = None, poll_s: float = POLL_S) -> dict[str, Any]:
+    """Until ``version`` has its quality vectors: upgrade it here, or wait for the process that holds the
+    lock (a gateway) — taking over if that process dies. For ``ingest --wait-quality`` / ``kb upgrade``."""
+    while True:
+        try:
+            return await upgrade_version(kb, version, embedder, batch_size=batch_size, progress=progress)
+        except UpgradeBusy:
+            manifest = kb._manifest(kb.version_dir(version))
+            if progress is not None:
+                progress("upgrade", quality_done(kb, version, manifest), int(manifest.get("chunk_count") or 0))
+            if not is_fast_phase(manifest):
+                return manifest
+            await asyncio.sleep(poll_s)
+
+
+# ---- inside a gateway -----------------------------------------------------------------------------------
+class _ProgressLog:
+    """Progress into an :class:`UpgradeStatus` and a ``kb_upgrade_progress`` log line per 10% (rate, ETA)."""
+
+    def __init__(self, status: UpgradeStatus) -> None:
+        self.status = status
+        self.last_decile = -1
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        st = self.status
+        if st.state != "upgrading":
+            st.state, st.started, st.done_at_start = "upgrading", time.monotonic(), done
+        st.advance(done)
+        decile = 10 * done // total if total else 10
+        if decile != self.last_decile:
+            self.last_decile = decile
+            log.info("kb upgrade progress", extra={"event": "kb_upgrade_progress", "kb_version": st.version,
+                                                    "done": done, "total": total, "rate_per_s": st.rate_per_s,
+                                                    "eta_s": st.eta_s})
+
+
+async def run_upgrades(state: AppState) -> None:
+    """Background task of every gateway process: upgrade (or wait for) the served fast-phase version, then
+    swap its quality set in. Never raises: failures are logged, shown on /health and retried with backoff."""
+    from gateway.kbload import swap_in
+
+    backoff = RETRY_S[0]
+    while True:
+        kb = state.kb
+        embedder = state.embedder
+        if kb is None or embedder is None or kb.vectors_tier != "fast":
+            await asyncio.sleep(POLL_S)
+            continue
+        status = state.upgrade
+        if status is None or status.version != kb.version:
+            status = state.upgrade = UpgradeStatus(kb.version, total=len(kb.chunks))
+            status.done = quality_done(state.kb_store, kb.version, kb.manifest)
+        wait = POLL_S
+        try:
+            await upgrade_version(state.kb_store, kb.version, embedder, batch_size=state.settings.embedder.batch_size,
+                                  progress=_ProgressLog(status))
+        except UpgradeBusy:
+            status.state = "waiting"
+            manifest = await asyncio.to_thread(_manifest_or_none, state.kb_store, kb.version)
+            if manifest is not None:
+                status.advance(quality_done(state.kb_store, kb.version, manifest))
+            if manifest is None or is_fast_phase(manifest):
+                await asyncio.sleep(POLL_S)
+                continue
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the fast set keeps serving; labelled and retried
+            status.state, status.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.error("kb upgrade to quality vectors failed; the fast vectors keep serving", extra={
+                "event": "kb_upgrade_failed", "kb_version": kb.version, "error": status.error,
+                "retry_in_s": backoff})
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RETRY_S[1])
+            continue
+        backoff = RETRY_S[0]
+        try:
+            new = await asyncio.to_thread(state.kb_store.load, kb.version)
+        except KBError as exc:
+            status.state, status.error = "failed", f"{type(exc).__name__}: {exc}"
+            log.error("loading the upgraded KB version failed; the fast vectors keep serving",
+                      extra={"event": "kb_upgrade_failed", "kb_version": kb.version, "error": status.error})
+            await asyncio.sleep(wait)
+            continue
+        if new is not None and state.kb is kb:  # still the served version (no activation meanwhile)
+            swap_in(state, new)
+            status.state, status.done, status.error, status.eta_s = "complete", status.total, None, 0.0
+            log.info("serving quality vectors", extra={"event": "kb_vectors_swapped", "kb_version": kb.version})
+        elif new is not None:
+            new.chunks.close()
+
+
+def _manifest_or_none(kb: KnowledgeBase, version: str) -> dict[str, Any] | None:
+    try:
+        return kb._manifest(kb.version_dir(version))
+    except KBError:
+        return None
+
+
+def health_view(state: AppState) -> dict[str, Any]:
+    """``components.kb`` additions: ``vectors`` (label), ``serving_vectors`` (the set answering) and
+    ``upgrade`` (the background upgrade's progress, rate, ETA, error)."""
+    kb = state.kb
+    if kb is None or kb.vectors_tier is None:
+        return {}
+    label = vectors_label(state.kb_store, kb.version, kb.manifest)
+    status = state.upgrade if state.upgrade is not None and state.upgrade.version == kb.version else None
+    out: dict[str, Any] = {"vectors": label, "serving_vectors": kb.vectors_tier}
+    if kb.vectors_tier == "fast" or (status is not None and status.state == "complete"):
+        out["upgrade"] = status.as_dict() if status is not None else None
+    return out
+
+
+__all__ = ["FAST_VECTORS", "UpgradeBusy", "UpgradeStatus", "applies", "build_fast_embedder", "check_fast_set",
+           "health_view", "quality_done", "run_upgrades", "upgrade_version", "vectors_label", "wait_or_upgrade"]
