@@ -22,11 +22,10 @@ from gateway.cors import setup_cors
 from gateway.jobs import routes as jobs
 from gateway.llm_router import ModelRouter
 from gateway.kb import KBError, KnowledgeBase, load_seed_vectors
-from gateway.kbload import reload_kb, serve_best
+from gateway.kbload import reload_kb, run_upgrades, serve_best
 from gateway.logs import install_server_log_filter, resource_fields, setup_logging
 from gateway.middleware import CHAIN
 from gateway.pipeline import Pipeline
-from gateway.progressive import run_upgrades
 from gateway.retrieval import warm_embedder
 from gateway.routes import admin, health, messages, metrics, query
 from gateway.state import STATE, AppState, all_guards

@@ -2,6 +2,8 @@
 
 Its own module so that the admin routes and the app factory both use it without importing each other.
 Loading (verification, private copies) runs in a thread; swapping in is assignments only, on the loop.
+:func:`run_upgrades` swaps a progressive version's quality vectors in when its upgrade is done
+(``gateway.progressive``).
 """
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ import asyncio
 import logging
 import time
 
-from gateway.kb import KBVersion
-from gateway.progressive import check_fast_set
-from gateway.retrieval import check_vectors_model
+from gateway import progressive
+from gateway.kb import KBError, KBVersion, is_fast_phase
+from gateway.retrieval import check_fast_set, check_vectors_model
 from gateway.state import AppState
 
 log = logging.getLogger("rag_sidecar.app")  # kb_loaded keeps the logger docs/observability.md names
+klog = logging.getLogger("rag_sidecar.kb")  # progressive ingest's upgrade events (docs/observability.md)
 
 
 async def reload_kb(state: AppState, kb: KBVersion | None = None) -> None:
@@ -62,3 +65,65 @@ def swap_in(state: AppState, kb: KBVersion | None) -> None:
         log.info("kb loaded", extra={"event": "kb_loaded", "kb_version": kb.version, "previous": previous,
                                      "chunks": len(kb.chunks), "keyword_index": kb.keyword_index is not None,
                                      "vectors": kb.vectors_tier})
+
+
+async def run_upgrades(state: AppState) -> None:
+    """Background task of every gateway process: upgrade (or wait for) the served fast-phase version, then
+    swap its quality set in. Never raises: failures are logged, shown on /health and retried with backoff."""
+    try:
+        await _run_upgrades(state)
+    except asyncio.CancelledError as exc:
+        # A cancelled task keeps its exception, and the traceback every frame's locals (the quality model, the
+        # KB version): cut it, so a stopped app frees them (tests start hundreds of apps in one process).
+        raise exc.with_traceback(None) from None
+
+
+async def _run_upgrades(state: AppState) -> None:
+    backoff = progressive.RETRY_S[0]
+    while True:
+        kb = state.kb
+        embedder = state.embedder
+        if kb is None or embedder is None or kb.vectors_tier != "fast":
+            await asyncio.sleep(progressive.POLL_S)
+            continue
+        status = state.upgrade
+        if status is None or status.version != kb.version:
+            status = state.upgrade = progressive.UpgradeStatus(kb.version, total=len(kb.chunks))
+            status.done = progressive.quality_done(state.kb_store, kb.version, kb.manifest)
+        try:
+            await progressive.upgrade_version(state.kb_store, kb.version, embedder,
+                                              batch_size=state.settings.embedder.batch_size,
+                                              progress=progressive.ProgressLog(status))
+        except progressive.UpgradeBusy:
+            status.state = "waiting"
+            manifest = await asyncio.to_thread(progressive.manifest_or_none, state.kb_store, kb.version)
+            if manifest is not None:
+                status.advance(progressive.quality_done(state.kb_store, kb.version, manifest))
+            if manifest is None or is_fast_phase(manifest):
+                await asyncio.sleep(progressive.POLL_S)
+                continue
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the fast set keeps serving; labelled and retried
+            status.state, status.error = "failed", f"{type(exc).__name__}: {exc}"
+            klog.error("kb upgrade to quality vectors failed; the fast vectors keep serving", extra={
+                "event": "kb_upgrade_failed", "kb_version": kb.version, "error": status.error,
+                "retry_in_s": backoff})
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, progressive.RETRY_S[1])
+            continue
+        backoff = progressive.RETRY_S[0]
+        try:
+            new = await asyncio.to_thread(state.kb_store.load, kb.version)
+        except KBError as exc:
+            status.state, status.error = "failed", f"{type(exc).__name__}: {exc}"
+            klog.error("loading the upgraded KB version failed; the fast vectors keep serving",
+                       extra={"event": "kb_upgrade_failed", "kb_version": kb.version, "error": status.error})
+            await asyncio.sleep(progressive.POLL_S)
+            continue
+        if new is not None and state.kb is kb:  # still the served version (no activation meanwhile)
+            swap_in(state, new)
+            status.state, status.done, status.error, status.eta_s = "complete", status.total, None, 0.0
+            klog.info("serving quality vectors", extra={"event": "kb_vectors_swapped", "kb_version": kb.version})
+        elif new is not None:
+            new.chunks.close()

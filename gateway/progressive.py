@@ -17,8 +17,9 @@ hours before its first answer; the fast tier (WordLlama 256-d, static) embeds hu
    quality set (verified like any version) and swap it in memory with one assignment.
 4. **Who upgrades**: one process at a time holds ``<version>/.upgrade.lock`` (``flock``; the kernel drops it
    when a process dies, so a SIGKILLed upgrader never blocks the next). Every gateway process (each worker of
-   ``serve --workers N``) runs :func:`run_upgrades`: it takes the lock and upgrades, or — when another process
-   holds it — polls the manifest and swaps in the quality set when it appears. So every worker swaps.
+   ``serve --workers N``) runs ``gateway.kbload.run_upgrades``: it takes the lock and upgrades, or — when
+   another process holds it — polls the manifest and swaps in the quality set when it appears. So every
+   worker swaps.
 5. **Labels**: ``kb list`` and ``/health`` (``components.kb.vectors``): ``fast`` → ``quality n/N`` (serving
    fast, n quality vectors done) → ``quality``; ``/health`` adds rate and ETA, and logs ``kb_upgrade_progress``
    lines every 10%. A failing quality embedder is labelled (``kb_upgrade:error`` in ``degraded_components``),
@@ -44,10 +45,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gateway.kb import FAST_VECTORS, KBCorrupt, KBError, KnowledgeBase, Progress, embedder_id, is_fast_phase
-from gateway.retrieval import ModelMismatch
+from gateway.retrieval import ModelMismatch, check_fast_set
 
 if TYPE_CHECKING:
-    from gateway.config import Settings
     from gateway.state import AppState
     from gateway.upstreams.base import Embedder
 
@@ -55,43 +55,6 @@ log = logging.getLogger("rag_sidecar.kb")
 LOCK_FILE = ".upgrade.lock"
 POLL_S = 2.0  # how often a process that does not hold the lock looks for the finished quality set
 RETRY_S = (5.0, 300.0)  # backoff after a failed upgrade: first wait, cap
-
-
-def applies(settings: Settings) -> bool:
-    """Whether this config ingests progressively: embedded store, a local quality model (not the fast tier)."""
-    return (settings.kb.progressive and settings.vector_store.backend == "embedded"
-            and settings.embedder.backend == "local" and settings.embedder.local_model != "wordllama-256")
-
-
-def fast_model_id() -> str:
-    from gateway.upstreams.static_embedder import WordLlamaEmbedder
-
-    return WordLlamaEmbedder.model_id
-
-
-def build_fast_embedder(settings: Settings) -> Embedder | None:
-    """The fast tier's embedder when :func:`applies`, else None."""
-    if not applies(settings):
-        return None
-    from gateway.upstreams.static_embedder import WordLlamaEmbedder
-
-    return WordLlamaEmbedder()
-
-
-def check_fast_set(version: str, manifest: dict[str, Any], fast: Embedder | str | None) -> None:
-    """Raise :class:`ModelMismatch` when a fast-phase version cannot be served by this process: progressive
-    off here (``fast`` None), or its fast vectors made by another model than ``fast`` (an embedder or its id)."""
-    if not is_fast_phase(manifest):
-        return
-    made_by = (manifest.get("fast_embedder") or {}).get("name")
-    want = fast if isinstance(fast, str) or fast is None else embedder_id(fast)
-    if want is None:
-        raise ModelMismatch(f"KB version {version} holds fast-tier vectors only (its quality upgrade is pending; "
-                            f"made by {made_by}): enable kb.progressive to serve and upgrade it, or run "
-                            f"`rag-sidecar kb upgrade {version}`")
-    if made_by != want:
-        raise ModelMismatch(f"KB version {version}'s fast vectors were made by {made_by}; this gateway's fast tier "
-                            f"is {want}: vectors of two models are not comparable")
 
 
 # ---- progress ------------------------------------------------------------------------------------------
@@ -236,7 +199,7 @@ async def wait_or_upgrade(kb: KnowledgeBase, version: str, embedder: Embedder, *
 
 
 # ---- inside a gateway -----------------------------------------------------------------------------------
-class _ProgressLog:
+class ProgressLog:
     """Progress into an :class:`UpgradeStatus` and a ``kb_upgrade_progress`` log line per 10% (rate, ETA)."""
 
     def __init__(self, status: UpgradeStatus) -> None:
@@ -256,62 +219,7 @@ class _ProgressLog:
                                                     "eta_s": st.eta_s})
 
 
-async def run_upgrades(state: AppState) -> None:
-    """Background task of every gateway process: upgrade (or wait for) the served fast-phase version, then
-    swap its quality set in. Never raises: failures are logged, shown on /health and retried with backoff."""
-    from gateway.kbload import swap_in
-
-    backoff = RETRY_S[0]
-    while True:
-        kb = state.kb
-        embedder = state.embedder
-        if kb is None or embedder is None or kb.vectors_tier != "fast":
-            await asyncio.sleep(POLL_S)
-            continue
-        status = state.upgrade
-        if status is None or status.version != kb.version:
-            status = state.upgrade = UpgradeStatus(kb.version, total=len(kb.chunks))
-            status.done = quality_done(state.kb_store, kb.version, kb.manifest)
-        wait = POLL_S
-        try:
-            await upgrade_version(state.kb_store, kb.version, embedder, batch_size=state.settings.embedder.batch_size,
-                                  progress=_ProgressLog(status))
-        except UpgradeBusy:
-            status.state = "waiting"
-            manifest = await asyncio.to_thread(_manifest_or_none, state.kb_store, kb.version)
-            if manifest is not None:
-                status.advance(quality_done(state.kb_store, kb.version, manifest))
-            if manifest is None or is_fast_phase(manifest):
-                await asyncio.sleep(POLL_S)
-                continue
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the fast set keeps serving; labelled and retried
-            status.state, status.error = "failed", f"{type(exc).__name__}: {exc}"
-            log.error("kb upgrade to quality vectors failed; the fast vectors keep serving", extra={
-                "event": "kb_upgrade_failed", "kb_version": kb.version, "error": status.error,
-                "retry_in_s": backoff})
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RETRY_S[1])
-            continue
-        backoff = RETRY_S[0]
-        try:
-            new = await asyncio.to_thread(state.kb_store.load, kb.version)
-        except KBError as exc:
-            status.state, status.error = "failed", f"{type(exc).__name__}: {exc}"
-            log.error("loading the upgraded KB version failed; the fast vectors keep serving",
-                      extra={"event": "kb_upgrade_failed", "kb_version": kb.version, "error": status.error})
-            await asyncio.sleep(wait)
-            continue
-        if new is not None and state.kb is kb:  # still the served version (no activation meanwhile)
-            swap_in(state, new)
-            status.state, status.done, status.error, status.eta_s = "complete", status.total, None, 0.0
-            log.info("serving quality vectors", extra={"event": "kb_vectors_swapped", "kb_version": kb.version})
-        elif new is not None:
-            new.chunks.close()
-
-
-def _manifest_or_none(kb: KnowledgeBase, version: str) -> dict[str, Any] | None:
+def manifest_or_none(kb: KnowledgeBase, version: str) -> dict[str, Any] | None:
     try:
         return kb._manifest(kb.version_dir(version))
     except KBError:
@@ -332,5 +240,5 @@ def health_view(state: AppState) -> dict[str, Any]:
     return out
 
 
-__all__ = ["FAST_VECTORS", "UpgradeBusy", "UpgradeStatus", "applies", "build_fast_embedder", "check_fast_set",
-           "health_view", "quality_done", "run_upgrades", "upgrade_version", "vectors_label", "wait_or_upgrade"]
+__all__ = ["FAST_VECTORS", "UpgradeBusy", "UpgradeStatus", "check_fast_set", "health_view", "quality_done",
+           "upgrade_version", "vectors_label", "wait_or_upgrade"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gateway.kb import KBError, embedder_id
-from gateway.upstreams.factory import serves_kb_versions
+from gateway.kb import KBError, embedder_id, is_fast_phase
+from gateway.upstreams.factory import progressive_applies, serves_kb_versions
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -37,6 +37,29 @@ def check_vectors_model(version: str, manifest: dict[str, Any], embedder: Embedd
                         "or configure the embedder it was built with")
 
 
+def fast_model_id() -> str:
+    """The model id of progressive ingest's fast tier (what a fast-phase manifest must name)."""
+    from gateway.upstreams.static_embedder import WordLlamaEmbedder
+
+    return WordLlamaEmbedder.model_id
+
+
+def check_fast_set(version: str, manifest: dict[str, Any], fast: Embedder | str | None) -> None:
+    """Raise :class:`ModelMismatch` when a fast-phase version cannot be served by this process: progressive
+    off here (``fast`` None), or its fast vectors made by another model than ``fast`` (an embedder or its id)."""
+    if not is_fast_phase(manifest):
+        return
+    made_by = (manifest.get("fast_embedder") or {}).get("name")
+    want = fast if isinstance(fast, str) or fast is None else embedder_id(fast)
+    if want is None:
+        raise ModelMismatch(f"KB version {version} holds fast-tier vectors only (its quality upgrade is pending; "
+                            f"made by {made_by}): enable kb.progressive to serve and upgrade it, or run "
+                            f"`rag-sidecar kb upgrade {version}`")
+    if made_by != want:
+        raise ModelMismatch(f"KB version {version}'s fast vectors were made by {made_by}; this gateway's fast tier "
+                            f"is {want}: vectors of two models are not comparable")
+
+
 def retrieval_mode(settings: Settings, embedder: Embedder | None) -> str:
     """``keyword_only`` (no embedder in front of the embedded store), ``hybrid`` or ``vector``."""
     local = serves_kb_versions(settings)
@@ -59,9 +82,7 @@ def check_version_servable(kb_store: KnowledgeBase, version: str, settings: Sett
     except (OSError, ValueError):
         return  # unknown or unreadable: activate() reports it
     check_vectors_model(version, manifest, embedder)
-    from gateway import progressive
-
-    progressive.check_fast_set(version, manifest, progressive.fast_model_id() if progressive.applies(settings) else None)
+    check_fast_set(version, manifest, fast_model_id() if progressive_applies(settings) else None)
 
 
 async def warm_embedder(embedder: Any, log: Any) -> None:

@@ -221,9 +221,10 @@ async def test_every_process_serving_the_version_swaps_and_only_one_upgrades(tmp
     settings = _settings(tmp_path / "data")
     result = await ingest(settings, [TINY_CORPUS])
     first = await gateway_factory(settings, wait_ready=False)
+    _embedder_down(first)  # at once: no upgrade before both serve the fast set
     second = await gateway_factory(settings, wait_ready=False)  # two workers over one data dir
+    _embedder_down(second)
     for client in (first, second):
-        _embedder_down(client)
         await asyncio.wait_for(state_of(client).ready.wait(), timeout=60)
     with caplog.at_level("INFO", logger="rag_sidecar.kb"):
         for client in (first, second):

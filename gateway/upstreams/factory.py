@@ -50,10 +50,25 @@ def build_store(settings: Settings) -> VectorStore:
 
         r = settings.retrieval
         return WeaviateStore(settings.vector_store, hybrid=r.hybrid, fusion=r.fusion, alpha=r.blend_alpha)
-    from gateway.progressive import build_fast_embedder
     from gateway.upstreams.embedded_store import EmbeddedStore
 
     return EmbeddedStore(fast_embedder=build_fast_embedder(settings))  # progressive ingest's fast tier
+
+
+def progressive_applies(settings: Settings) -> bool:
+    """Whether ingest is progressive (``gateway.progressive``): ``kb.progressive`` with the embedded store and a
+    local quality model (the fast tier itself, a remote embedder or Weaviate: no)."""
+    return (settings.kb.progressive and settings.vector_store.backend == "embedded"
+            and settings.embedder.backend == "local" and settings.embedder.local_model != "wordllama-256")
+
+
+def build_fast_embedder(settings: Settings) -> Embedder | None:
+    """Progressive ingest's fast tier (WordLlama) when :func:`progressive_applies`, else None."""
+    if not progressive_applies(settings):
+        return None
+    from gateway.upstreams.static_embedder import WordLlamaEmbedder
+
+    return WordLlamaEmbedder()
 
 
 def serves_kb_versions(settings: Settings) -> bool:
