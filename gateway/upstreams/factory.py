@@ -18,9 +18,10 @@ def build_embedder(settings: Settings) -> Embedder | None:
         # A remote server takes as many calls as the guard's bulkhead lets through.
         return FairEmbedder(OpenAIEmbedder(cfg), concurrency=settings.resilience.embedder.bulkhead.max_concurrent,
                             max_queued_per_client=cfg.max_queued_per_client)
-    # One query engine thread: one embed at a time, so the fair queue is the only queue.
-    fair = FairEmbedder(build_local_embedder(settings), concurrency=1,
-                        max_queued_per_client=cfg.max_queued_per_client)
+    # One batch (or embed) per query engine thread at a time: the fair queue is the only queue.
+    local = build_local_embedder(settings)
+    fair = FairEmbedder(local, concurrency=getattr(local, "query_workers", 1),
+                        max_queued_per_client=cfg.max_queued_per_client, max_batch=cfg.query_batch_max)
     if cfg.query_cache_size:
         from gateway.upstreams.query_cache import QueryCacheEmbedder
 
@@ -41,7 +42,8 @@ def build_local_embedder(settings: Settings) -> Embedder:
         return WordLlamaEmbedder()
     from gateway.upstreams.onnx_embedder import MiniLMEmbedder
 
-    return MiniLMEmbedder(batch_size=cfg.batch_size, max_query_tokens=cfg.max_query_tokens)
+    return MiniLMEmbedder(batch_size=cfg.batch_size, max_query_tokens=cfg.max_query_tokens,
+                          query_workers=cfg.query_batches, query_int8=cfg.query_int8)
 
 
 def build_store(settings: Settings) -> VectorStore:

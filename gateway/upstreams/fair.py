@@ -20,13 +20,24 @@ client sending 20-token ones, but no more work per round than its share.
 
 Backend-agnostic: it only needs ``embed_query`` / ``embed_passages``; ingest batches pass through the
 same queue as the client ``ingest`` so a re-index cannot starve queries either.
+
+**Dynamic batching of query embeds** (``max_batch > 1`` and an inner embedder with ``embed_queries``;
+what TEI and Triton's dynamic batcher do): a query is queued per client; whenever an engine slot is free
+(at most ``concurrency`` batches run at once), the next batch is taken from the queues in the same deficit
+round robin order — one query per client per turn, new clients first — up to ``max_batch`` queries and
+``max_batch_cost`` cost units (one query always goes, whatever its cost). There is no timer: queries that
+arrive while a batch runs form the next one, so an idle gateway embeds a lone query at once (the measured
+gain per query from batching is ~20 %, never worth waiting for). A client flooding the queue delays another
+client's query by at most the batch in flight: the newcomer is in the next batch. The per-client queue
+bound and the shed (``BulkheadFull``) are unchanged; the time a query waited for its batch to start is
+reported with :func:`note_queued`, never the batch's own run time.
 """
 from __future__ import annotations
 
 import asyncio
 import contextvars
 from collections import OrderedDict, deque
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -38,11 +49,13 @@ INGEST_CLIENT = "ingest"
 
 
 class _Waiter:
-    __slots__ = ("cost", "future")
+    __slots__ = ("cost", "future", "payload", "started")
 
-    def __init__(self, cost: int, future: asyncio.Future[None]) -> None:
+    def __init__(self, cost: int, future: asyncio.Future[Any], payload: Any = None) -> None:
         self.cost = cost
         self.future = future
+        self.payload = payload
+        self.started: float | None = None  # loop time its batch started (batched queries)
 
 
 class FairScheduler:
@@ -116,11 +129,23 @@ class FairScheduler:
 
     def release(self, client: str) -> None:
         """``client``'s slot is free: hand it to the next waiter, else keep it free."""
+        self._ran(client)
+        picked = self._pick()
+        if picked is None:
+            self.in_flight -= 1
+            return
+        picked[1].future.set_result(None)  # the slot changes hands: in_flight unchanged
+
+    def _ran(self, client: str) -> None:
         running = self._running.get(client, 0) - 1
         if running > 0:
             self._running[client] = running
         else:
             self._running.pop(client, None)
+
+    def _pick(self, fits: Callable[[_Waiter], bool] | None = None) -> tuple[str, _Waiter] | None:
+        """The next waiter in deficit round robin order, taken off its queue (counted as running); None
+        when nothing waits or the next one does not ``fits`` (it then stays first in line)."""
         # Each pass over the clients adds a quantum to each, so this ends within
         # ceil(max cost / quantum) passes.
         while self._queues:
@@ -134,6 +159,8 @@ class FairScheduler:
                     turn.pop(client)
                     self._old[client] = None  # to the back of the old list
                     continue
+            if fits is not None and not fits(head):
+                return None
             queue.popleft()
             self._deficit[client] -= head.cost
             if queue:
@@ -142,8 +169,54 @@ class FairScheduler:
             else:
                 self._drop(client)
             self._running[client] = self._running.get(client, 0) + 1
-            head.future.set_result(None)  # the slot changes hands: in_flight unchanged
-            return
+            return client, head
+        return None
+
+    # ---- batches (one slot runs several waiters at once) -------------------------------------
+    def enqueue(self, client: str, cost: int, payload: Any) -> _Waiter:
+        """Queue ``payload`` for a batch; its future gets the result. Raises BulkheadFull when ``client``
+        already has its maximum waiting."""
+        queue = self._queues.get(client)
+        if queue is not None and len(queue) >= self.max_queued_per_client:
+            self.shed += 1
+            raise BulkheadFull(f"{self.name}:{client}", 0.0)
+        if queue is None:
+            queue = self._queues[client] = deque()
+            self._deficit[client] = 0
+            (self._old if self._running.get(client) else self._new)[client] = None
+        waiter = _Waiter(max(1, cost), asyncio.get_running_loop().create_future(), payload)
+        queue.append(waiter)
+        return waiter
+
+    def forget(self, client: str, waiter: _Waiter) -> None:
+        """A queued waiter's caller gave up: take it out of the queue (no-op once it was taken)."""
+        self._forget(client, waiter)
+
+    def take_batch(self, max_items: int, max_cost: int) -> list[tuple[str, _Waiter]]:
+        """Up to ``max_items`` waiters (and ``max_cost`` in total, but always one) for one free slot,
+        in deficit round robin order; the slot is taken (``in_flight``) when any is returned."""
+        if self.in_flight >= self.concurrency:
+            return []
+        batch: list[tuple[str, _Waiter]] = []
+        total = 0
+
+        def fits(w: _Waiter) -> bool:
+            return not batch or total + w.cost <= max_cost
+
+        while len(batch) < max_items:
+            picked = self._pick(fits)
+            if picked is None:
+                break
+            batch.append(picked)
+            total += picked[1].cost
+        if batch:
+            self.in_flight += 1
+        return batch
+
+    def finish_batch(self, batch: list[tuple[str, _Waiter]]) -> None:
+        """The batch's slot is free again."""
+        for client, _ in batch:
+            self._ran(client)
         self.in_flight -= 1
 
     def snapshot(self) -> dict[str, Any]:
@@ -151,13 +224,34 @@ class FairScheduler:
                 "clients_waiting": len(self._queues), "shed": self.shed}
 
 
-class FairEmbedder:
-    """Wraps an embedder with a :class:`FairScheduler`; everything else is delegated to it."""
+class _Query:
+    __slots__ = ("text", "request_id")
 
-    def __init__(self, inner: Any, *, concurrency: int = 1, max_queued_per_client: int = 8) -> None:
+    def __init__(self, text: str, request_id: str | None) -> None:
+        self.text = text
+        self.request_id = request_id
+
+
+class FairEmbedder:
+    """Wraps an embedder with a :class:`FairScheduler`; everything else is delegated to it.
+
+    ``max_batch > 1`` batches query embeds (module docstring) when the inner embedder has
+    ``embed_queries(texts, request_ids=...)``; ``concurrency`` is then the number of batches run at once.
+    ``max_batch_cost`` (cost units, default four maximal queries) bounds one batch's work, hence how long a
+    query that just missed a batch waits for the next one.
+    """
+
+    def __init__(self, inner: Any, *, concurrency: int = 1, max_queued_per_client: int = 8,
+                 max_batch: int = 1, max_batch_cost: int | None = None) -> None:
         self.inner = inner
         limit = getattr(inner, "max_query_tokens", None) or 512
         self.scheduler = FairScheduler(concurrency, quantum=limit, max_queued_per_client=max_queued_per_client)
+        self.max_batch = max_batch if hasattr(inner, "embed_queries") else 1
+        self.max_batch_cost = max_batch_cost or 4 * limit
+        self.batches = 0  # model calls made for batched queries, and the queries they embedded
+        self.batched = 0
+        self._dispatch_pending = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -189,8 +283,66 @@ class FairEmbedder:
             task.exception()  # retrieved here when the caller gave up, so asyncio does not warn
 
     async def embed_query(self, text: str, *, request_id: str | None = None) -> np.ndarray:
+        if self.max_batch > 1:
+            return await self._batched(current_client.get(), text, request_id)
         return await self._run(current_client.get(), self._cost(text),
                                lambda: self.inner.embed_query(text, request_id=request_id))
+
+    # ---- dynamic batching ----------------------------------------------------------------------
+    async def _batched(self, client: str, text: str, request_id: str | None) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            waiter = self.scheduler.enqueue(client, self._cost(text), _Query(text, request_id))
+        except BulkheadFull:
+            note_queued(0.0)
+            raise
+        if not self._dispatch_pending:  # after this loop turn: queries arriving together batch together
+            self._dispatch_pending = True
+            loop.call_soon(self._dispatch)
+        try:
+            return await waiter.future  # cancelling the caller cancels it; a running batch skips it
+        finally:
+            if waiter.started is None:
+                self.scheduler.forget(client, waiter)
+            # Waiting for a batch to start is our queue, not the embedder; the batch's run time is its own.
+            note_queued((waiter.started if waiter.started is not None else loop.time()) - t0)
+
+    def _dispatch(self) -> None:
+        self._dispatch_pending = False
+        while True:
+            batch = self.scheduler.take_batch(self.max_batch, self.max_batch_cost)
+            if not batch:
+                return
+            task = asyncio.ensure_future(self._run_batch(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_batch(self, batch: list[tuple[str, _Waiter]]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for _, w in batch:
+            w.started = started
+        queries = [w.payload for _, w in batch]
+        try:
+            vectors = await self.inner.embed_queries([q.text for q in queries],
+                                                     request_ids=[q.request_id for q in queries])
+        except BaseException as exc:  # every caller of the batch hears it (CancelledError: closing)
+            for _, w in batch:
+                if not w.future.done():
+                    w.future.cancel() if isinstance(exc, asyncio.CancelledError) else w.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for i, (_, w) in enumerate(batch):
+                if not w.future.done():  # its caller gave up meanwhile
+                    w.future.set_result(vectors[i])
+        finally:
+            self.batches += 1
+            self.batched += len(batch)
+            self.scheduler.finish_batch(batch)
+            self._dispatch()
+
 
     async def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
         cost = sum(len(t) for t in texts)

@@ -48,6 +48,11 @@ class WordLlamaEmbedder:
     async def embed_query(self, text: str, *, request_id: str | None = None) -> np.ndarray:
         return (await asyncio.get_running_loop().run_in_executor(self._pool, self._embed, [text]))[0]
 
+    async def embed_queries(self, texts: Sequence[str], *,
+                            request_ids: Sequence[str | None] | None = None) -> np.ndarray:
+        """Several queries in one call (the fair queue's dynamic batches)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._embed, list(texts))
+
     async def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
