@@ -79,6 +79,79 @@ async def _trickle_body(host: str, port: int, bytes_per_s: float) -> None:
             writer.close()
 
 
+async def _trickle_headers(host: str, port: int, bytes_per_s: float, lived: list[float]) -> None:
+    """A slowloris: request headers sent ``bytes_per_s``, never finished; how long each connection stayed
+    open until the gateway closed it (or the undo ended it) goes to ``lived``; reconnect when closed."""
+    head = (f"GET /health HTTP/1.1\r\nHost: {host}:{port}\r\nX-Slowloris: " + "x" * 4000).encode()
+    loop = asyncio.get_running_loop()
+    for _ in range(SLOW_CLIENT_MAX_CONNECTIONS):
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.2)
+            continue
+        opened = loop.time()
+        try:
+            for i in range(len(head)):
+                if reader.at_eof():
+                    break
+                writer.write(head[i:i + 1])
+                await writer.drain()
+                await asyncio.sleep(1.0 / bytes_per_s)
+        except (OSError, ConnectionError):
+            pass
+        finally:  # also when the undo cancels it: a connection never closed lived the whole window
+            lived.append(loop.time() - opened)
+            writer.close()
+
+
+@dataclass
+class NoisyClientStats:
+    """What a ``noisy_client`` action saw: answers by HTTP status (or ``connection``), and its running time."""
+
+    by_status: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def accepted(self) -> int:
+        """Requests the gateway took on (anything but a 429)."""
+        return sum(n for k, n in self.by_status.items() if k != "429")
+
+
+async def _noisy_client(url: str, source: str, rate_per_s: float, concurrency: int,
+                        stats: NoisyClientStats) -> None:
+    """Open-loop POST /v1/query at ``rate_per_s`` from another loopback address (another client to the
+    gateway's rate limiter); an arrival finding ``concurrency`` in flight is dropped. Runs until cancelled."""
+    loop = asyncio.get_running_loop()
+    in_flight: set[asyncio.Task[None]] = set()
+    timeout = aiohttp.ClientTimeout(total=5)
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        try:
+            async with session.post(url + "/v1/query", json={"query": "json dumps indent"}, timeout=timeout) as r:
+                await r.read()
+                key = str(r.status)
+        except (aiohttp.ClientError, TimeoutError):
+            key = "connection"
+        stats.by_status[key] = stats.by_status.get(key, 0) + 1
+
+    connector = aiohttp.TCPConnector(local_addr=(source, 0), limit=concurrency)
+    start = loop.time()
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for i in range(10_000_000):  # bounded by the undo, which cancels it
+                await asyncio.sleep(max(0.0, start + i / rate_per_s - loop.time()))
+                if len(in_flight) < concurrency:
+                    task = asyncio.create_task(one(session))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+    finally:
+        stats.seconds = loop.time() - start
+        for task in list(in_flight):
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+
+
 async def _slow_reader(host: str, port: int, bytes_per_s: float) -> None:
     """A streamed /v1/query read ``bytes_per_s`` (small receive buffer, so the gateway's writes back up)."""
     import socket
@@ -123,6 +196,9 @@ class Controls:
         self.session = session
         self.toxiproxy = ToxiproxyClient(target.toxiproxy, timeout_s=CONTROL_TIMEOUT_S) if target.toxiproxy else None
         self._timeout = aiohttp.ClientTimeout(total=CONTROL_TIMEOUT_S)
+        # slow_clients header tricklers: how long each connection stayed open (s)
+        self.slow_header_lives: list[float] = []
+        self.noisy_clients: list[NoisyClientStats] = []  # noisy_client actions, in order
 
     async def close(self) -> None:
         if self.toxiproxy is not None:
@@ -227,12 +303,16 @@ class Controls:
                                       headers=self._admin_headers())
         if kind == "slow_clients":
             return self._slow_clients(attrs)
+        if kind == "noisy_client":
+            return self._noisy_client(attrs)
         raise DrillError(f"unknown action {kind!r}")
 
     def _slow_clients(self, attrs: dict[str, Any]) -> Undo:
         """Start ``trickle`` clients that send a request body at ``bytes_per_s`` (reconnecting when the
-        gateway drops them, as a slowloris does) and ``slow_readers`` that ask for a streamed answer and
-        read it ``bytes_per_s`` through a 4 KB receive buffer; the undo closes them all."""
+        gateway drops them, as a slowloris does), ``slow_readers`` that ask for a streamed answer and
+        read it ``bytes_per_s`` through a 4 KB receive buffer, and ``trickle_headers`` clients that send
+        their request *headers* at ``bytes_per_s`` (how long each lasted: :attr:`slow_header_lives`);
+        the undo closes them all."""
         from urllib.parse import urlsplit
 
         url = urlsplit(self.target.url)
@@ -240,11 +320,27 @@ class Controls:
         rate = float(attrs.get("bytes_per_s", 20.0))
         tasks = [asyncio.create_task(_trickle_body(host, port, rate)) for _ in range(int(attrs.get("trickle", 4)))]
         tasks += [asyncio.create_task(_slow_reader(host, port, rate)) for _ in range(int(attrs.get("slow_readers", 4)))]
+        tasks += [asyncio.create_task(_trickle_headers(host, port, rate, self.slow_header_lives))
+                  for _ in range(int(attrs.get("trickle_headers", 0)))]
 
         async def undo() -> None:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        return undo
+
+    def _noisy_client(self, attrs: dict[str, Any]) -> Undo:
+        """One client flooding /v1/query at ``rate_per_s`` from ``source`` (another loopback address);
+        the undo stops it. What it got is in :attr:`noisy_clients`."""
+        stats = NoisyClientStats()
+        self.noisy_clients.append(stats)
+        task = asyncio.create_task(_noisy_client(
+            self.target.url.rstrip("/"), str(attrs.get("source", "127.0.0.2")), float(attrs["rate_per_s"]),
+            int(attrs.get("concurrency", 64)), stats))
+
+        async def undo() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         return undo
 
     async def _remove_toxic(self, proxy: str, name: str) -> None:
@@ -265,7 +361,7 @@ class Controls:
                 out.add("toxiproxy")
             elif a.action.startswith("stub_"):
                 out.add(f"stub:{STUB_ALIASES.get(a.target, a.target)}")
-            elif a.action != "slow_clients":  # slow clients only need the gateway's own port
+            elif a.action not in ("slow_clients", "noisy_client"):  # these only need the gateway's own port
                 out.add("admin")
         return out
 

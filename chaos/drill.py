@@ -69,6 +69,7 @@ class Drill:
         self.scenario = scenario
         self.target = target
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.controls: Controls | None = None
         self.sample_interval_s = sample_interval_s
         self.png = png
         self.seed = seed
@@ -109,7 +110,7 @@ class Drill:
         before_met: bool | None = None
         connector = aiohttp.TCPConnector(limit=max(sc.load.concurrency + 8, 16))
         session = aiohttp.ClientSession(connector=connector)
-        controls = Controls(self.target, session)
+        controls = self.controls = Controls(self.target, session)
         load = LoadGenerator(session, self.target.url, sc, self._queries or sc.queries_list(), self.now,
                              seed=self.seed)
         load_task: asyncio.Task[None] | None = None
@@ -173,7 +174,8 @@ class Drill:
                 sampler.cancel()
                 cancelled |= await self._cleanup_step("sampler", asyncio.gather(sampler, return_exceptions=True),
                                                       CONTROL_TIMEOUT_S)
-            cancelled |= await self._cleanup_step("close clients", _close_all(controls, session), CONTROL_TIMEOUT_S)
+            cancelled |= await self._cleanup_step("close clients", _close_all(controls, session, load),
+                                                  CONTROL_TIMEOUT_S)
             if cancelled and status != "aborted":
                 status, error = "aborted", (error or "interrupted during clean-up")
             self.journal = self._journal(load, status, error, started_wall)
@@ -477,6 +479,14 @@ class Drill:
             total += y - x if y >= x else y  # a counter reset in between: count from zero
         return total, "stand-in /__stats__" if use_stub else "gateway /admin/breakers"
 
+    def slow_header_lives(self) -> list[float]:
+        """How long each slow_clients header-trickling connection stayed open (s)."""
+        return list(self.controls.slow_header_lives) if self.controls is not None else []
+
+    def noisy_clients(self) -> list[Any]:
+        """What each noisy_client action got (:class:`chaos.controls.NoisyClientStats`)."""
+        return list(self.controls.noisy_clients) if self.controls is not None else []
+
     def peak_in_flight(self, dependency: str, phase: str, model: str | None) -> int | None:
         """The most calls ``dependency``'s stand-in served at once (for ``model`` alone if given), from its
         counters reset before the drill to the end of the phase; None without such a stand-in counter."""
@@ -583,11 +593,14 @@ class Drill:
         return paths
 
 
-async def _close_all(controls: Controls, session: aiohttp.ClientSession) -> None:
+async def _close_all(controls: Controls, session: aiohttp.ClientSession, load: LoadGenerator) -> None:
     try:
         await controls.close()
     finally:
-        await session.close()
+        try:
+            await load.close()
+        finally:
+            await session.close()
 
 
 def _guard_sum(mark: dict[str, Any], dependency: str, key: str, *, first_only: bool = False) -> int | None:

@@ -86,10 +86,36 @@ class LoadGenerator:
         self.skipped = 0
         self._in_flight: set[asyncio.Task[None]] = set()
         self.stop = asyncio.Event()
+        # load.clients > 1: one session per extra client, from its own loopback address (see client_sessions)
+        self._sessions: list[aiohttp.ClientSession] = [session]
+        self._own_sessions: list[aiohttp.ClientSession] = []
+
+    def _client_sessions(self) -> None:
+        """Sessions for clients 2..N, each bound to 127.0.1.N (the target must be on loopback)."""
+        from urllib.parse import urlsplit
+
+        host = urlsplit(self.url).hostname or ""
+        if self.load.clients > 1 and not (host == "localhost" or host.startswith("127.")):
+            raise ValueError(f"load.clients > 1 needs a loopback target (each client is a 127.0.1.N address), "
+                             f"not {host!r}")
+        limit = max(self.load.concurrency // self.load.clients + 8, 16)
+        for n in range(2, self.load.clients + 1):
+            connector = aiohttp.TCPConnector(local_addr=(f"127.0.1.{n}", 0), limit=limit)
+            self._own_sessions.append(aiohttp.ClientSession(connector=connector))
+        self._sessions += self._own_sessions
+
+    async def close(self) -> None:
+        """Close the extra clients' sessions (the caller's own session stays open)."""
+        for session in self._own_sessions:
+            await session.close()
+        self._own_sessions.clear()
+        self._sessions = self._sessions[:1]
 
     async def run(self, max_s: float) -> None:
         """Send arrivals until :attr:`stop` is set, ``max_s`` seconds pass or ``max_requests`` were due."""
         load = self.load
+        if load.clients > 1 and len(self._sessions) == 1:
+            self._client_sessions()
         interval = 1.0 / load.rate_per_s
         start = self.clock()
         if load.duration_s is not None:
@@ -111,7 +137,8 @@ class LoadGenerator:
             stream = int((i + 1) * load.stream_share) > int(i * load.stream_share)
             record = RequestRecord(i=i, t=self.clock(), stream=stream)
             self.records.append(record)
-            task = asyncio.create_task(self._one(record, self.queries[i % len(self.queries)]))
+            session = self._sessions[i % len(self._sessions)]
+            task = asyncio.create_task(self._one(record, self.queries[i % len(self.queries)], session))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
@@ -125,14 +152,15 @@ class LoadGenerator:
             task.cancel()
         await self.drain()
 
-    async def _one(self, rec: RequestRecord, query: str) -> None:
+    async def _one(self, rec: RequestRecord, query: str, session: aiohttp.ClientSession | None = None) -> None:
         """One request; its outcome and latency land in ``rec`` (a timeout past deadline + slack is hung)."""
         t0 = time.perf_counter()
+        session = session or self.session
         try:
             if self.load.endpoint == "messages":
-                await self._message(rec, query)
+                await self._message(rec, query, session)
             else:
-                await self._query(rec, query)
+                await self._query(rec, query, session)
         except TimeoutError:
             rec.error = "hung"
         except aiohttp.ClientError as exc:
@@ -141,7 +169,7 @@ class LoadGenerator:
         finally:
             rec.latency_ms = (time.perf_counter() - t0) * 1e3
 
-    async def _query(self, rec: RequestRecord, query: str) -> None:
+    async def _query(self, rec: RequestRecord, query: str, session: aiohttp.ClientSession) -> None:
         load = self.load
         body: dict[str, Any] = {"query": query}
         if rec.stream:
@@ -150,7 +178,7 @@ class LoadGenerator:
             body["top_k"] = load.top_k
         headers = {"X-Request-Timeout": f"{load.request_timeout_s:g}", "X-Client-Id": "chaos-drill"}
         timeout = aiohttp.ClientTimeout(total=load.request_timeout_s + load.slack_s)
-        async with self.session.post(self.url, json=body, headers=headers, timeout=timeout) as resp:
+        async with session.post(self.url, json=body, headers=headers, timeout=timeout) as resp:
             rec.status = resp.status
             rec.header_mode = resp.headers.get("X-RAG-Mode")
             rec.header_degraded = resp.headers.get("X-RAG-Degraded")
@@ -168,7 +196,7 @@ class LoadGenerator:
                 rec.degradations = list(contract.get("degradations") or [])
                 rec.kb_version = contract.get("kb_version")
 
-    async def _message(self, rec: RequestRecord, query: str) -> None:
+    async def _message(self, rec: RequestRecord, query: str, session: aiohttp.ClientSession) -> None:
         """POST /v1/messages as an Anthropic SDK would; the contract comes from the X-RAG-* headers (the
         body is Anthropic's): ``mode``, ``degraded``, ``degradations`` (X-RAG-Degradations JSON)."""
         load = self.load
@@ -176,7 +204,7 @@ class LoadGenerator:
                                 "messages": [{"role": "user", "content": query}]}
         headers = {"X-Request-Timeout": f"{load.request_timeout_s:g}", "anthropic-version": "2023-06-01"}
         timeout = aiohttp.ClientTimeout(total=load.request_timeout_s + load.slack_s)
-        async with self.session.post(self.url, json=body, headers=headers, timeout=timeout) as resp:
+        async with session.post(self.url, json=body, headers=headers, timeout=timeout) as resp:
             rec.status = resp.status
             rec.header_mode = rec.mode = resp.headers.get("X-RAG-Mode")
             rec.header_degraded = resp.headers.get("X-RAG-Degraded")

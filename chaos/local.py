@@ -48,6 +48,8 @@ PROXIES = {"weaviate_http": "weaviate REST", "weaviate_grpc": "weaviate gRPC", "
 GUARD_NAMES = ("embedder", "vector_db", "llm", "llm_fallback")
 PRIMARY_MODEL, FALLBACK_MODEL = "claude-sonnet-4-6", "claude-haiku-4-5"
 LLM_MAX_CONCURRENT = 16  # the LLM guards' bulkhead (calls in flight per model)
+RATE_LIMIT_PER_S, RATE_LIMIT_BURST = 12.0, 24  # per client: above every drill client's own rate
+HEADER_TIMEOUT_S = 2.0  # slow-header connections are closed after this (shorter than slow_clients' window)
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 10.0
 
@@ -264,11 +266,15 @@ class LocalStack:
         resilience: dict[str, Any] = {
             "embedder": guard(t.embedder_s, 1.0), "vector_db": guard(t.vector_db_s, 1.0),
             "llm": guard(t.llm_s, max(t.llm_s * 0.8, 0.1), LLM_MAX_CONCURRENT)}
+        # A call admitted after its longest bulkhead wait still has 1.2 s for the LLM: the bulkhead, not the
+        # stage timeout, decides which calls a slow model gets (llm_brownout counts them at the stand-in).
+        resilience["llm"]["bulkhead"]["max_wait_s"] = 0.3
         if "redis" in p:
             resilience["redis_url"] = f"redis://127.0.0.1:{p['redis']}/0"
         return {
             "server": {"host": "127.0.0.1", "port": self._port, "data_dir": str(self.workdir / "data"),
-                       "request_timeout_s": t.request_s, "shutdown_grace_s": 1.0},
+                       "request_timeout_s": t.request_s, "shutdown_grace_s": 1.0,
+                       "header_timeout_s": HEADER_TIMEOUT_S},
             "auth": {"admin_token": self.admin_token},
             "kb": {"sample_corpus": str(self.corpus), "auto_ingest_sample": False},
             "embedder": {"backend": "openai", "url": f"http://127.0.0.1:{p['embeddings']}/v1", "timeout_s": 5.0},
@@ -283,6 +289,8 @@ class LocalStack:
             "resilience": resilience,
             # fresh_ttl 0: every query reaches the LLM (mode full); stale entries still serve when it fails.
             "cache": {"enabled": True, "fresh_ttl_s": 0.0},
+            # Per client (the drill's load is one client, 127.0.0.1): above every drill's own rate.
+            "rate_limit": {"enabled": True, "rate_per_s": RATE_LIMIT_PER_S, "burst": RATE_LIMIT_BURST},
             "telemetry": {"statsd_enabled": False},
             "logging": {"level": "WARNING"},
             "chaos": {"allow_fault_injection": True},
@@ -365,6 +373,8 @@ class LocalStack:
         return {"open_s": self.open_s, "embedder_timeout_ms": round(t.embedder_s * 1000),
                 "vector_db_timeout_ms": round(t.vector_db_s * 1000), "llm_timeout_ms": round(t.llm_s * 1000),
                 "request_timeout_s": t.request_s, "llm_max_concurrent": LLM_MAX_CONCURRENT,
+                "header_timeout_s": HEADER_TIMEOUT_S, "rate_limit_per_s": RATE_LIMIT_PER_S,
+                "rate_limit_burst": RATE_LIMIT_BURST,
                 "primary_model": PRIMARY_MODEL, "fallback_model": FALLBACK_MODEL,
                 # the active KB version and the one before it (itself when only one was ingested)
                 "kb_version": self.versions[-1] if self.versions else "",

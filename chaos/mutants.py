@@ -81,9 +81,9 @@ MUTANTS: tuple[Mutant, ...] = (
            survives="the breaker opens first: a failure rate the budget caps (> 20 %) also trips the breaker "
                     "(5 in a row, or 50 % of 20), which stops retries itself"),
     Mutant("header_timeout:server", "slow-header connections closed after server.header_timeout_s",
-           {"server": {"header_timeout_s": 3600.0}}, ("slow_clients",),
-           survives="a few trickling connections cost an asyncio server nothing, and fd exhaustion is handled "
-                    "by the connection cap (always on: lowered to the fd limit), so no client-visible symptom"),
+           {"server": {"header_timeout_s": 3600.0}}, ("slow_clients",)),
+    Mutant("rate_limit:clients", "per-client rate limit (one client cannot take the gateway)",
+           {"rate_limit": {"enabled": False}}, ("noisy_client",)),
     Mutant("half_open:vector_db", "half-open permits (a recovering vector DB gets trial calls, not the traffic)",
            {"resilience": {"vector_db": {"breaker": {"half_open_permits": 100_000}}}}, ("vector_db_stays_down",)),
 )

@@ -36,6 +36,10 @@ class DrillView(Protocol):
 
     def peak_in_flight(self, dependency: str, phase: str, model: str | None) -> int | None: ...
 
+    def slow_header_lives(self) -> list[float]: ...
+
+    def noisy_clients(self) -> list[Any]: ...
+
     def final_state(self, dependency: str, phase: str) -> str | None: ...
 
     def blamed_components(self, dependency: str) -> set[str]: ...
@@ -257,6 +261,32 @@ def upstream_concurrency(p: ProbeInput) -> Verdict:
                    detail)
 
 
+def slow_headers_cut(p: ProbeInput) -> Verdict:
+    """The longest a slowloris connection (``slow_clients`` ``trickle_headers``) stayed open, in seconds —
+    one the gateway never closed counts the whole time its client kept trickling."""
+    lives = p.drill.slow_header_lives()
+    value = max(lives) if lives else None
+    detail: dict[str, Any] = {"connections": len(lives), "p50_s": rounded(percentile(lives, 50), 2)}
+    if value is None:
+        detail["reason"] = "no header-trickling connection (slow_clients attributes.trickle_headers)"
+    return Verdict(rounded(value, 2), p.tol_max, value is not None and value <= p.tol_max, detail)
+
+
+def noisy_client_accepted(p: ProbeInput) -> Verdict:
+    """Requests per second the gateway took on (answered anything but 429) from the noisy_client actions."""
+    noisy = [n for n in p.drill.noisy_clients() if n.seconds > 0]
+    seconds = sum(n.seconds for n in noisy)
+    value = sum(n.accepted for n in noisy) / seconds if seconds else None
+    by_status: dict[str, int] = {}
+    for n in noisy:
+        for k, v in n.by_status.items():
+            by_status[k] = by_status.get(k, 0) + v
+    detail: dict[str, Any] = {"by_status": by_status, "seconds": rounded(seconds, 2)}
+    if value is None:
+        detail["reason"] = "no noisy_client action ran"
+    return Verdict(rounded(value, 2), p.tol_max, value is not None and value <= p.tol_max, detail)
+
+
 def kb_switched(p: ProbeInput) -> Verdict:
     """KB switch drills: during the windows, the share of answers served by another version than the one
     at rest (the switch took effect); after, the share served by the version at rest again (the undo
@@ -301,4 +331,6 @@ EVALUATORS: dict[str, Callable[[ProbeInput], Verdict]] = {
     "kb_switched": kb_switched,
     "shared_state": shared_state,
     "upstream_concurrency": upstream_concurrency,
+    "slow_headers_cut": slow_headers_cut,
+    "noisy_client_accepted": noisy_client_accepted,
 }

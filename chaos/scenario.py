@@ -47,22 +47,24 @@ from gateway.contract import Mode
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# shared_state: the breakers' Redis; clients: the gateway's own clients (slow_clients)
+# shared_state: the breakers' Redis; clients: the gateway's own clients (slow_clients, noisy_client)
 DEPENDENCIES = ("embedder", "vector_db", "llm", "shared_state", "clients")
 Phase = Literal["before", "during", "after"]
 PHASES: tuple[Phase, ...] = ("before", "during", "after")
 ProbeType = Literal["availability", "latency_p99", "mode", "degraded_labelled", "upstream_attempts_ratio",
                     "breaker_transitions", "hung_requests", "recovery_time", "degraded_rate",
                     "breaker_opened", "breaker_closed", "blame", "resets_fired", "truncated_streams",
-                    "kb_switched", "shared_state", "upstream_concurrency"]
+                    "kb_switched", "shared_state", "upstream_concurrency", "slow_headers_cut",
+                    "noisy_client_accepted"]
 ActionType = Literal["toxic_add", "toxic_update", "toxic_remove", "proxy_disable", "proxy_enable",
                      "stub_fault", "stub_clear", "gateway_fault", "gateway_fault_clear",
-                     "breaker_open", "breaker_close", "breaker_reset", "kb_activate", "kb_rollback", "slow_clients"]
+                     "breaker_open", "breaker_close", "breaker_reset", "kb_activate", "kb_rollback",
+                     "slow_clients", "noisy_client"]
 MODES = tuple(m.value for m in Mode)  # /v1/query's modes, and /v1/messages' fallback_model
 SHARED_STATES = ("off", "starting", "ok", "degraded")  # /health components.shared_state.status
 # Actions that start a fault (a "during" window) and may carry ``duration_s`` (undone after it).
 FAULT_ACTIONS = frozenset({"toxic_add", "proxy_disable", "stub_fault", "gateway_fault", "breaker_open",
-                           "kb_activate", "kb_rollback", "slow_clients"})
+                           "kb_activate", "kb_rollback", "slow_clients", "noisy_client"})
 TOXIC_TYPES = ("latency", "bandwidth", "slow_close", "timeout", "reset_peer", "slicer", "limit_data", "noop")
 _FAULT_FIELDS = frozenset(f.name for f in dc_fields(Faults))
 
@@ -116,6 +118,8 @@ _PROBE_RULES: dict[str, tuple[tuple[str, ...], tuple[Phase, ...]]] = {
     "kb_switched": (("min",), ("during", "after")),
     "shared_state": (("expect", "min"), ("during",)),
     "upstream_concurrency": (("max",), ("during",)),
+    "slow_headers_cut": (("max",), ("during",)),
+    "noisy_client_accepted": (("max",), ("during",)),
 }
 
 
@@ -149,6 +153,10 @@ class Probe(_Model):
       ``components.shared_state.status`` in ``expect`` ≥ ``min`` (Redis down/slow → ``degraded``)
     - ``upstream_concurrency``: the most calls ``dependency``'s stand-in served at once (``model``'s alone
       if given) since the drill started ≤ ``max`` (a bulkhead bounds it however many requests wait)
+    - ``slow_headers_cut``: the longest any ``slow_clients`` header-trickling connection stayed open (s)
+      ≤ ``max`` (the gateway closes slowloris connections after its header timeout)
+    - ``noisy_client_accepted``: requests per second the gateway took on (answered other than 429) from
+      the ``noisy_client`` actions ≤ ``max`` (the rate limiter holds a flooding client to its rate)
     """
 
     name: str
@@ -261,6 +269,9 @@ class Load(_Model):
     top_k: int | None = Field(None, ge=1, le=100)
     request_timeout_s: float = Field(5.0, gt=0, le=120, description="sent as X-Request-Timeout (the deadline)")
     slack_s: float = Field(1.5, ge=0, le=60, description="a request not done by deadline + slack is hung")
+    clients: int = Field(1, ge=1, le=64, description=(
+        "spread the arrivals round-robin over this many clients (loopback targets only: each from its own "
+        "127.0.1.N address, so a per-client rate limit sees many users, not one)"))
 
     @model_validator(mode="after")
     def _has_queries(self) -> "Load":
@@ -357,14 +368,27 @@ def _check_action(action: str, attrs: dict[str, Any]) -> None:
         if not attrs:
             raise ValueError("stub_fault needs at least one fault field in attributes")
     elif action == "slow_clients":
-        unknown = set(attrs) - {"trickle", "slow_readers", "bytes_per_s"}
+        unknown = set(attrs) - {"trickle", "slow_readers", "trickle_headers", "bytes_per_s"}
         if unknown:
             raise ValueError(f"unknown slow_clients attribute(s) {sorted(unknown)}")
-        for key in ("trickle", "slow_readers"):
-            if not isinstance(attrs.get(key, 4), int) or not 0 <= attrs.get(key, 4) <= 256:
+        for key in ("trickle", "slow_readers", "trickle_headers"):
+            default = 0 if key == "trickle_headers" else 4
+            if not isinstance(attrs.get(key, default), int) or not 0 <= attrs.get(key, default) <= 256:
                 raise ValueError(f"attributes.{key} must be an integer within 0..256")
         if not isinstance(attrs.get("bytes_per_s", 20.0), (int, float)) or not attrs.get("bytes_per_s", 20.0) > 0:
             raise ValueError("attributes.bytes_per_s must be a positive number")
+    elif action == "noisy_client":
+        unknown = set(attrs) - {"rate_per_s", "source", "concurrency"}
+        if unknown:
+            raise ValueError(f"unknown noisy_client attribute(s) {sorted(unknown)}")
+        rate = attrs.get("rate_per_s")
+        if not isinstance(rate, (int, float)) or not 0 < rate <= 500:
+            raise ValueError("attributes.rate_per_s (requests per second, 0 < r ≤ 500) is required for noisy_client")
+        source = attrs.get("source", "127.0.0.2")
+        if not isinstance(source, str) or not source.startswith("127."):
+            raise ValueError("attributes.source must be a loopback address (127.x.y.z) other than the load's")
+        if not isinstance(attrs.get("concurrency", 64), int) or not 1 <= attrs.get("concurrency", 64) <= 256:
+            raise ValueError("attributes.concurrency must be an integer within 1..256")
     elif action == "kb_activate":
         if not isinstance(attrs.get("version"), str) or not attrs["version"]:
             raise ValueError("attributes.version (the KB version to activate) is required for kb_activate")

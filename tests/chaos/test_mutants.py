@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 def test_every_mechanism_has_a_mutant_and_a_drill() -> None:
     mechanisms = {m.name.split(":")[0] for m in MUTANTS}
     assert mechanisms == {"breaker", "timeout", "fallback", "failover", "bulkhead", "half_open", "retry_budget",
-                          "header_timeout"}
+                          "header_timeout", "rate_limit"}
     assert len({m.name for m in MUTANTS}) == len(MUTANTS)
     for m in MUTANTS:
         assert m.scenarios, m.name

@@ -59,7 +59,8 @@ NOT_DRILLED_IN_SUITE: dict[str, str] = {
     "messages_stream_cut": "a cut after content ends in an honest `event: error`, which the suite's "
                            "generic ≥ 99.5 % check counts as unanswered; judged by its own probes",
     # Drills of the mutation table (make drill-mutants; make drill runs them unmutated): suite time.
-    "llm_brownout": "mutation-table drill (bulkhead:llm), 26 req/s for 8 s: suite time on a shared 2-core box",
+    "llm_brownout": "mutation-table drill (bulkhead:llm), 22 req/s for 8 s: suite time on a shared 2-core box",
+    "noisy_client": "mutation-table drill (rate_limit:clients), a 150 req/s flood: suite time and CPU",
     "vector_db_stays_down": "mutation-table drill (half_open:vector_db), 12 s: suite time",
 }
 
