@@ -195,7 +195,8 @@ class LocalStack:
                  before_gateway: Callable[["LocalStack"], None] | None = None, kb_versions: int = 1,
                  redis: bool = False) -> None:
         self.workdir = Path(workdir)
-        # redis: the breakers' shared state (resilience.redis_url) on a loopback Redis behind proxy ``redis``
+        # redis: a loopback Redis behind proxy ``redis`` shared by the breakers' state (resilience.redis_url),
+        # the rate limiter's buckets (rate_limit.redis_url) and the answer cache (cache.backend redis)
         self.redis = redis
         # KB versions ingested before the gateway starts (the last is active): 2 gives the KB switch
         # drills a version to roll back to and one to activate again.
@@ -269,8 +270,9 @@ class LocalStack:
         # A call admitted after its longest bulkhead wait still has 1.2 s for the LLM: the bulkhead, not the
         # stage timeout, decides which calls a slow model gets (llm_brownout counts them at the stand-in).
         resilience["llm"]["bulkhead"]["max_wait_s"] = 0.3
-        if "redis" in p:
-            resilience["redis_url"] = f"redis://127.0.0.1:{p['redis']}/0"
+        redis_url = f"redis://127.0.0.1:{p['redis']}/0" if "redis" in p else None
+        if redis_url:
+            resilience["redis_url"] = redis_url  # the breakers' shared state
         return {
             "server": {"host": "127.0.0.1", "port": self._port, "data_dir": str(self.workdir / "data"),
                        "request_timeout_s": t.request_s, "shutdown_grace_s": 1.0,
@@ -288,9 +290,11 @@ class LocalStack:
             # computed from these same values (variables()).
             "resilience": resilience,
             # fresh_ttl 0: every query reaches the LLM (mode full); stale entries still serve when it fails.
-            "cache": {"enabled": True, "fresh_ttl_s": 0.0},
+            "cache": {"enabled": True, "fresh_ttl_s": 0.0,
+                      **({"backend": "redis", "redis_url": redis_url} if redis_url else {})},
             # Per client (the drill's load is one client, 127.0.0.1): above every drill's own rate.
-            "rate_limit": {"enabled": True, "rate_per_s": RATE_LIMIT_PER_S, "burst": RATE_LIMIT_BURST},
+            "rate_limit": {"enabled": True, "rate_per_s": RATE_LIMIT_PER_S, "burst": RATE_LIMIT_BURST,
+                           **({"redis_url": redis_url} if redis_url else {})},
             "telemetry": {"statsd_enabled": False},
             "logging": {"level": "WARNING"},
             "chaos": {"allow_fault_injection": True},

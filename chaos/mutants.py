@@ -84,6 +84,12 @@ MUTANTS: tuple[Mutant, ...] = (
            {"server": {"header_timeout_s": 3600.0}}, ("slow_clients",)),
     Mutant("rate_limit:clients", "per-client rate limit (one client cannot take the gateway)",
            {"rate_limit": {"enabled": False}}, ("noisy_client",)),
+    # Redis is on the request path of the rate limiter and the answer cache (the breakers' shared state is
+    # not: background tasks only, nothing to switch): a slow Redis must cost a request at most this budget.
+    Mutant("redis_budget:rate_limit", "rate limiter decides locally when Redis is slow (rate_limit.redis_timeout_s)",
+           {"rate_limit": {"redis_timeout_s": 30.0}}, ("redis_slow",)),
+    Mutant("redis_budget:cache", "answer cache falls back to its local copy when Redis is slow (cache.redis_timeout_s)",
+           {"cache": {"redis_timeout_s": 30.0}}, ("redis_slow",)),
     Mutant("half_open:vector_db", "half-open permits (a recovering vector DB gets trial calls, not the traffic)",
            {"resilience": {"vector_db": {"breaker": {"half_open_permits": 100_000}}}}, ("vector_db_stays_down",)),
 )
@@ -106,7 +112,9 @@ async def run_mutant(mutant: Mutant, *, workdir: Path, say: Callable[[str], None
     """Bring up a stack with the mutant, drill its scenarios; ``killed`` when one of them did not pass.
     With ``out_dir``, each drill's journal and report go to ``out_dir/<scenario>/``."""
     t0 = time.monotonic()
-    stack = LocalStack(workdir, overrides=mutant.overrides, say=say)
+    # Redis for the drills that break it (the shared state of breakers, rate limits and the answer cache).
+    redis = any("shared_state" in load_scenario(name).target for name in mutant.scenarios)
+    stack = LocalStack(workdir, overrides=mutant.overrides, say=say, redis=redis)
     results = []
     try:
         await stack.start()

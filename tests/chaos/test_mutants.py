@@ -1,5 +1,7 @@
-"""One mutant inside ``make test`` (the full table is ``make drill-mutants``): with the vector DB breaker
-disabled by configuration, the blackhole drill must fail — and fail on the breaker's own probe."""
+"""Two mutants inside ``make test`` (the full table is ``make drill-mutants``): with the vector DB breaker
+disabled by configuration, the blackhole drill must fail — and fail on the breaker's own probe; with the
+primary model's fallback chain emptied (issue 10's failover on /v1/messages), the 529-storm drill must
+fail on what clients got."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +20,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 def test_every_mechanism_has_a_mutant_and_a_drill() -> None:
     mechanisms = {m.name.split(":")[0] for m in MUTANTS}
     assert mechanisms == {"breaker", "timeout", "fallback", "failover", "bulkhead", "half_open", "retry_budget",
-                          "header_timeout", "rate_limit"}
+                          "header_timeout", "rate_limit", "redis_budget"}
     assert len({m.name for m in MUTANTS}) == len(MUTANTS)
     for m in MUTANTS:
         assert m.scenarios, m.name
@@ -40,3 +42,20 @@ async def test_blackhole_drill_kills_the_vector_db_breaker_mutant(tmp_path: Path
     failed = {p["type"] for p in journal["steady_states"]["during"]["probes"] if not p["met"]}
     assert journal["verdict"] != "pass"
     assert "breaker_opened" in failed, journal["steady_states"]["during"]["probes"]
+
+
+async def test_529_storm_drill_kills_the_messages_failover_mutant(tmp_path: Path) -> None:
+    [mutant] = [m for m in MUTANTS if m.name == "failover:messages"]
+    stack = StackThread(tmp_path / "stack", open_s=OPEN_S, overrides=mutant.overrides)
+    try:
+        stack.start()
+        await stack.reset()
+        journal = await Drill(load_scenario("messages_529_storm", stack.variables()), stack.target(),
+                              out_dir=None, png=False).run()
+    finally:
+        stack.stop()
+    during = {p["type"]: p for p in journal["steady_states"]["during"]["probes"]}
+    assert journal["verdict"] != "pass"
+    # No model left to fail over to: the clients get the primary's 529s (the safeguard ends the storm early).
+    assert not during["availability"]["met"] and during["availability"]["value"] < 0.5, during["availability"]
+    assert not during["mode"]["met"], during["mode"]
