@@ -213,7 +213,8 @@ class Pipeline:
             return self._vector_only(req, vector_chunks, trace)
         try:
             with trace.timed("keyword_search"):
-                keyword_chunks = index.search(req.query, depth, filters=req.filters)
+                # outline=False: the vector half already brings the page topic (fallback/bm25.py)
+                keyword_chunks = index.search(req.query, depth, filters=req.filters, outline=False)
         except Exception as exc:  # noqa: BLE001 - the vector half still answers; the failure is labelled
             trace.degrade("keyword_index", "error", detail=type(exc).__name__)
             self.telemetry.degradation("keyword_index", "error")

@@ -63,9 +63,9 @@ async def evaluate_version(kb: KnowledgeBase, version: str, golden_path: Path, s
     normal: dict[str, list[str]] = {}
     keyword: dict[str, list[str]] = {}
     for q in golden:
-        kw = index.search(q.query, DEPTH) if index is not None else []
-        keyword[q.id] = ranked_sources(kw)
-        if vectors is None or embedder is None:
+        keyword[q.id] = ranked_sources(index.search(q.query, DEPTH)) if index is not None else []
+        kw = index.search(q.query, DEPTH, outline=False) if index is not None else []  # hybrid's keyword half
+        if vectors is None or embedder is None:  # keyword-only KB: the keyword search is the normal path
             normal[q.id] = keyword[q.id]
             continue
         qv = await embedder.embed_query(q.query)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +171,73 @@ def test_top5_agrees_with_rank_bm25_oracle_on_the_golden_queries(corpus_index: K
     for q in golden:
         scores = oracle.get_scores(KeywordIndex.analyze(q.query))
         expected = {corpus_chunks[i].id for i in np.argsort(-scores, kind="stable")[:5]}
-        got = {c.id for c in corpus_index.search(q.query, 5)}
+        got = {c.id for c in corpus_index.search(q.query, 5, outline=False)}  # the body field alone
         overlaps.append(len(expected & got) / 5)
     assert len(overlaps) >= 50
     assert sum(overlaps) / len(overlaps) >= 0.8
+
+
+def test_the_fallback_scores_the_page_outline_and_the_hybrid_half_does_not() -> None:
+    # The question names what the page is about (its title/headings), not words of the chunk itself.
+    chunks = [chunk(0, "## Overview\n\nUse it to keep a list in order after each insertion.", "bisect.md",
+                    section="Overview"),
+              chunk(1, "## insort(a, x)\n\nInsert x in a, keeping it sorted.", "bisect.md", section="insort(a, x)"),
+              chunk(2, "## Overview\n\nA list in order of priority, smallest first.", "heapq.md", section="Overview")]
+    titles = ["bisect — array bisection algorithm"] * 2 + ["heapq — heap queue algorithm"]
+    chunks = [replace(c, title=t) for c, t in zip(chunks, titles)]
+    index = KeywordIndex.build(chunks)
+    assert "bisection" not in chunks[0].text.casefold()
+    fallback = index.search("bisection: keep a list in order", 3)
+    hybrid_half = index.search("bisection: keep a list in order", 3, outline=False)
+    assert fallback[0].id == "c0" and fallback[0].score > hybrid_half[0].score
+    # Without the outline the title word matches nothing: chunk text alone decides.
+    assert {c.id for c in hybrid_half[:2]} == {"c0", "c2"}
+
+
+def test_page_outline_lists_the_title_then_each_heading_once_and_is_bounded() -> None:
+    chunks = [chunk(i, "text", "p.md", section=s) for i, s in enumerate(["A", "B", "A", "C" * 3000])]
+    outline = KeywordIndex.page_outline(chunks)["p.md"]
+    assert outline.startswith("P\nA\nB\nCCC") and len(outline) == 2000
+
+
+def _write_format1_index(chunks: list[Chunk], d: Path) -> None:
+    """An index as format 1 wrote it (one body field of title + section + text), written here by hand."""
+    import hashlib
+    import time
+
+    import tantivy
+
+    from fallback.bm25 import ANALYZER, ANALYZER_VERSION, _ANALYZER
+
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("body", stored=False, tokenizer_name=ANALYZER, index_option="freq")
+    for name in ("source", "title", "doc_id"):
+        sb.add_text_field(name, stored=False, tokenizer_name="raw", index_option="basic")
+    sb.add_json_field("meta", stored=False, tokenizer_name="raw", index_option="basic")
+    sb.add_bytes_field("record", stored=True, indexed=False)
+    (d / "tantivy").mkdir(parents=True)
+    index = tantivy.Index(sb.build(), path=str(d / "tantivy"))
+    index.register_tokenizer(ANALYZER, _ANALYZER)
+    writer = index.writer(heap_size=15_000_000, num_threads=1)
+    for c in chunks:
+        doc = tantivy.Document()
+        doc.add_text("body", "\n".join([c.title, str(c.metadata.get("section", "")), c.text]))
+        for name in ("source", "title", "doc_id"):
+            doc.add_text(name, getattr(c, name))
+        doc.add_bytes("record", json.dumps(c.to_record()).encode())
+        writer.add_document(doc)
+    writer.commit()
+    writer.wait_merging_threads()
+    files = {f.relative_to(d).as_posix(): {"bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+             for f in sorted((d / "tantivy").rglob("*")) if f.is_file() and not f.name.endswith(".lock")}
+    (d / "manifest.json").write_text(json.dumps({"format": 1, "engine": "tantivy", "engine_version": "x",
+                                                 "analyzer": ANALYZER_VERSION, "size": len(chunks),
+                                                 "built_at": time.time(), "files": files}))
+
+
+def test_an_index_written_in_format_1_still_loads_and_searches_as_built(tmp_path: Path) -> None:
+    _write_format1_index(SMALL, tmp_path / "old")
+    old = KeywordIndex.load(tmp_path / "old")
+    assert [c.id for c in old.search("breaker failures", 2)] == ["c0", "c1"]
+    assert [c.id for c in old.search("resilience", 3)] == [c.id for c in old.search("resilience", 3, outline=False)]
+    assert {c.id for c in old.search("resilience", 3)} == {"c0", "c1", "c2"}  # the title was in its body
