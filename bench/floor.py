@@ -4,8 +4,8 @@
                           --anthropic-url URL --collection NAME
 
 ``POST /v1/query``: embeddings POST (aiohttp) → Weaviate ``near_vector`` (the same async
-weaviate-client, over gRPC) → Anthropic Messages POST (aiohttp + ``json``, as the gateway's
-``AnthropicLLM`` makes it) → JSON answer. No deadline, retry, breaker, bulkhead, cache, validation, logging or metrics: the cost
+weaviate-client, over gRPC) → Anthropic ``messages.create`` (the same SDK, ``max_retries=0``, over the SDK's aiohttp transport) →
+JSON answer. No deadline, retry, breaker, bulkhead, cache, validation, logging or metrics: the cost
 of the libraries alone, which is what the gateway's overhead is measured against.
 ``POST /v1/messages``: a byte pass-through to the Anthropic stand-in (floor for the gateway's proxy).
 ``POST /reject``: an immediate 429 JSON answer (floor for the rate limiter's rejection path).
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 
 import aiohttp
 import numpy as np
@@ -27,11 +26,11 @@ LLM_MODEL = "claude-sonnet-4-6"
 SYSTEM = ("Answer the question using only the numbered context passages. Cite passages like [1]. "
           "If the context does not contain the answer, say so.")
 FORWARD = ("anthropic-version", "anthropic-beta", "content-type", "accept", "x-api-key", "authorization")
-LLM_HEADERS = {"x-api-key": "sk-ant-bench-0123456789", "anthropic-version": "2026-10-21"}
 HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"})
 
 
 def build_app(args: argparse.Namespace) -> web.Application:
+    import anthropic
     import weaviate
     from weaviate.classes.init import AdditionalConfig, Timeout
     from weaviate.classes.query import MetadataQuery
@@ -41,6 +40,9 @@ def build_app(args: argparse.Namespace) -> web.Application:
 
     async def startup(app: web.Application) -> None:
         clients["http"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        clients["llm"] = anthropic.AsyncAnthropic(api_key="sk-ant-bench-0123456789", base_url=args.anthropic_url,
+                                                  max_retries=0, timeout=30,
+                                                  http_client=anthropic.DefaultAioHttpClient())
         wv = weaviate.use_async_with_custom(
             http_host="127.0.0.1", http_port=args.weaviate_http_port, http_secure=False,
             grpc_host="127.0.0.1", grpc_port=args.weaviate_grpc_port, grpc_secure=False,
@@ -51,6 +53,7 @@ def build_app(args: argparse.Namespace) -> web.Application:
 
     async def cleanup(app: web.Application) -> None:
         await clients["weaviate"].close()
+        await clients["llm"].close()
         await clients["http"].close()
 
     async def query(request: web.Request) -> web.Response:
@@ -67,11 +70,9 @@ def build_app(args: argparse.Namespace) -> web.Application:
         passages = [f"[{i}] {o.properties.get('title', '')} — {o.properties.get('text', '')}"
                     for i, o in enumerate(result.objects, 1)]
         prompt = "Context passages:\n" + "\n\n".join(passages) + f"\n\nQuestion: {question}"
-        async with clients["http"].post(args.anthropic_url + "/v1/messages", headers=LLM_HEADERS,
-                                        json={"model": LLM_MODEL, "max_tokens": 512, "system": SYSTEM,
-                                              "messages": [{"role": "user", "content": prompt}]}) as resp:
-            msg = json.loads(await resp.read())
-        answer = "".join(b["text"] for b in msg["content"] if b.get("type") == "text")
+        msg = await clients["llm"].messages.create(model=LLM_MODEL, max_tokens=512, system=SYSTEM,
+                                                   messages=[{"role": "user", "content": prompt}])
+        answer = "".join(b.text for b in msg.content if b.type == "text")
         sources = [{"id": str(o.uuid), "title": o.properties.get("title", ""),
                     "source": o.properties.get("source", ""), "score": 1.0 - (o.metadata.distance or 0.0)}
                    for o in result.objects]

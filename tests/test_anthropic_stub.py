@@ -1,4 +1,4 @@
-"""The Anthropic stand-in spoken to by the real SDK, and AnthropicLLM (aiohttp) and its error mapping under each fault."""
+"""The Anthropic stand-in spoken to by the real SDK, and AnthropicLLM's error mapping under each fault."""
 from __future__ import annotations
 
 import asyncio
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import anthropic
+import httpx2
 import pytest
 
 from chaos.stubs.anthropic import NO_CONTEXT_REPLY, FakeAnthropic, first_passage_sentence
@@ -188,7 +189,7 @@ async def test_wrong_key_maps_to_a_non_retryable_error_that_is_not_the_callers(f
     finally:
         await backend.close()
     assert (info.value.status, info.value.retryable, info.value.caller_fault) == (401, False, False)
-    assert "authentication_error" in str(info.value)
+    assert isinstance(info.value.__cause__, anthropic.AuthenticationError)
 
 
 @pytest.mark.parametrize("missing", ["model", "messages", "max_tokens"])
@@ -346,10 +347,10 @@ async def test_reset_is_a_retryable_connection_error(fake: FakeAnthropic, llm: A
     with pytest.raises(UpstreamError) as info:
         await llm.generate("q", CHUNKS)
     assert info.value.status is None and info.value.retryable
-    assert isinstance(info.value.__cause__, aiohttp.ClientError)
+    assert isinstance(info.value.__cause__, anthropic.APIConnectionError)
 
 
-async def test_read_timeout_backstop_becomes_timeout_error(fake: FakeAnthropic) -> None:
+async def test_sdk_timeout_becomes_timeout_error(fake: FakeAnthropic) -> None:
     fake.set_faults(latency_s=2.0)
     backend = make_llm(fake, timeout_s=0.2)
     try:
@@ -357,7 +358,7 @@ async def test_read_timeout_backstop_becomes_timeout_error(fake: FakeAnthropic) 
             await backend.generate("q", CHUNKS)
     finally:
         await backend.close()
-    assert isinstance(info.value.__cause__, TimeoutError)  # aiohttp's sock_read = llm.timeout_s
+    assert isinstance(info.value.__cause__, anthropic.APITimeoutError)
 
 
 async def test_latency_delays_the_answer(fake: FakeAnthropic, llm: AnthropicLLM) -> None:
@@ -390,8 +391,9 @@ async def test_stream_cut_yields_partial_text_then_a_non_retryable_error(fake: F
 
     assert deltas == ["A retry ", "budget caps "]
     assert (info.value.status, info.value.retryable) == (None, False)
-    # The chunked body ended without its last chunk:
-    assert isinstance(info.value.__cause__, aiohttp.ClientPayloadError)
+    # What the SDK lets through unwrapped when the socket drops mid-body (over its aiohttp transport, a
+    # ReadError; over httpx2's own, a RemoteProtocolError):
+    assert isinstance(info.value.__cause__, httpx2.TransportError)
 
 
 async def test_stream_cut_before_any_text_is_still_retryable(fake: FakeAnthropic, llm: AnthropicLLM) -> None:
@@ -459,7 +461,7 @@ async def test_stream_stall_past_the_read_timeout_is_non_retryable(fake: FakeAnt
         await backend.close()
     assert deltas == ["A retry "]
     assert info.value.retryable is False
-    assert isinstance(info.value.__cause__, TimeoutError)
+    assert isinstance(info.value.__cause__, httpx2.ReadTimeout)
 
 
 async def test_cleared_stall_resumes_the_stream(fake: FakeAnthropic, llm: AnthropicLLM) -> None:
