@@ -44,8 +44,9 @@ class ServerConfig(_Section):
                                     "answered and logged as 503")
     header_timeout_s: float = Field(10.0, gt=0, description=(
         "a new connection must send its request headers within this (slow-header clients are closed)"))
-    max_connections: int = Field(1000, ge=1, description=(
-        "open connections; beyond it the oldest one still sending headers is dropped (lowered to the fd limit)"))
+    max_connections: int = Field(2000, ge=1, description=(
+        "open connections; beyond it the oldest one still sending headers is dropped (lowered to the fd limit); "
+        "/v1/messages streams hold theirs, so stream slots are at most nine tenths of it"))
     keepalive_timeout_s: float = Field(75.0, gt=0, description="idle keep-alive connections are closed after this")
     cors_origins: list[str] = Field(default_factory=list, description=(
         "browser origins (https://chat.example.com) allowed to call /v1/* (CORS, no credentials); empty = none"))
@@ -198,7 +199,8 @@ class LLMConfig(_Section):
         "/v1/messages streams: hold events until the first content delta (a break before it fails over "
         "unseen) or the whole answer (every break fails over; the client waits for the last token)"))
     max_streams: int = Field(1000, ge=1, description=(
-        "/v1/messages streams open at once (each holds a slot for its whole life); more get 529"))
+        "/v1/messages streams open at once (each holds a slot and its connection for its whole life; at most "
+        "nine tenths of server.max_connections); more get 529"))
     max_retry_after_s: float = Field(5.0, ge=0, description=(
         "cap on the Retry-After sent to /v1/messages clients (the anthropic SDK sleeps on it uncapped)"))
     max_body_bytes: int = Field(32 << 20, ge=1024, description=(

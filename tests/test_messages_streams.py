@@ -99,3 +99,34 @@ async def test_the_idle_limit_bounds_each_gap_not_the_stream(gateway_factory, da
     assert status == 200 and b"content_block_delta" in body and body.count(b"event: error") == 1
     assert b'"type": "timeout_error"' in body and b"message_stop" not in body
     assert 0.5 <= time.monotonic() - t0 < 10
+
+
+async def test_open_streams_leave_connections_for_everything_else(gateway_factory, data_dir, fake_anthropic):
+    """server.max_connections 20, llm.max_streams 100: 18 stream slots. With 18 streams open, the next stream
+    gets an Anthropic 529 with Retry-After (not a reset at connect), and a probe and a JSON request on new
+    connections are served."""
+    fake_anthropic.reply = " ".join(f"w{i}" for i in range(10))  # 5 deltas, 0.5 s apart: ~2.5 s open each
+    fake_anthropic.set_model_faults(MODEL, event_interval_s=0.5)
+    client = await gateway_factory(make_settings(data_dir, **anthropic_overrides(
+        fake_anthropic, **{"server.max_connections": 20, "llm.max_streams": 100})))
+    url = str(client.make_url("/v1/messages"))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        held = [asyncio.create_task(_stream(http, url)) for _ in range(18)]
+        for _ in range(200):  # bounded: until all 18 hold their slot
+            if _open_streams(client) == 18:
+                break
+            await asyncio.sleep(0.02)
+        assert _open_streams(client) == 18
+        async with http.post(url, json={"model": MODEL, "max_tokens": 64, "stream": True,
+                                        "messages": [{"role": "user", "content": "one more"}]}) as shed:
+            assert shed.status == 529 and shed.headers["Retry-After"] == "1"
+            assert (await shed.json())["error"]["type"] == "overloaded_error"
+        async with http.get(client.make_url("/readyz")) as probe:
+            assert probe.status == 200
+        async with http.post(url, json={"model": MODEL, "max_tokens": 64, "stream": False,
+                                        "messages": [{"role": "user", "content": "not a stream"}]}) as plain:
+            assert plain.status == 200 and (await plain.json())["type"] == "message"
+        assert _open_streams(client) == 18, "the checks ran while every slot was held"
+        results = await asyncio.wait_for(asyncio.gather(*held), 60)
+    assert [s for s, _ in results] == [200] * 18
+    assert all(body.rstrip().endswith(b'data: {"type": "message_stop"}') for _, body in results)

@@ -41,7 +41,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from gateway import contract
+from gateway import connguard, contract
 from gateway.contract import Mode, StreamOutcome
 from gateway.errors import APIError
 from gateway.http_input import read_json_raw, validate
@@ -110,7 +110,14 @@ class MessagesGateway:
         self.config = cfg
         self.router = router
         self.http = AnthropicHTTP(connect_s=cfg.connect_timeout_s, idle_s=cfg.idle_timeout_s)
-        self.streams = Bulkhead(cfg.max_streams, 0.0, name="llm_streams")
+        connections = connguard.fd_bounded(state.settings.server.max_connections)
+        slots = stream_slots(cfg.max_streams, connections)
+        if slots < cfg.max_streams:
+            log.warning("fewer stream slots than llm.max_streams: an open stream holds a connection, and the "
+                        "connection cap keeps a tenth for everything else",
+                        extra={"event": "stream_slots_lowered", "max_streams": cfg.max_streams, "slots": slots,
+                               "max_connections": connections})
+        self.streams = Bulkhead(slots, 0.0, name="llm_streams")
 
     def upstream_headers(self, request: web.Request, target: Target) -> tuple[dict[str, str], bool]:
         """Headers for ``target`` and whether the credentials are the client's own."""
@@ -133,6 +140,15 @@ class MessagesGateway:
         """Whole seconds for a client, at least 1, capped by ``llm.max_retry_after_s``."""
         cap = self.config.max_retry_after_s
         return contract.retry_after(min(cap, seconds if seconds is not None else cap))
+
+
+def stream_slots(max_streams: int, max_connections: int) -> int:
+    """Streams this gateway keeps open at once: ``llm.max_streams``, but never more than nine tenths of the
+    connection cap. A stream holds its client connection for its whole life; with as many slots as
+    connections, open streams alone would fill the cap and every other client (a /v1/query, a JSON
+    /v1/messages, a health probe) would be refused at connect, and the next stream would get a TCP reset
+    instead of an Anthropic 529 with ``Retry-After``."""
+    return max(1, min(max_streams, max_connections - max(1, max_connections // 10)))
 
 
 def _secret(value: Any) -> str | None:
