@@ -109,8 +109,8 @@ def test_dashboard_deserializes_completely(dashboard_json):
 def test_dashboard_groups_by_component_with_the_expected_widget_types(dashboard_json):
     groups = [w["definition"] for w in dashboard_json["widgets"]]
     assert all(g["type"] == "group" for g in groups)
-    assert [g["title"] for g in groups] == ["Traffic", "Degradation", "Dependencies", "Breakers",
-                                             "Cache & fallback", "KB", "Jobs"]
+    assert [g["title"] for g in groups] == ["Traffic", "Degradation", "Dependencies", "LLM streams (/v1/messages)",
+                                             "Breakers", "Cache & fallback", "KB", "Jobs"]
     kinds = {w["definition"]["type"] for g in groups for w in g["widgets"]}
     assert kinds == {"timeseries", "query_value", "toplist", "note"}
 

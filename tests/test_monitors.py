@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gateway.telemetry.monitors import Recording, evaluate, groups_seen, read_recording, worst_state
+from gateway.telemetry.monitors import Recording, Verdict, evaluate, groups_seen, read_recording, worst_state
 
 ROOT = Path(__file__).resolve().parent.parent
 SERIES = Path(__file__).parent / "data" / "monitor_series"
@@ -48,6 +48,7 @@ FIRES_ON = [
     ("latency", "llm_slow_with_4xx_flood", ("drill", "rag-sidecar")),
     ("cache", "llm_down_stale_answers", ("drill", "rag-sidecar")),
     ("kb", "kb_week_old", ("drill", "rag-sidecar")),
+    ("streams", "messages_stream_cut", ("drill", "rag-sidecar", "claude-sonnet-4-6")),
 ]
 
 
@@ -121,3 +122,20 @@ def test_rate_monitors_do_not_page_on_a_quiet_night():
     for m in MONITORS:
         gauges = "rag.breaker.open_for" in m["query"] or "rag.kb.age" in m["query"]
         assert m["options"]["notify_no_data"] is gauges, m["name"]
+
+
+def test_stream_monitor_counts_breaks_not_clients_leaving():
+    """The same recorded traffic with its cut streams relabelled: healthy (complete) or the client going
+    away mid-stream (client_gone, not the model's failure) must leave the monitor OK, for the same group."""
+    import dataclasses
+
+    points = recording("messages_stream_cut").points
+    for outcome in ("complete", "client_gone"):
+        relabelled = [dataclasses.replace(p, tags=tuple((k, outcome if (k, v) == ("outcome", "cut") else v)
+                                                        for k, v in p.tags)) for p in points]
+        state, where = worst_state(monitor("streams"), relabelled)
+        assert state == "OK", (outcome, where)
+        end = recording("messages_stream_cut").end_t
+        verdicts = evaluate(monitor("streams"), relabelled, end, first_seen=groups_seen(monitor("streams"), relabelled))
+        assert verdicts == {("drill", "rag-sidecar", "claude-sonnet-4-6"): Verdict("OK", 0.0)}, outcome
+    assert worst_state(monitor("streams"), points)[0] == "Alert"

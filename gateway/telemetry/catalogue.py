@@ -175,14 +175,12 @@ RETRIEVAL_QUALITY = MetricSpec(
 LLM_FIRST_TOKEN = MetricSpec(
     "llm.first_token", "distribution", "ms", ("model",),
     "/v1/messages streams: time from the request to the first content sent to the client, by the model "
-    "that answered (with `llm.stream_buffer: full`, to the whole answer).",
-    plotted=False, unplotted_reason="added with the pass-through gateway; dashboard widget pending")
+    "that answered (with `llm.stream_buffer: full`, to the whole answer).")
 LLM_STREAMS = MetricSpec(
     "llm.streams", "count", "streams", ("model", "outcome"),
     "/v1/messages streams by how they ended: complete, or cut / stalled / malformed / no_stop / error / "
     "timeout after content was sent (the client got an `event: error`), or client_gone.",
-    values={"outcome": STREAM_OUTCOMES},
-    plotted=False, unplotted_reason="added with the pass-through gateway; dashboard widget pending")
+    values={"outcome": STREAM_OUTCOMES})
 
 CATALOGUE: tuple[MetricSpec, ...] = (
     REQUEST_COUNT, REQUEST_DURATION, REQUEST_IN_FLIGHT, RATE_LIMITED, DEGRADATION_COUNT,
