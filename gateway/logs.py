@@ -6,18 +6,21 @@ value that looks like an API key before a record is written.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
 import re
 import sys
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from gateway.tracing import current_ids, log_fields, service_fields
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 _STD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+# How many attributes LogRecord.__init__ sets (always the same ones, in order, before any extra).
+_N_RECORD_ATTRS = len(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
 # Anthropic keys (sk-ant-…), generic sk- keys, Bearer tokens.
 _SECRET_RE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9._\-]{8,})")
 
@@ -90,8 +93,11 @@ class JsonFormatter(logging.Formatter):
         if rid:
             out["request_id"] = rid
         out.update(log_fields(current_ids()))
-        for key, value in record.__dict__.items():
-            if key not in _STD_ATTRS and not key.startswith("_"):
+        items: Iterable[tuple[str, Any]] = record.__dict__.items()
+        if type(record) is logging.LogRecord:  # its own attributes come first: skip them unread
+            items = itertools.islice(items, _N_RECORD_ATTRS, None)
+        for key, value in items:
+            if key not in _STD_ATTRS and key[:1] != "_":
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)

@@ -74,7 +74,7 @@ class MessagesRequest(BaseModel):
     stream: Any = Field(False, description="true: server-sent events relayed as they come")
 
 
-@dataclass
+@dataclass(slots=True)
 class MessagesTrace:
     """What happened to one pass-through request; read by the access log, metrics and spans."""
 
@@ -272,10 +272,9 @@ async def _serve(gw: MessagesGateway, request: web.Request, body: dict[str, Any]
         trace.model = target.model
         if not streaming:
             trace.timings_ms["upstream"] = round((time.perf_counter() - t0) * 1e3, 3)
-            out = web.Response(status=result.status, body=result.body,
-                               headers={k: v for k, v in result.headers.items() if k.lower() not in _HOP})
-            out.headers.update(_rag_headers(request, trace))
-            return out
+            relayed = {k: v for k, v in result.headers.items() if k.lower() not in _HOP}
+            relayed.update(_rag_headers(request, trace))
+            return web.Response(status=result.status, body=result.body, headers=relayed)
         trace.ttft_ms = round((time.perf_counter() - trace.started) * 1e3, 3)
         state.telemetry.llm_first_token(target.model, trace.ttft_ms)
         return await _relay(gw, request, result, trace, target)
