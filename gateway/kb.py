@@ -521,6 +521,9 @@ class KnowledgeBase:
                 break
             if v["active"]:
                 continue
+            if is_fast_phase(v) and (v.get("embedder") or {}).get("name"):  # its unfinished upgrade's journal
+                made_by = v["embedder"]
+                EmbedJournal(self.root / "embed-journal", f"{made_by['name']}@{v['version']}", made_by.get("dim")).clear()
             shutil.rmtree(self.versions_dir / v["version"], ignore_errors=True)
             removed.append(v["version"])
             excess -= 1

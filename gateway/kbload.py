@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 
 from gateway import progressive
 from gateway.kb import KBError, KBVersion, is_fast_phase
@@ -93,7 +94,10 @@ async def _run_upgrades(state: AppState) -> None:
         try:
             await progressive.upgrade_version(state.kb_store, kb.version, embedder,
                                               batch_size=state.settings.embedder.batch_size,
-                                              progress=progressive.ProgressLog(status))
+                                              progress=progressive.ProgressLog(status),
+                                              keep_going=partial(_still_served, state, kb))
+        except progressive.UpgradeStopped:
+            continue  # the served version changed (activation, rollback): upgrade that one, if it needs it
         except progressive.UpgradeBusy:
             status.state = "waiting"
             manifest = await asyncio.to_thread(progressive.manifest_or_none, state.kb_store, kb.version)
@@ -127,3 +131,8 @@ async def _run_upgrades(state: AppState) -> None:
             klog.info("serving quality vectors", extra={"event": "kb_vectors_swapped", "kb_version": kb.version})
         elif new is not None:
             new.chunks.close()
+
+
+def _still_served(state: AppState, kb: KBVersion) -> bool:
+    """Whether ``kb`` is still the served version (an activation or rollback stops its upgrade)."""
+    return state.kb is kb

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,10 @@ class UpgradeBusy(KBError):
     """Another process is upgrading this version (it holds the lock)."""
 
 
+class UpgradeStopped(KBError):
+    """The caller stopped the upgrade (the version is no longer served); its journal keeps what was done."""
+
+
 def _try_lock(version_dir: Path) -> int:
     fd = os.open(version_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -143,12 +148,14 @@ def _read_chunks(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[str]
 
 
 async def upgrade_version(kb: KnowledgeBase, version: str, embedder: Embedder, *, batch_size: int = 16,
-                          progress: Progress | None = None) -> dict[str, Any]:
+                          progress: Progress | None = None,
+                          keep_going: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Embed ``version``'s quality vectors (resuming from its journal), then commit them
     (:meth:`KnowledgeBase.finish_upgrade`). Returns the version's manifest (already ``quality``: unchanged).
 
-    Raises :class:`UpgradeBusy` (another process upgrades it), :class:`ModelMismatch` (the version is for
-    another quality model), KBError / OSError / the embedder's errors (the journal keeps what was done)."""
+    Raises :class:`UpgradeBusy` (another process upgrades it), :class:`UpgradeStopped` (``keep_going()``
+    turned false between batches), :class:`ModelMismatch` (the version is for another quality model),
+    KBError / OSError / the embedder's errors (the journal keeps what was done)."""
     progress = progress or (lambda stage, done, total: None)
     d = kb.version_dir(version)
     fd = await asyncio.to_thread(_try_lock, d)
@@ -167,6 +174,8 @@ async def upgrade_version(kb: KnowledgeBase, version: str, embedder: Embedder, *
         done = len(ids) - len(todo)
         progress("upgrade", done, len(ids))
         for start in range(0, len(todo), batch_size):
+            if keep_going is not None and not keep_going():
+                raise UpgradeStopped(f"upgrade of {version} stopped at {done}/{len(ids)}")
             idx = todo[start:start + batch_size]
             out = await embedder.embed_passages([texts[i] for i in idx])
             await asyncio.to_thread(journal.append, [ids[i] for i in idx], out)

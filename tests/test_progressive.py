@@ -277,3 +277,23 @@ def test_ingest_wait_quality_returns_once_the_quality_vectors_are_written(tmp_pa
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["vectors"] == "quality" and out["quality_seconds"] is not None
     assert (data / "kb" / "versions" / out["version"] / "vectors.npy").exists()
+
+
+async def test_activating_another_version_stops_the_old_ones_upgrade(tmp_path, gateway_factory):
+    settings = _settings(tmp_path / "data", **{"embedder.batch_size": 1, "kb.chunk_chars": 100, "kb.chunk_overlap": 0})
+    old = (await ingest(settings, [TINY_CORPUS])).version
+    new = (await ingest(settings, [TINY_CORPUS], activate=False, label="next")).version
+    kb = open_kb(settings)
+    client = await gateway_factory(settings, wait_ready=False)
+    state = state_of(client)
+    state.faults.set("embedder", FaultSpec.model_validate({"delay": {"fixed_delay_s": 0.2}}))  # slow batches
+    await asyncio.wait_for(state.ready.wait(), timeout=60)
+    await _until(lambda: _upgrade_state(client, "upgrading"), 30, "the upgrade did not start")
+    resp = await client.post("/admin/kb/activate", json={"version": new}, headers=ADMIN)
+    assert resp.status == 200
+    state.faults.clear()
+    await _until(lambda: _vectors_are(client, "quality"), 60, "the activated version was not upgraded")
+    assert state.kb.version == new
+    old_manifest = json.loads((kb.versions_dir / old / "manifest.json").read_text())
+    assert old_manifest["vectors"] == "fast"  # its upgrade stopped when it stopped being served
+    assert 0 < progressive.quality_done(kb, old, old_manifest) < old_manifest["chunk_count"]
