@@ -244,8 +244,11 @@ def health_view(state: AppState) -> dict[str, Any]:
     label = vectors_label(state.kb_store, kb.version, kb.manifest)
     status = state.upgrade if state.upgrade is not None and state.upgrade.version == kb.version else None
     out: dict[str, Any] = {"vectors": label, "serving_vectors": kb.vectors_tier}
-    if kb.vectors_tier == "fast" or (status is not None and status.state == "complete"):
-        out["upgrade"] = status.as_dict() if status is not None else None
+    if status is None and kb.vectors_tier == "fast":  # the upgrade task has not looked at it yet
+        status = UpgradeStatus(kb.version, total=len(kb.chunks), done=quality_done(state.kb_store, kb.version,
+                                                                                  kb.manifest))
+    if status is not None and (kb.vectors_tier == "fast" or status.state == "complete"):
+        out["upgrade"] = status.as_dict()
     return out
 
 

@@ -121,6 +121,47 @@ async def test_a_kb_activation_reaches_every_worker(served):
     print(f"\nKB activation reached both workers in {took:.2f} s")
 
 
+async def test_every_worker_serves_a_progressive_version_fast_then_swaps_to_quality(served):
+    import fcntl
+    import json
+
+    env = {**served.env, "RAG_SIDECAR__KB__PROGRESSIVE_MIN_CHUNKS": "1", "RAG_SIDECAR__KB__CHUNK_CHARS": "200",
+           "RAG_SIDECAR__KB__CHUNK_OVERLAP": "0"}  # new chunks: no cached quality vectors, so fast first
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "ingest", str(TINY_CORPUS), "--no-activate"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["vectors"] == "fast"
+    version = result["version"]
+    lock = Path(env["RAG_SIDECAR__SERVER__DATA_DIR"]) / "kb" / "versions" / version / ".upgrade.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # this test holds the upgrade: every worker must serve the fast set meanwhile
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(served.base + "/admin/kb/activate", json={"version": version}, headers=ADMIN) as r:
+                assert r.status == 200, await r.text()
+
+        def kb_of(body: dict) -> dict:
+            return body["components"]["kb"]
+
+        async def every_worker(serving: str) -> bool:
+            seen = await served.per_worker("/health", timeout_s=5)
+            return all(kb_of(b)["version"] == version and kb_of(b)["serving_vectors"] == serving for b in seen.values())
+
+        await _until(lambda: every_worker("fast"), 15.0, "a worker does not serve the fast set")
+
+        async def every_worker_waits() -> bool:  # the lock is held elsewhere: nobody upgrades, all serve fast
+            seen = await served.per_worker("/health", timeout_s=5)
+            return all(kb_of(b)["upgrade"]["state"] == "waiting" and kb_of(b)["serving_vectors"] == "fast"
+                       for b in seen.values())
+
+        await _until(every_worker_waits, 15.0, "a worker is not waiting for the lock")
+    finally:
+        os.close(fd)  # released: one worker takes the lock and upgrades, every worker swaps
+    took = await _until(lambda: every_worker("quality"), 60.0, "a worker did not swap to the quality vectors")
+    print(f"\nquality vectors reached both workers {took:.2f} s after the lock was released")
+
+
 async def test_metrics_answer_for_every_worker(served):
     status, text = await served.get("/metrics")
     assert status == 200
