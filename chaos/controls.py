@@ -54,35 +54,11 @@ class DrillTarget:
 SLOW_CLIENT_MAX_CONNECTIONS = 1000  # a slow client reconnects at most this often (bounded loop)
 
 
-async def _trickle_body(host: str, port: int, bytes_per_s: float) -> None:
-    """POST /v1/query whose body arrives ``bytes_per_s``; reconnect whenever the gateway closes it."""
-    body = json.dumps({"query": "json dumps indent " + "x" * 2000}).encode()
-    head = (f"POST /v1/query HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nX-Client-Id: chaos-slow-client\r\n\r\n").encode()
-    for _ in range(SLOW_CLIENT_MAX_CONNECTIONS):
-        try:
-            reader, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            await asyncio.sleep(0.2)
-            continue
-        try:
-            writer.write(head)
-            for i in range(len(body)):
-                if reader.at_eof():
-                    break
-                writer.write(body[i:i + 1])
-                await writer.drain()
-                await asyncio.sleep(1.0 / bytes_per_s)
-        except (OSError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
-async def _trickle_headers(host: str, port: int, bytes_per_s: float, lived: list[float]) -> None:
-    """A slowloris: request headers sent ``bytes_per_s``, never finished; how long each connection stayed
-    open until the gateway closed it (or the undo ended it) goes to ``lived``; reconnect when closed."""
-    head = (f"GET /health HTTP/1.1\r\nHost: {host}:{port}\r\nX-Slowloris: " + "x" * 4000).encode()
+async def _trickle(host: str, port: int, at_once: bytes, trickled: bytes, bytes_per_s: float,
+                   lived: list[float] | None = None) -> None:
+    """Send ``at_once``, then ``trickled`` one byte every ``1 / bytes_per_s`` s; reconnect whenever the gateway
+    closes the connection. With ``lived``, how long each connection stayed open is appended to it (on
+    cancellation too: a connection never closed lived the whole window)."""
     loop = asyncio.get_running_loop()
     for _ in range(SLOW_CLIENT_MAX_CONNECTIONS):
         try:
@@ -92,17 +68,34 @@ async def _trickle_headers(host: str, port: int, bytes_per_s: float, lived: list
             continue
         opened = loop.time()
         try:
-            for i in range(len(head)):
+            writer.write(at_once)
+            for i in range(len(trickled)):
                 if reader.at_eof():
                     break
-                writer.write(head[i:i + 1])
+                writer.write(trickled[i:i + 1])
                 await writer.drain()
                 await asyncio.sleep(1.0 / bytes_per_s)
         except (OSError, ConnectionError):
             pass
-        finally:  # also when the undo cancels it: a connection never closed lived the whole window
-            lived.append(loop.time() - opened)
+        finally:
+            if lived is not None:
+                lived.append(loop.time() - opened)
             writer.close()
+
+
+async def _trickle_body(host: str, port: int, bytes_per_s: float) -> None:
+    """POST /v1/query whose body arrives ``bytes_per_s``; reconnect whenever the gateway closes it."""
+    body = json.dumps({"query": "json dumps indent " + "x" * 2000}).encode()
+    head = (f"POST /v1/query HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Client-Id: chaos-slow-client\r\n\r\n").encode()
+    await _trickle(host, port, head, body, bytes_per_s)
+
+
+async def _trickle_headers(host: str, port: int, bytes_per_s: float, lived: list[float]) -> None:
+    """A slowloris: request headers sent ``bytes_per_s``, never finished; how long each connection stayed
+    open until the gateway closed it (or the undo ended it) goes to ``lived``; reconnect when closed."""
+    head = (f"GET /health HTTP/1.1\r\nHost: {host}:{port}\r\nX-Slowloris: " + "x" * 4000).encode()
+    await _trickle(host, port, b"", head, bytes_per_s, lived)
 
 
 @dataclass

@@ -5,6 +5,7 @@ fail on what clients got."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,31 +30,27 @@ def test_every_mechanism_has_a_mutant_and_a_drill() -> None:
         Settings.model_validate(m.overrides)  # a valid config: a typo would fail the stack, not a drill
 
 
-async def test_blackhole_drill_kills_the_vector_db_breaker_mutant(tmp_path: Path) -> None:
-    [mutant] = [m for m in MUTANTS if m.name == "breaker:vector_db"]
-    stack = StackThread(tmp_path / "stack", open_s=OPEN_S, overrides=mutant.overrides)
+async def _drill_mutant(mutant_name: str, scenario: str, workdir: Path) -> dict[str, Any]:
+    """The journal of ``scenario`` drilled against a local stack running mutant ``mutant_name``."""
+    [mutant] = [m for m in MUTANTS if m.name == mutant_name]
+    stack = StackThread(workdir, open_s=OPEN_S, overrides=mutant.overrides)
     try:
         stack.start()
         await stack.reset()
-        journal = await Drill(load_scenario("vector_db_blackhole", stack.variables()), stack.target(),
-                              out_dir=None, png=False).run()
+        return await Drill(load_scenario(scenario, stack.variables()), stack.target(), out_dir=None, png=False).run()
     finally:
         stack.stop()
+
+
+async def test_blackhole_drill_kills_the_vector_db_breaker_mutant(tmp_path: Path) -> None:
+    journal = await _drill_mutant("breaker:vector_db", "vector_db_blackhole", tmp_path / "stack")
     failed = {p["type"] for p in journal["steady_states"]["during"]["probes"] if not p["met"]}
     assert journal["verdict"] != "pass"
     assert "breaker_opened" in failed, journal["steady_states"]["during"]["probes"]
 
 
 async def test_529_storm_drill_kills_the_messages_failover_mutant(tmp_path: Path) -> None:
-    [mutant] = [m for m in MUTANTS if m.name == "failover:messages"]
-    stack = StackThread(tmp_path / "stack", open_s=OPEN_S, overrides=mutant.overrides)
-    try:
-        stack.start()
-        await stack.reset()
-        journal = await Drill(load_scenario("messages_529_storm", stack.variables()), stack.target(),
-                              out_dir=None, png=False).run()
-    finally:
-        stack.stop()
+    journal = await _drill_mutant("failover:messages", "messages_529_storm", tmp_path / "stack")
     during = {p["type"]: p for p in journal["steady_states"]["during"]["probes"]}
     assert journal["verdict"] != "pass"
     # No model left to fail over to: the clients get the primary's 529s (the safeguard ends the storm early).
