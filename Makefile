@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test check install bench drill drill-mutants lock clean sample-embeddings image-check
+.PHONY: serve test check install bench bench-tools drill drill-mutants lock clean sample-embeddings image-check
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -30,7 +30,17 @@ check: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
+## The bench's compiled load generator (wrk, Debian package; see docs/benchmarks.md). Optional: without it
+## `make bench` falls back to the Python load generator and the report says so.
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 && echo "wrk: $$(command -v wrk)" || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y wrk \
+	      || echo "bench-tools: could not install wrk; the bench will use its Python load generator"; \
+	  else echo "bench-tools: no apt-get; install wrk 4.x yourself or the bench uses its Python load generator"; fi; }
+
 bench: $(STAMP)
+	-@$(MAKE) --no-print-directory bench-tools
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.embedders
 

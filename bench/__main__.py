@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted: writing what was measured")
     finally:
+        meta["harness"] = ctx.harness()
         ctx.close()
         shutil.rmtree(work, ignore_errors=True)
     meta["wall_s"] = round(time.perf_counter() - started, 1)

@@ -17,6 +17,7 @@ import psutil
 from bench import synthetic
 from bench.loadgen import LoadGenerator, LoadSpec
 from bench.procs import ServerProcess, http_json, log
+from bench.wrk import run_wrk, wrk_path, wrk_version
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CORPUS = ROOT / "corpus"
@@ -60,7 +61,13 @@ class Context:
     use_cache: bool = True
     loadgen: LoadGenerator | None = None
     _standins: ServerProcess | None = None
+    _canned: ServerProcess | None = None
     _floor: ServerProcess | None = None
+    _floor_canned: ServerProcess | None = None
+    _wrk: str | None = None
+    _wrk_checked: bool = False
+    used: dict[str, int] = field(default_factory=dict)  # load generator label -> points driven with it
+    canned_used: bool = False
     _children: list[ServerProcess] = field(default_factory=list)
 
     @property
@@ -74,29 +81,57 @@ class Context:
         """What ``make serve`` ingests (quick mode: the tests' tiny corpus, to keep ingest to seconds)."""
         return TINY_CORPUS if self.quick else SAMPLE_CORPUS
 
-    # -- load ---------------------------------------------------------------------------------------
+    # -- load ----------------------------------------------------------------------------------------
     def load(self) -> LoadGenerator:
         if self.loadgen is None:
             self.loadgen = LoadGenerator()
         return self.loadgen
 
+    def wrk(self) -> str | None:
+        """The wrk binary when installed (``make bench-tools``) and not turned off (``RAG_BENCH_LOADGEN=python``)."""
+        if not self._wrk_checked:
+            self._wrk_checked = True
+            self._wrk = wrk_path()
+            if self._wrk:
+                log(f"load generator: wrk {wrk_version(self._wrk)} ({self._wrk}); the Python one where a point "
+                    "needs Server-Timing")
+            else:
+                log("load generator: Python (bench/loadgen.py) — wrk is not installed (`make bench-tools`) or "
+                    "RAG_BENCH_LOADGEN=python; its CPU per request is several times wrk's and shares the cores")
+        return self._wrk
+
+    def harness(self) -> dict[str, Any]:
+        """What drove the load and answered upstream, for the report's header."""
+        wrk = self.wrk()
+        return {"loadgen_points": dict(self.used), "wrk": f"wrk {wrk_version(wrk)}" if wrk else None,
+                "canned_upstream": self.canned_used}
+
     def point(self, url: str, bodies: list[Any], concurrency: int, procs: dict[str, ServerProcess], *,
               unique_field: str | None = None, headers: dict[str, str] | None = None,
               server_timing: tuple[str, ...] = (), duration_s: float | None = None,
-              warmup_s: float | None = None, return_raw: bool = False) -> dict[str, Any]:
-        """One closed-loop load point, with the CPU each process in ``procs`` spent per request."""
-        lg = self.load()
-        watched = {**procs, "loadgen": None}
-        before = {n: (p.cpu_s() if p else _cpu_s(lg.pid)) for n, p in watched.items()}
+              warmup_s: float | None = None, return_raw: bool = False, python: bool = False) -> dict[str, Any]:
+        """One closed-loop load point, with the CPU each process in ``procs`` (and the load generator) spent
+        per request. wrk drives it when installed, unless the point needs Server-Timing or ``python``."""
         spec = LoadSpec(url=url, bodies=bodies, concurrency=concurrency,
                         duration_s=duration_s or self.duration_s,
                         warmup_s=self.warmup_s if warmup_s is None else warmup_s, unique_field=unique_field,
                         headers=headers or {}, server_timing=server_timing, return_raw=return_raw)
-        res = lg.run(spec)
-        after = {n: (p.cpu_s() if p else _cpu_s(lg.pid)) for n, p in watched.items()}
+        wrk = None if (python or server_timing) else self.wrk()
+        before = {n: p.cpu_s() for n, p in procs.items()}
+        if wrk:
+            res = run_wrk(spec, wrk)
+            lg_cpu = res.pop("loadgen_cpu_s")
+        else:
+            lg = self.load()
+            lg0 = _cpu_s(lg.pid)
+            res = lg.run(spec)
+            lg_cpu = _cpu_s(lg.pid) - lg0
+            res["loadgen"] = "python"
+        after = {n: p.cpu_s() for n, p in procs.items()}
+        self.used[res["loadgen"]] = self.used.get(res["loadgen"], 0) + 1
         total = max(res["requests"] + res["warmup_requests"], 1)  # CPU covers the warm-up too
-        res["cpu_s"] = {n: after[n] - before[n] for n in watched}
-        res["cpu_ms_per_req"] = {n: round((after[n] - before[n]) * 1e3 / total, 3) for n in watched}
+        res["cpu_s"] = {**{n: after[n] - before[n] for n in procs}, "loadgen": lg_cpu}
+        res["cpu_ms_per_req"] = {n: round(v * 1e3 / total, 3) for n, v in res["cpu_s"].items()}
         res["load_avg"] = round(os.getloadavg()[0], 2)
         return res
 
@@ -131,6 +166,10 @@ class Context:
             self._standins = None
         if proc is self._floor:
             self._floor = None
+        if proc is self._canned:
+            self._canned = None
+        if proc is self._floor_canned:
+            self._floor_canned = None
 
     def standins(self) -> ServerProcess:
         if self._standins is None:
@@ -138,15 +177,45 @@ class Context:
             self._standins = self.start("standins", "bench.standins", [])
         return self._standins
 
-    def floor(self) -> ServerProcess:
-        """The Python floor, pointed at the stand-ins (the collection must have been ingested)."""
+    def canned(self) -> ServerProcess:
+        """The canned Anthropic upstream (bench/canned.py): the stand-in's bytes at ~10 µs CPU per request."""
+        if self._canned is None:
+            log("starting the canned Anthropic upstream (bench/canned.py) in its own process")
+            self._canned = self.start("canned", "bench.canned", [])
+            self.canned_used = True
+        return self._canned
+
+    def anthropic(self) -> tuple[ServerProcess, str]:
+        """The Anthropic upstream for pass-through and scale-out points: the canned one, or the Python
+        stand-in with ``RAG_BENCH_UPSTREAM=standins`` (to compare harnesses). (process, base URL)."""
+        if os.environ.get("RAG_BENCH_UPSTREAM", "").lower() == "standins":
+            s = self.standins()
+            return s, s.info["anthropic_url"]
+        c = self.canned()
+        return c, c.info["url"]
+
+    def anthropic_label(self) -> str:
+        return ("Python stand-in (chaos/stubs, RAG_BENCH_UPSTREAM=standins)"
+                if os.environ.get("RAG_BENCH_UPSTREAM", "").lower() == "standins" else "canned (bench/canned.py)")
+
+    def floor(self, upstream: str = "standins") -> ServerProcess:
+        """The Python floor, its Anthropic calls going to the stand-ins or (``upstream="bench"``) to
+        :meth:`anthropic`'s upstream; retrieval always goes to the stand-ins (the collection must be ingested)."""
+        proc, url = self.anthropic() if upstream == "bench" else (None, "")
+        if upstream == "bench" and proc is not self._standins:
+            if self._floor_canned is None:
+                self._floor_canned = self._start_floor("floor-canned", url)
+            return self._floor_canned
         if self._floor is None:
-            s = self.standins().info
-            self._floor = self.start("floor", "bench.floor", [
-                "--embeddings-url", s["embeddings_url"], "--weaviate-http-port", str(s["weaviate_http_port"]),
-                "--weaviate-grpc-port", str(s["weaviate_grpc_port"]), "--anthropic-url", s["anthropic_url"],
-                "--collection", COLLECTION])
+            self._floor = self._start_floor("floor", self.standins().info["anthropic_url"])
         return self._floor
+
+    def _start_floor(self, name: str, anthropic_url: str) -> ServerProcess:
+        s = self.standins().info
+        return self.start(name, "bench.floor", [
+            "--embeddings-url", s["embeddings_url"], "--weaviate-http-port", str(s["weaviate_http_port"]),
+            "--weaviate-grpc-port", str(s["weaviate_grpc_port"]), "--anthropic-url", anthropic_url,
+            "--collection", COLLECTION])
 
     def gateway(self, name: str, overrides: dict[str, Any], *, env_extra: dict[str, str] | None = None,
                 ready_timeout_s: float = 300.0) -> ServerProcess:
@@ -164,7 +233,7 @@ class Context:
         for proc in list(self._children):
             proc.stop()
         self._children.clear()
-        self._standins = self._floor = None
+        self._standins = self._floor = self._canned = self._floor_canned = None
         if self.loadgen is not None:
             self.loadgen.close()
             self.loadgen = None
@@ -235,6 +304,7 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         modes.update(p["modes"])
         errors.update(p["errors"])
     return {"concurrency": parts[0]["concurrency"], "requests": requests,
+            "loadgen": "+".join(sorted({p.get("loadgen", "python") for p in parts})),
             "warmup_requests": sum(p["warmup_requests"] for p in parts), "window_s": round(window, 3),
             "rps": round(requests / window, 1) if window else 0.0, **summarize_ms(raw),
             "status": dict(status), "modes": dict(modes), "errors": dict(errors), "server_timing": {},

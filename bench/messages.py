@@ -68,25 +68,35 @@ def run(ctx: Context) -> dict[str, Any]:
     overrides = gateway_overrides(ctx, str(data_dir))
     log("section 8: ingesting the sample corpus into the Weaviate stand-in (stand-in embedder)")
     ingest(ctx, overrides)
-    floor = ctx.floor()
     out: dict[str, Any] = {"json": [], "stream": []}
-    gateway = ctx.gateway("gateway-messages", overrides)
+    slices = SLICES_QUICK if ctx.quick else SLICES
+    # Pass-through points: both sides call the canned upstream (bench/canned.py, the stand-in's recorded
+    # bytes at ~10 µs CPU per request), so the Python stand-in's own cost does not weigh on either side.
+    canned, canned_url = ctx.anthropic()  # RAG_BENCH_UPSTREAM=standins: the Python stand-in instead
+    floor_c = ctx.floor("bench")
+    gateway = ctx.gateway("gateway-messages-canned", {**overrides, "llm.base_url": canned_url})
     try:
         gw_url = f"http://127.0.0.1:{gateway.info['port']}/v1/messages"
-        floor_url = f"http://127.0.0.1:{floor.info['port']}/v1/messages"
-        slices = SLICES_QUICK if ctx.quick else SLICES
+        floor_url = f"http://127.0.0.1:{floor_c.info['port']}/v1/messages"
         for kind, stream in (("json", False), ("stream", True)):
             for c in CONCURRENCY:
                 log(f"  /v1/messages {kind} c={c}: floor and gateway, {slices} interleaved slices each")
-                sides = {"floor": (floor_url, {"server": floor, "standins": standins}),
-                         "gateway": (gw_url, {"server": gateway, "standins": standins})}
+                sides = {"floor": (floor_url, {"server": floor_c, "upstream": canned}),
+                         "gateway": (gw_url, {"server": gateway, "upstream": canned})}
                 row: dict[str, Any] = {"concurrency": c, **ctx.compare(sides, [_body(MODEL, stream)], c,
                                                                       slices=slices, headers=HEADERS)}
                 row.update(_compare(row["floor"], row["gateway"]))
                 for side in ("floor", "gateway"):
                     row[side].pop("raw_ms", None)
                 out[kind].append(row)
+    finally:
+        ctx.stop(gateway)
 
+    floor = ctx.floor()
+    gateway = ctx.gateway("gateway-messages", overrides)
+    try:
+        gw_url = f"http://127.0.0.1:{gateway.info['port']}/v1/messages"
+        floor_url = f"http://127.0.0.1:{floor.info['port']}/v1/messages"
         # A paced model: 8 deltas 50 ms apart (the stand-in's bench reply), first content at once.
         http_json("PUT", f"{stub}/__faults__?model={PACED}", {"event_interval_s": 0.05})
         n = 5 if ctx.quick else 20
@@ -119,9 +129,12 @@ def run(ctx: Context) -> dict[str, Any]:
     out["ttft"] = {**ttft, "full_over_first_content_p50": round(fu / fc, 2) if fc else None,
                    "added_p50_ms_by_full": round(fu - fc, 1)}
     out["slices"] = slices
+    out["upstream"] = ctx.anthropic_label()
     out["notes"] = [
-        f"Each pass-through point: {ctx.duration_s:g} s per side in {slices} alternating slices, one stand-in "
-        "process (answers at once), one load generator, gateway with its defaults (JSON access log, metrics).",
+        f"Each pass-through point: {ctx.duration_s:g} s per side in {slices} alternating slices; both sides call "
+        f"the same Anthropic upstream, {out['upstream']} (canned: the stand-in's recorded JSON/SSE bytes, "
+        "answered at once); one load generator (wrk when installed, see the header); gateway with its defaults (JSON "
+        "access log, metrics). TTFT and memory use the Python stand-in (its paced model).",
         "TTFT: the stand-in's paced model sends its 8 text deltas 50 ms apart; `full` holds the whole answer, "
         "so its first content arrives with the last delta.",
         "Memory: the gateway's peak RSS (psutil, 0.1 s samples) while every stream is open, minus its RSS before.",

@@ -165,8 +165,24 @@ def _machine_md(meta: dict) -> list[str]:
         f"{m['memory_gb']} GB RAM, {m['os']}; load average at start {m['load_avg_at_start']}",
         f"- **Python** {m['python']}; {pk}",
         f"- **Commit** {git.get('commit')}{' (with uncommitted changes)' if git.get('dirty') else ''}",
+        *_harness_md(meta.get("harness")),
         f"- ⚠️ {WARNING}",
     ]
+
+
+def _harness_md(h: dict | None) -> list[str]:
+    """Which load generator drove the points and which Anthropic upstream answered (they share the cores)."""
+    if not h:
+        return []
+    points = h.get("loadgen_points") or {}
+    used = ", ".join(f"{k}: {v} points" for k, v in sorted(points.items())) or "none"
+    gen = (f"{h['wrk']} where a point needs no Server-Timing, the Python one (bench/loadgen.py) otherwise"
+           if h.get("wrk") else "the Python one (bench/loadgen.py) — wrk is not installed (`make bench-tools`), "
+           "so the load generator's CPU per request is several times higher and shares the cores")
+    up = ("the canned upstream (bench/canned.py: the stand-in's recorded bytes) for the scale-out points and "
+          "where a section says so, the Python stand-ins (chaos/stubs) elsewhere" if h.get("canned_upstream")
+          else "the Python stand-ins (chaos/stubs)")
+    return [f"- **Load generator**: {gen} ({used}) · **Anthropic upstream**: {up}"]
 
 
 def _targets_md(ts: list[dict]) -> list[str]:
@@ -234,17 +250,17 @@ def _workers_md(sec: dict) -> list[str]:
                 for k in ("floor_passthrough", "workers_1", "workers_2")]
         lines.append(f"| {name} | {' | '.join(cell)} | {_f(r['ratio_2_vs_1'])}× | {_f(r['ratio_2_vs_floor'])}× | "
                      f"{_f(r['ratio_1_vs_floor'])}× |")
-    lines += ["", "Where the CPU went (ms per request: server / load generator / stand-ins), the cores other work "
+    lines += ["", "Where the CPU went (ms per request: server / load generator / Anthropic upstream), the cores other work "
               "used meanwhile, and the most each side could serve from its CPU per request (`ceiling`, req/s: on "
               "all cores / on what other work left):", "",
-              "| path | side | CPU ms/req srv / loadgen / stand-ins | other work (cores) | ceiling req/s | measured "
+              "| path | side | CPU ms/req srv / loadgen / upstream | other work (cores) | ceiling req/s | measured "
               "/ ceiling |", "|---|---|---|---:|---|---:|"]
     for name, r in sec.get("paths", {}).items():
         for k in ("floor_passthrough", "workers_1", "workers_2"):
             side, cpu, ceil = r[k], r[k]["cpu_ms_per_req"], r[k].get("ceiling_rps") or {}
             left = ceil.get("cores_left_by_others")
             lines.append(f"| {name} | {k} | {_f(cpu.get('server'), 3)} / {_f(cpu.get('loadgen'), 3)} / "
-                         f"{_f(cpu.get('standins'), 3)} | {_f((side.get('box') or {}).get('others_cores'))} | "
+                         f"{_f(cpu.get('upstream', cpu.get('standins')), 3)} | {_f((side.get('box') or {}).get('others_cores'))} | "
                          f"{_f(ceil.get('all_cores'), 0)} / {_f(left, 0)} | "
                          f"{_f(side['rps'] / left if left else None)} |")
         cr = r.get("ceiling_ratios") or {}

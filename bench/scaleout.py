@@ -66,17 +66,25 @@ def _notes(out: dict[str, Any]) -> list[str]:
     sides = [r[k] for r in out["paths"].values() for k in ("floor_passthrough", "workers_1", "workers_2")]
     others = [s["box"]["others_cores"] for s in sides]
     lg = [s["cpu_ms_per_req"].get("loadgen", 0.0) for s in sides]
+    up = [s["cpu_ms_per_req"].get("upstream", s["cpu_ms_per_req"].get("standins", 0.0)) for s in sides]
+    harness = out.get("harness") or {}
+    gen = " + ".join(harness.get("loadgen") or ["python"])
+    gen_text = ("wrk (compiled, one thread)" if gen == "wrk" else
+                f"{gen} — the Python load generator; install wrk (`make bench-tools`) for a cheaper one")
     return [
-        f"Everything runs on the same {out['cores']} cores: the load generator (one Python process, "
-        f"{min(lg):.2f}–{max(lg):.2f} ms CPU per request), the stand-ins and the servers under test, so 2 workers "
-        "never get 2 whole cores. `ceiling` is the most each side could serve from its measured CPU per request "
-        "(server + load generator + stand-ins; no process above one core) — on all cores, and on what other work "
-        "on the machine left; the ratios those ceilings allow are what the targets can reach on this machine.",
+        f"Everything runs on the same {out['cores']} cores: the load generator ({gen_text}: "
+        f"{min(lg):.3f}–{max(lg):.3f} ms CPU per request), the Anthropic upstream "
+        f"({harness.get('upstream', 'stand-in')}: {min(up):.3f}–{max(up):.3f} ms) and the servers under test, "
+        "so 2 workers never get 2 whole cores. `ceiling` is the most each side could serve from its measured CPU "
+        "per request (server + load generator + upstream; no process above one core) — on all cores, and on what "
+        "other work on the machine left; the ratios those ceilings allow are what the targets can reach on this "
+        "machine.",
         f"Other work on the machine (not this run) used {min(others):.2f}–{max(others):.2f} cores during the "
         f"slices; 1-min load average {out['load_avg_1m']} at the end. Compare the ratios, not the absolute req/s.",
         "`floor_passthrough` is the minimal aiohttp pass-through (bench/floor.py /v1/messages, one process); "
         "it is the reference for every path, as the issue asks — the query paths do more per request than it "
-        "(an answer-cache lookup; BM25 and an LLM call on the keyword path).",
+        "(an answer-cache lookup; BM25 and an LLM call on the keyword path). Every side's Anthropic calls (the "
+        "floor's and /v1/messages' pass-through, the keyword path's generation) go to the same upstream.",
     ]
 
 
@@ -129,11 +137,13 @@ def _box_busy_s() -> float:
 def ceiling_rps(cpu_ms: dict[str, float], server_procs: int, cores: float) -> float | None:
     """Most req/s a side could serve with ``cores`` CPUs, from its measured CPU per request.
 
-    Every request costs ``server + loadgen + standins`` ms of CPU on the same cores; each of those runs
+    Every request costs ``server + loadgen + upstream`` ms of CPU (``upstream``: the Anthropic stand-in
+    process, canned or Python; ``standins`` counted the same way) on the same cores; each of those runs
     in its own single-threaded process(es), so none can exceed one core (the servers: ``server_procs``
     cores, shared evenly). An upper bound: perfect scheduling, no waiting.
     """
-    server, other = cpu_ms.get("server", 0.0), [cpu_ms.get("loadgen", 0.0), cpu_ms.get("standins", 0.0)]
+    upstream = cpu_ms.get("upstream", 0.0) + cpu_ms.get("standins", 0.0)
+    server, other = cpu_ms.get("server", 0.0), [cpu_ms.get("loadgen", 0.0), upstream]
     total = server + sum(other)
     if server <= 0 or cores <= 0:
         return None
@@ -157,8 +167,9 @@ def add_ceilings(res: dict[str, dict[str, Any]], cores: int) -> None:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    standins = ctx.standins()
-    floor = ctx.floor()
+    ctx.standins()  # the floor's retrieval clients connect to it at start; idle here
+    upstream, upstream_url = ctx.anthropic()  # every side's Anthropic calls: canned unless RAG_BENCH_UPSTREAM
+    floor = ctx.floor("bench")
     template = ctx.sample_kb(ctx.work / "scaleout-template")
     queries = [{"query": q} for q in golden_queries()]
     messages = [{"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": q}]}
@@ -174,7 +185,7 @@ def run(ctx: Context) -> dict[str, Any]:
             shutil.copytree(template, data_dir)
             overrides = {"server.data_dir": str(data_dir), "kb.sample_corpus": str(ctx.sample_corpus),
                          "auth.admin_token": ADMIN_TOKEN, "llm.backend": "anthropic", "llm.api_key": LLM_KEY,
-                         "llm.base_url": standins.info["anthropic_url"], "telemetry.statsd_enabled": False}
+                         "llm.base_url": upstream_url, "telemetry.statsd_enabled": False}
             log(f"section 6: starting `rag-sidecar serve --workers {n}`")
             tree = ServeTree(f"serve-w{n}", "bench.serve_proc",
                              ["--workers", str(n), "--overrides", json.dumps(overrides)], ctx.logs,
@@ -188,12 +199,12 @@ def run(ctx: Context) -> dict[str, Any]:
                 if status != 200:
                     raise RuntimeError(f"cache warm-up failed: {status} {resp}")
         floor_side = {"url": f"http://127.0.0.1:{floor.info['port']}/v1/messages", "bodies": messages,
-                      "headers": msg_headers, "procs": {"server": floor, "standins": standins}}
+                      "headers": msg_headers, "procs": {"server": floor, "upstream": upstream}}
         slices = SLICES_QUICK if ctx.quick else SLICES
 
         def side(n: int, path: str, **kw: Any) -> dict[str, Any]:
             return {"url": f"http://127.0.0.1:{trees[n].info['port']}{path}",
-                    "procs": {"server": trees[n], "standins": standins}, **kw}
+                    "procs": {"server": trees[n], "upstream": upstream}, **kw}
 
         plan = {
             "messages": dict(path="/v1/messages", bodies=messages, headers=msg_headers),
@@ -217,6 +228,9 @@ def run(ctx: Context) -> dict[str, Any]:
         for n in WORKERS:
             out["memory"][f"workers_{n}"] = trees[n].worker_memory()
         out["load_avg_1m"] = round(os.getloadavg()[0], 2)
+        out["harness"] = {"loadgen": sorted({r[k].get("loadgen", "python") for r in out["paths"].values()
+                                             for k in ("floor_passthrough", "workers_1", "workers_2")}),
+                          "upstream": ctx.anthropic_label()}
         out["notes"] = _notes(out)
         return out
     finally:

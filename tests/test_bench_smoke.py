@@ -25,6 +25,8 @@ def test_quick_overhead_run_writes_markdown_json_and_png(tmp_path: Path) -> None
     machine = results["meta"]["machine"]
     assert {"cpu_model", "logical_cores", "python", "packages", "date_utc"} <= set(machine)
     assert results["meta"]["quick"] is True
+    harness = results["meta"]["harness"]  # which load generator drove the points (wrk if installed, else Python)
+    assert sum(harness["loadgen_points"].values()) == 3 * 2 * 2 * 2  # 2 endpoints x 3 c x 2 sides x 2 slices
 
     overhead = results["sections"]["overhead"]
     for endpoint in ("query", "messages"):
@@ -46,6 +48,7 @@ def test_quick_overhead_run_writes_markdown_json_and_png(tmp_path: Path) -> None
 
     md = (out / "latest.md").read_text()
     assert "## Targets" in md and "## 1. Gateway overhead" in md and "Absolute figures vary" in md
+    assert "**Load generator**" in md
     assert (out / "overhead.png").stat().st_size > 0
     assert "| target |" in res.stdout  # the target table also goes to stdout
 
