@@ -46,12 +46,14 @@ async def test_timeouts_within_the_stages_own_limit_still_open_it():
 async def test_waiting_in_our_own_bulkhead_is_not_the_dependencys_timeout():
     # One slot: the holder times out after the whole stage (counts once); the caller queued behind it
     # for most of its stage and then timed out with only a sliver left (must not count).
+    # Margins of 0.1 s (the caller gives up queueing 0.1 s after the holder's stage ends; it then has 0.15 s
+    # left): a 30 ms margin failed under a load average of 7 (the holder's timeout fired late, the caller shed).
     observer = RecordingObserver()
-    guard = Guard("embedder", GuardConfig(timeout_s=0.3, retry=ONE_TRY, min_attempt_s=0.01,
-                                          bulkhead=BulkheadConfig(max_concurrent=1, max_wait_s=0.28),
+    guard = Guard("embedder", GuardConfig(timeout_s=0.9, retry=ONE_TRY, min_attempt_s=0.01,
+                                          bulkhead=BulkheadConfig(max_concurrent=1, max_wait_s=0.85),
                                           breaker=BreakerConfig(failure_threshold=2)), observer=observer)
     holder = asyncio.create_task(guard.call(hang_forever, Deadline(5)))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.15)
     with pytest.raises(DependencyUnavailable):
         await guard.call(hang_forever, Deadline(5))
     with pytest.raises(DependencyUnavailable):
