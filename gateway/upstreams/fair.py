@@ -94,16 +94,7 @@ class FairScheduler:
             self.in_flight += 1
             self._running[client] = self._running.get(client, 0) + 1
             return
-        queue = self._queues.get(client)
-        if queue is not None and len(queue) >= self.max_queued_per_client:
-            self.shed += 1
-            raise BulkheadFull(f"{self.name}:{client}", 0.0)
-        if queue is None:
-            queue = self._queues[client] = deque()
-            self._deficit[client] = 0
-            (self._old if self._running.get(client) else self._new)[client] = None
-        waiter = _Waiter(max(1, cost), asyncio.get_running_loop().create_future())
-        queue.append(waiter)
+        waiter = self.enqueue(client, cost)
         try:
             await waiter.future
         except asyncio.CancelledError:
@@ -173,9 +164,9 @@ class FairScheduler:
         return None
 
     # ---- batches (one slot runs several waiters at once) -------------------------------------
-    def enqueue(self, client: str, cost: int, payload: Any) -> _Waiter:
-        """Queue ``payload`` for a batch; its future gets the result. Raises BulkheadFull when ``client``
-        already has its maximum waiting."""
+    def enqueue(self, client: str, cost: int, payload: Any = None) -> _Waiter:
+        """Queue a waiter (with ``payload`` for a batch, whose future gets the result). Raises BulkheadFull
+        when ``client`` already has its maximum waiting."""
         queue = self._queues.get(client)
         if queue is not None and len(queue) >= self.max_queued_per_client:
             self.shed += 1
