@@ -84,10 +84,8 @@ MUTANTS: tuple[Mutant, ...] = (
            {"server": {"header_timeout_s": 3600.0}}, ("slow_clients",)),
     Mutant("rate_limit:clients", "per-client rate limit (one client cannot take the gateway)",
            {"rate_limit": {"enabled": False}}, ("noisy_client",)),
-    # Redis is on the request path of the rate limiter and the answer cache (the breakers' shared state is
-    # not: background tasks only, nothing to switch): a slow Redis must cost a request at most this budget.
-    Mutant("redis_budget:rate_limit", "rate limiter decides locally when Redis is slow (rate_limit.redis_timeout_s)",
-           {"rate_limit": {"redis_timeout_s": 30.0}}, ("redis_slow",)),
+    # Redis is on the request path of the answer cache (the breakers' shared state is not: background tasks
+    # only, nothing to switch): a slow Redis must cost a request at most this budget.
     Mutant("redis_budget:cache", "answer cache falls back to its local copy when Redis is slow (cache.redis_timeout_s)",
            {"cache": {"redis_timeout_s": 30.0}}, ("redis_slow",)),
     Mutant("half_open:vector_db", "half-open permits (a recovering vector DB gets trial calls, not the traffic)",
