@@ -123,11 +123,14 @@ def _workers_targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
     for name, key, limit in ((names[0], "ratio_2_vs_1", 1.5), (names[1], "ratio_2_vs_floor", 1.0)):
         worst = min(paths, key=lambda p: paths[p][key] or 0.0)
         per = ", ".join(f"{p}: {_f(paths[p][key])}×" for p in paths)
-        ceil = {p: (paths[p].get("ceiling_ratios") or {}).get("cores_left_by_others", {}).get(key[6:])
-                for p in paths}
-        why = ("the cores carry the load generator, the stand-ins and the servers; from the measured CPU per "
-               "request, what other work left of the machine allowed at most "
-               + ", ".join(f"{p}: {_f(c)}×" for p, c in ceil.items()) + " (section 6, `ceiling`)")
+        ceil = {p: [(paths[p].get("ceiling_ratios") or {}).get(where, {}).get(key[6:])
+                    for where in ("all_cores", "cores_left_by_others")] for p in paths}
+        h = (sections.get("workers") or {}).get("harness") or {}
+        gen = "+".join(h.get("loadgen") or ["python"])
+        why = (f"the cores carry the load generator ({gen}), the Anthropic upstream ({h.get('upstream', 'stand-in')}) "
+               "and the servers; from the measured CPU per request the ceilings allow at most "
+               + ", ".join(f"{p}: {_f(a)}× / {_f(b)}×" for p, (a, b) in ceil.items())
+               + " (on all cores / on what other work left; section 6, `ceiling`)")
         out.append(_target(name, paths[worst][key], limit, ">=", "×", f"worst of {per}", why))
     return out
 
