@@ -9,6 +9,11 @@ memory (gateway RSS with a 100k-chunk KB), workers (`serve --workers 1|2` vs the
 stream buffering's cost on the first token, memory per open stream). Everything runs on loopback; every load point is bounded
 in time and count; child processes stop with the runner. Progress goes to stderr, the target table
 to stdout. ``--only`` merges the sections it runs into the existing results in ``--out``.
+
+Harness: wrk drives the load points when installed (``make bench-tools``; ``RAG_BENCH_LOADGEN=python``
+forces the Python generator, which also serves points that collect Server-Timing), and the /v1/messages
+pass-through and scale-out points call a canned Anthropic upstream (bench/canned.py;
+``RAG_BENCH_UPSTREAM=standins`` for the Python stand-in). The report's header says which ran.
 """
 from __future__ import annotations
 
