@@ -293,7 +293,7 @@ class LocalStack:
             "cache": {"enabled": True, "fresh_ttl_s": 0.0,
                       **({"backend": "redis", "redis_url": redis_url} if redis_url else {})},
             # Per client (the drill's load is one client, 127.0.0.1): above every drill's own rate. In-process
-            # buckets even with Redis: noisy_client's 150 req/s of Lua calls through the stack's Python fault
+            # buckets even with Redis: a 150 req/s flood of Lua calls through the stack's Python fault
             # proxy outran the 0.1 s Redis budget, and local + Redis buckets let the flood through twice.
             "rate_limit": {"enabled": True, "rate_per_s": RATE_LIMIT_PER_S, "burst": RATE_LIMIT_BURST},
             "telemetry": {"statsd_enabled": False},

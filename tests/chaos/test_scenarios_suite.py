@@ -60,7 +60,7 @@ NOT_DRILLED_IN_SUITE: dict[str, str] = {
                            "generic ≥ 99.5 % check counts as unanswered; judged by its own probes",
     # Drills of the mutation table (make drill-mutants; make drill runs them unmutated): suite time.
     "llm_brownout": "mutation-table drill (bulkhead:llm), 22 req/s for 8 s: suite time on a shared 2-core box",
-    "noisy_client": "mutation-table drill (rate_limit:clients), a 150 req/s flood: suite time and CPU",
+    "noisy_client": "mutation-table drill (rate_limit:clients), a 100 req/s flood: suite time and CPU",
     "vector_db_stays_down": "mutation-table drill (half_open:vector_db), 12 s: suite time",
 }
 
