@@ -207,7 +207,7 @@ class LLMConfig(_Section):
         "/v1/messages and count_tokens: largest request body (the Messages API's own limit is 32 MB; "
         "a 200k-token prompt is ~1 MB)"))
     max_model_guards: int = Field(64, ge=1, description=(
-        "per-model guards kept (LRU; an open or busy guard is never dropped)"))
+        "per-model guards kept (LRU; an open or busy guard is never dropped, a failing one only past twice this)"))
     system_prompt: str = Field(
         "Answer the question using only the numbered context passages. Cite passages like [1]. "
         "If the context does not contain the answer, say so.", description="system prompt for generation")

@@ -392,6 +392,10 @@ class CircuitBreaker:
         self._pb.close()
 
     # ---- reporting ---------------------------------------------------------------------------
+    def remembers_failures(self) -> bool:
+        """True while a failure or slow call still counts towards opening (consecutive count or window)."""
+        return bool(self._pb.fail_counter or self._window.failures or self._window.slow)
+
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state for /admin/breakers and /health."""
         state = self.state

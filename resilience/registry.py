@@ -3,9 +3,12 @@
 One LLM model failing must not open the breaker of another: each target gets its own breaker,
 retry budget and bulkhead (:class:`~resilience.guard.Guard`). Targets come from client input (a
 ``/v1/messages`` body names any model), so the registry is bounded: past ``max_guards`` the least
-recently used *idle* guard (breaker closed, nothing in flight) is dropped — a guard that is open or
-busy is never evicted, since forgetting it would silently close its breaker. When every guard is
-busy the newest target still gets a guard (the bound is soft by at most the busy ones).
+recently used *idle* guard (breaker closed, nothing in flight, no failure or slow call still counting
+towards opening) is dropped — a guard that is open, busy or failing is never evicted, since forgetting
+it would silently close its breaker or reset its count (a client cycling through made-up model names
+would otherwise keep a failing model's breaker from ever opening). When every guard is
+busy the newest target still gets a guard (the bound is soft by at most the busy ones); failing but
+idle guards are kept up to twice the bound.
 """
 from __future__ import annotations
 
@@ -80,8 +83,12 @@ class KeyedGuards:
             self._guards.move_to_end(key)
 
     def _evict_one(self) -> None:
+        # Prefer a guard with nothing to forget; past twice the bound (say, a provider that answers 5xx to
+        # made-up model names, so every one of them is "failing") the oldest idle one goes anyway.
+        hard = len(self._guards) >= 2 * self.max_guards
         for key, guard in self._guards.items():  # oldest first
-            if guard.breaker.state == "closed" and guard.bulkhead.in_flight == 0 and not guard.bulkhead.waiting:
+            if (guard.breaker.state == "closed" and guard.bulkhead.in_flight == 0 and not guard.bulkhead.waiting
+                    and (hard or not guard.breaker.remembers_failures())):
                 del self._guards[key]
                 self._names.pop(guard.name, None)
                 self.evicted += 1

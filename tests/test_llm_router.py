@@ -40,3 +40,26 @@ def test_the_registry_is_bounded_and_never_drops_an_open_guard():
     assert len(names) == 3 and "llm:m0" in names  # LRU: idle closed ones went, the open one stayed
     assert r.target("m0").guard is opened and r.guards.evicted == 3
     assert r.chain("m5")[0].guard is r.target("m5").guard  # a cached chain follows evictions
+
+
+def test_a_failing_models_count_survives_a_flood_of_other_model_names():
+    # Before: evicting a closed guard forgot its failures, so a client cycling through made-up model names
+    # (each gets a guard) reset a failing model's count and its breaker never opened.
+    r = router()
+    failing = r.target("m0").guard
+    threshold = failing.breaker.config.failure_threshold
+    for _ in range(threshold - 1):
+        failing.breaker.acquire().failure(0.01)  # type: ignore[union-attr]
+    for i in range(1, 20):
+        r.target(f"made-up-{i}")
+    assert r.target("m0").guard is failing
+    failing.breaker.acquire().failure(0.01)  # type: ignore[union-attr]
+    assert failing.breaker.state == "open"
+
+
+def test_failing_idle_guards_are_kept_only_up_to_twice_the_bound():
+    r = router()  # max_guards=3
+    for i in range(10):
+        g = r.target(f"m{i}").guard
+        g.breaker.acquire().failure(0.01)  # type: ignore[union-attr]
+    assert len(r.guards) == 6
