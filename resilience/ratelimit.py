@@ -139,7 +139,9 @@ class RedisRateLimiter:
 
     If Redis fails or takes longer than ``timeout_s``, the request is decided by a local bucket
     (``Decision.degraded`` is True, ``snapshot()["status"] == "degraded"``) and Redis is tried
-    again after ``recheck_s`` seconds: a Redis outage never turns into 500s or stalls. Client keys
+    again after ``recheck_s`` seconds: a Redis outage never turns into 500s or stalls. The local
+    bucket is charged on every request, also while Redis decides, so falling back never hands a
+    client a fresh burst. Client keys
     are hashed before they reach Redis (they may be API keys).
     """
 
@@ -184,6 +186,10 @@ class RedisRateLimiter:
                 if self.status != "ok":
                     log.info("rate limiter: Redis %s is back", redact_url(self.url))
                 self.status, self._skip_until = "ok", None
+                # Shadow the shared decision in the local bucket, so a fall-back to it starts from what
+                # this replica really spent: a fresh, full local bucket let a client spend both buckets
+                # while Redis flapped (slow for 0.1 s, back after recheck_s, slow again...).
+                self.local.decide(key, cost)
                 tokens_f = float(tokens)
                 self.denied += int(not allowed)
                 return Decision(bool(allowed), int(tokens_f), self.burst,

@@ -157,7 +157,9 @@ async def test_rate_limiter_falls_back_to_local_when_redis_is_down(clock, redis_
         decisions = [await limiter.acquire("k") for _ in range(3)]
         assert time.monotonic() - t0 < 1.0
         assert all(d.degraded for d in decisions)
-        assert [d.allowed for d in decisions] == [True, True, False], "a local bucket, fresh and full"
+        # The local bucket already holds what this replica spent through Redis (1 of 2): before, it was
+        # fresh and full, and a client spent both buckets while Redis flapped.
+        assert [d.allowed for d in decisions] == [True, False, False]
         assert limiter.snapshot()["status"] == "degraded"
         redis_server.start()
         assert (await limiter.acquire("k")).degraded, "Redis is not retried before recheck_s"
