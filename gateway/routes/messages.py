@@ -324,7 +324,7 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
                     while True:
                         chunk = await content.readany()
                         if idle is not None:
-                            idle.touch(len(chunk))
+                            idle.touch()
                         if not chunk:
                             break
                         data = events.feed(chunk)
