@@ -78,9 +78,6 @@ class FairScheduler:
         self.name = name
         self.in_flight = 0
         self.shed = 0
-        # Set by a batching owner: a freed slot is then handed out by its dispatcher (batches for waiters
-        # with a payload, the bare slot for one without), never directly by release().
-        self.on_free: Callable[[], None] | None = None
         self._running: dict[str, int] = {}
         self._queues: dict[str, deque[_Waiter]] = {}
         self._deficit: dict[str, int] = {}
@@ -122,12 +119,8 @@ class FairScheduler:
             self._drop(client)
 
     def release(self, client: str) -> None:
-        """``client``'s slot is free: hand it to the next waiter (or to ``on_free``), else keep it free."""
+        """``client``'s slot is free: hand it to the next waiter, else keep it free."""
         self._ran(client)
-        if self.on_free is not None:
-            self.in_flight -= 1
-            self.on_free()
-            return
         picked = self._pick()
         if picked is None:
             self.in_flight -= 1
@@ -198,9 +191,8 @@ class FairScheduler:
         batch: list[tuple[str, _Waiter]] = []
         total = 0
 
-        def fits(w: _Waiter) -> bool:  # a waiter without a payload (a bare slot) goes alone
-            return not batch or (w.payload is not None and batch[0][1].payload is not None
-                                 and total + w.cost <= max_cost)
+        def fits(w: _Waiter) -> bool:
+            return not batch or total + w.cost <= max_cost
 
         while len(batch) < max_items:
             picked = self._pick(fits)
@@ -213,7 +205,7 @@ class FairScheduler:
         return batch
 
     def finish_batch(self, batch: list[tuple[str, _Waiter]]) -> None:
-        """The batch's slot is free again (the caller dispatches the next)."""
+        """The batch's slot is free again."""
         for client, _ in batch:
             self._ran(client)
         self.in_flight -= 1
@@ -251,10 +243,6 @@ class FairEmbedder:
         self.batched = 0
         self._dispatch_pending = False
         self._tasks: set[asyncio.Task[None]] = set()
-        if self.max_batch > 1:
-            # Passages (and any other plain acquire) share the slots with query batches: one dispatcher
-            # hands every freed slot out, so a passage embed never hands its slot to a batched query.
-            self.scheduler.on_free = self._dispatch
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -317,13 +305,6 @@ class FairEmbedder:
             batch = self.scheduler.take_batch(self.max_batch, self.max_batch_cost)
             if not batch:
                 return
-            if batch[0][1].payload is None:  # a plain acquire (passages): it gets the slot itself
-                client, waiter = batch[0]
-                if waiter.future.done():  # its caller gave up before it was woken: the slot is free again
-                    self.scheduler.finish_batch(batch)
-                else:
-                    waiter.future.set_result(None)
-                continue
             task = asyncio.ensure_future(self._run_batch(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
