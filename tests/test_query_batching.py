@@ -145,3 +145,37 @@ def test_the_int8_query_model_is_cached_and_a_damaged_copy_is_rebuilt(tmp_path):
     assert query_model(source, tmp_path) == built and cached.stat().st_mtime_ns == mtime  # read, not rebuilt
     cached.write_bytes(built[:1000])  # torn / damaged
     assert query_model(source, tmp_path) == built
+class GatedBoth(GatedEmbedder):
+    """Query batches and passage embeds, each waiting for its own gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passage_gate = asyncio.Event()
+        self.passages_started = asyncio.Event()
+
+    async def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        self.passages_started.set()
+        await self.passage_gate.wait()
+        return np.zeros((len(texts), 4), dtype=np.float32)
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+async def test_passage_embeds_beside_batched_queries_never_take_a_query_slot(slots):
+    # Before: a finished passage embed (ingest, the progressive upgrade) handed its slot straight to the next
+    # queued waiter, a batched query, whose embed_query then returned None, and the slot was never freed:
+    # in_flight stayed one too high and, with one slot, every later query waited until its timeout.
+    # With batching on, passages no longer take query slots at all.
+    inner = GatedBoth()
+    fair = FairEmbedder(inner, concurrency=slots, max_batch=4, max_queued_per_client=32)
+    passages = [asyncio.create_task(fair.embed_passages([f"passage {i}"])) for i in range(slots)]
+    await inner.passages_started.wait()  # every slot runs a passage embed
+    queries = [asyncio.create_task(_as("a", fair.embed_query(f"a: {i}"))) for i in range(3)]
+    more_passages = asyncio.create_task(fair.embed_passages(["passage late"]))
+    await asyncio.sleep(0)
+    inner.gate.set()
+    inner.passage_gate.set()
+    vectors = await asyncio.wait_for(asyncio.gather(*queries), 5)
+    await asyncio.wait_for(asyncio.gather(*passages, more_passages), 5)
+    assert all(isinstance(v, np.ndarray) and v.shape == (4,) for v in vectors)
+    assert fair.scheduler.in_flight == 0 and fair.scheduler.waiting == 0
+    assert sum(map(len, inner.batches)) == 3  # the queries ran as query batches, not in a passage's slot

@@ -336,6 +336,13 @@ class FairEmbedder:
 
 
     async def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        if self.max_batch > 1:
+            # Batched queries are handed out by _dispatch, which a plain slot's release() does not know:
+            # a passage embed finishing beside queued queries (ingest, the progressive upgrade while
+            # serving) handed its slot to a query batch waiter, whose embed_query returned None and whose
+            # slot was never freed. Passages run on their own session (and threads) here, outside the
+            # query slots; the fair queue schedules queries only.
+            return await self.inner.embed_passages(texts)
         cost = sum(len(t) for t in texts)
         return await self._run(INGEST_CLIENT, cost, lambda: self.inner.embed_passages(texts))
 
