@@ -18,8 +18,10 @@ client sending 20-token ones, but no more work per round than its share.
   (:class:`~resilience.bulkhead.BulkheadFull`, reason ``shed``), so one client cannot fill the
   guard's bulkhead either.
 
-Backend-agnostic: it only needs ``embed_query`` / ``embed_passages``; ingest batches pass through the
-same queue as the client ``ingest`` so a re-index cannot starve queries either.
+Backend-agnostic: it only needs ``embed_query`` / ``embed_passages``; without query batching, ingest
+batches pass through the same queue as the client ``ingest`` so a re-index cannot starve queries either.
+With query batching, passages run on the embedder's own passage session outside the query slots (see
+:meth:`FairEmbedder.embed_passages`).
 
 **Dynamic batching of query embeds** (``max_batch > 1`` and an inner embedder with ``embed_queries``;
 what TEI and Triton's dynamic batcher do): a query is queued per client; whenever an engine slot is free
