@@ -210,12 +210,17 @@ class Context:
             self._floor = self._start_floor("floor", self.standins().info["anthropic_url"])
         return self._floor
 
-    def _start_floor(self, name: str, anthropic_url: str) -> ServerProcess:
+    def _start_floor(self, name: str, anthropic_url: str, kb_dir: Path | None = None) -> ServerProcess:
         s = self.standins().info
         return self.start(name, "bench.floor", [
             "--embeddings-url", s["embeddings_url"], "--weaviate-http-port", str(s["weaviate_http_port"]),
             "--weaviate-grpc-port", str(s["weaviate_grpc_port"]), "--anthropic-url", anthropic_url,
-            "--collection", COLLECTION])
+            "--collection", COLLECTION, *(["--kb-dir", str(kb_dir)] if kb_dir else [])])
+
+    def keyword_floor(self, kb_dir: Path) -> ServerProcess:
+        """The floor with ``/v1/query_keyword`` over ``kb_dir``'s active KB, its Anthropic calls going to
+        :meth:`anthropic`'s upstream (a process of its own; stopped with the context)."""
+        return self._start_floor("floor-keyword", self.anthropic()[1], kb_dir)
 
     def gateway(self, name: str, overrides: dict[str, Any], *, env_extra: dict[str, str] | None = None,
                 ready_timeout_s: float = 300.0) -> ServerProcess:

@@ -8,12 +8,18 @@ weaviate-client, over gRPC) → Anthropic ``messages.create`` (the same SDK, ``m
 JSON answer. No deadline, retry, breaker, bulkhead, cache, validation, logging or metrics: the cost
 of the libraries alone, which is what the gateway's overhead is measured against.
 ``POST /v1/messages``: a byte pass-through to the Anthropic stand-in (floor for the gateway's proxy).
+``POST /v1/query_keyword`` (with ``--kb-dir``): the keyword path done minimally — BM25 over the KB's own
+keyword index (the same tantivy index and ``KeywordIndex.search``), the same prompt shape, the same SDK
+``messages.create`` call, a JSON answer. Floor for ``/v1/query`` when the vector DB is down: what the
+libraries cost on that path, without the gateway's deadline, guards, cache, contract, logs or metrics.
 ``POST /reject``: an immediate 429 JSON answer (floor for the rate limiter's rejection path).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -50,6 +56,11 @@ def build_app(args: argparse.Namespace) -> web.Application:
         await wv.connect()
         clients["weaviate"] = wv
         clients["collection"] = wv.collections.use(args.collection)
+        if args.kb_dir:
+            from fallback.bm25 import KeywordIndex
+            root = Path(args.kb_dir) / "kb"
+            active = json.loads((root / "ACTIVE").read_text())["version"]
+            clients["keyword"] = KeywordIndex.load(root / "versions" / active / "keyword")
 
     async def cleanup(app: web.Application) -> None:
         await clients["weaviate"].close()
@@ -92,6 +103,18 @@ def build_app(args: argparse.Namespace) -> web.Application:
         await out.write_eof()
         return out
 
+    async def query_keyword(request: web.Request) -> web.Response:
+        body = await request.json()
+        question, top_k = body["query"], int(body.get("top_k") or 5)
+        chunks = clients["keyword"].search(question, top_k)
+        passages = [f"[{i}] {c.title} — {c.text}" for i, c in enumerate(chunks, 1)]
+        prompt = "Context passages:\n" + "\n\n".join(passages) + f"\n\nQuestion: {question}"
+        msg = await clients["llm"].messages.create(model=LLM_MODEL, max_tokens=512, system=SYSTEM,
+                                                   messages=[{"role": "user", "content": prompt}])
+        answer = "".join(b.text for b in msg.content if b.type == "text")
+        sources = [{"id": c.id, "title": c.title, "source": c.source} for c in chunks]
+        return web.json_response({"answer": answer, "mode": "keyword", "sources": sources})
+
     async def reject(request: web.Request) -> web.Response:
         await request.read()
         return web.json_response({"error": {"type": "rate_limited", "message": "rate limit exceeded"}},
@@ -101,6 +124,7 @@ def build_app(args: argparse.Namespace) -> web.Application:
     app.on_cleanup.append(cleanup)
     app.router.add_post("/v1/query", query)
     app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/query_keyword", query_keyword)
     app.router.add_post("/reject", reject)
     return app
 
@@ -125,4 +149,5 @@ if __name__ == "__main__":
     ap.add_argument("--weaviate-grpc-port", type=int, required=True)
     ap.add_argument("--anthropic-url", required=True)
     ap.add_argument("--collection", required=True)
+    ap.add_argument("--kb-dir", default="", help="a data dir with an active KB version: serves /v1/query_keyword")
     asyncio.run(main(ap.parse_args()))

@@ -171,6 +171,7 @@ def run(ctx: Context) -> dict[str, Any]:
     upstream, upstream_url = ctx.anthropic()  # every side's Anthropic calls: canned unless RAG_BENCH_UPSTREAM
     floor = ctx.floor("bench")
     template = ctx.sample_kb(ctx.work / "scaleout-template")
+    floor_kw = ctx.keyword_floor(template)
     queries = [{"query": q} for q in golden_queries()]
     messages = [{"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": q}]}
                 for q in golden_queries()]
@@ -218,7 +219,14 @@ def run(ctx: Context) -> dict[str, Any]:
             log(f"  {name} c={CONCURRENCY}: pass-through floor, workers={WORKERS}, {slices} interleaved slices each")
             path = p.pop("path")
             sides = {"floor_passthrough": floor_side, **{f"workers_{n}": side(n, path, **p) for n in WORKERS}}
+            if name == "query_keyword":  # and the same path done minimally (BM25 + the same SDK call)
+                sides["floor_keyword"] = {"url": f"http://127.0.0.1:{floor_kw.info['port']}/v1/query_keyword",
+                                          "procs": {"server": floor_kw, "upstream": upstream}, **p}
             res = _interleave(ctx, sides, slices)
+            if "floor_keyword" in res:
+                fk = res["floor_keyword"]["rps"]
+                res["ratio_2_vs_floor_keyword"] = round(w2 / fk, 3) if (w2 := res["workers_2"]["rps"]) and fk else None
+                res["ratio_1_vs_floor_keyword"] = round(res["workers_1"]["rps"] / fk, 3) if fk else None
             f, w1, w2 = res["floor_passthrough"]["rps"], res["workers_1"]["rps"], res["workers_2"]["rps"]
             res["ratio_2_vs_1"] = round(w2 / w1, 3) if w1 else None
             res["ratio_2_vs_floor"] = round(w2 / f, 3) if f else None
