@@ -20,7 +20,7 @@ import stat
 import time
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,13 +55,16 @@ class CacheKey:
 
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
-    """A cached answer. ``created_at`` is wall-clock epoch seconds; ``put`` stamps it when ``None``."""
+    """A cached answer. ``created_at`` is wall-clock epoch seconds; ``put`` stamps it when ``None``.
+    ``vectors``: the vector set whose retrieval the answer was made from (``fast`` | ``quality``; None when
+    unknown: no vectors, an external store, an entry older than the field)."""
 
     answer: str
     sources: list[dict[str, Any]]
     mode: str
     kb_version: str
     created_at: float | None = None
+    vectors: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,8 +72,10 @@ class CacheEntry:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "CacheEntry":
         """Raises ``KeyError``/``TypeError``/``ValueError`` for a value that is not a cache entry."""
+        vectors = d.get("vectors")
         return cls(answer=str(d["answer"]), sources=list(d["sources"]), mode=str(d["mode"]),
-                   kb_version=str(d["kb_version"]), created_at=float(d["created_at"]))
+                   kb_version=str(d["kb_version"]), created_at=float(d["created_at"]),
+                   vectors=None if vectors is None else str(vectors))
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +183,7 @@ class AnswerCache:
         if self._cache is None:
             return
         if entry.created_at is None:
-            entry = CacheEntry(entry.answer, entry.sources, entry.mode, entry.kb_version, self._clock())
+            entry = replace(entry, created_at=self._clock())
         try:
             value = entry.to_json()
             json.dumps(value)  # fail here, on the caller's thread, for a non-JSON-able entry

@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from fallback.cache import AnswerCache, CacheEntry, CacheHit, CacheKey, hit_of
@@ -137,7 +138,7 @@ class RedisAnswerCache:
     async def put(self, key: CacheKey, entry: CacheEntry) -> None:
         """Write to Redis (``EX`` = ``stale_ttl_s``) and through to the local cache. Never raises."""
         if entry.created_at is None:
-            entry = CacheEntry(entry.answer, entry.sources, entry.mode, entry.kb_version, self._clock())
+            entry = replace(entry, created_at=self._clock())
         try:
             value = json.dumps(entry.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
         except (TypeError, ValueError) as exc:  # not JSON-able: nothing is stored anywhere

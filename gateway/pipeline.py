@@ -264,20 +264,32 @@ class Pipeline:
         return max(1.0, min(waits)) if waits else 5.0
 
     # ---- generation -----------------------------------------------------------------------
-    def _cache_key(self, req: QueryRequest, kb_version: str | None) -> CacheKey:
+    def _cache_key(self, req: QueryRequest, kb_version: str | None, vectors: str | None = None) -> CacheKey:
         params = {"top_k": req.top_k, "filters": req.filters or {}, "model": self.settings.llm.model}
+        # Answers retrieved with a progressive version's fast vectors get their own namespace, so the swap to
+        # quality vectors misses them (every other key is unchanged: no cache-wide miss on this release).
+        if vectors == "fast":
+            params["vectors"] = vectors
         return CacheKey(req.query, kb_version or "", params)
 
     def _llm_rungs(self) -> list[tuple[str, Guard, str]]:
         """(component, guard, model) per rung of :meth:`ModelRouter.chain` for the configured model."""
         return [(t.component, t.guard, t.model) for t in self.router.chain(self.settings.llm.model)]
 
-    async def _cache_get(self, req: QueryRequest, kb_version: str | None, trace: Trace):
+    async def _cache_get(self, req: QueryRequest, kb_version: str | None, trace: Trace,
+                         vectors: str | None = None):
         if self.cache is None or self.llm is None:
             return None
         with trace.timed("cache"):
-            hit = await self.cache.get(self._cache_key(req, kb_version))
+            hit = await self.cache.get(self._cache_key(req, kb_version, vectors))
         return hit
+
+    async def _stale_across_swap(self, req: QueryRequest, kb_version: str | None, trace: Trace, hit: Any) -> Any:
+        """Stale-if-error across a progressive version's swap: with no answer cached since the quality vectors
+        answer, the one made from its fast vectors (labelled ``vectors: fast`` when served)."""
+        if hit is not None or trace.vectors != "quality":
+            return hit
+        return await self._cache_get(req, kb_version, trace, "fast")
 
     async def _open(self, req: QueryRequest) -> tuple[Trace, str | None, Any, QueryResult | None]:
         """What :meth:`answer` and :meth:`stream` start with: the trace, the KB version, the cache
@@ -285,9 +297,10 @@ class Pipeline:
         trace = Trace(tracer=self.tracer)
         kb = self._kb()
         kb_version = kb.version if kb is not None else None
-        hit = await self._cache_get(req, kb_version, trace)
+        hit = await self._cache_get(req, kb_version, trace, kb.vectors_tier if kb is not None else None)
         if hit is not None and hit.fresh:
             trace.cache, trace.generation, trace.answer_age_s = "hit", Mode.CACHED, hit.age_s
+            trace.vectors = hit.entry.vectors
             self.telemetry.cache_result("hit")
             trace.finish()
             return trace, kb_version, hit, QueryResult(
@@ -328,14 +341,18 @@ class Pipeline:
                     trace.generation, trace.model = Mode.FULL, gen.model
                     await self._cache_put(req, kb_version, gen.text, chunks, trace)
                     return gen.text, chunks
+            hit = await self._stale_across_swap(req, kb_version, trace, hit)
             return self._after_llm_failure(req, chunks, trace, hit)
         return self._extractive(req, chunks, trace), chunks
 
     def _after_llm_failure(self, req: QueryRequest, chunks: list[Chunk], trace: Trace,
                            hit: Any) -> tuple[str | None, list[Chunk]]:
         if hit is not None:  # stale-if-error: a fresh hit was served before reaching the LLM
+            older = hit.entry.vectors if hit.entry.vectors != trace.vectors else None  # made before the swap
             trace.cache, trace.generation, trace.answer_age_s = "stale", Mode.CACHED, hit.age_s
-            trace.degrade(Component.ANSWER_CACHE, contract.Reason.STALE_ANSWER, age_s=round(hit.age_s, 3))
+            trace.vectors = hit.entry.vectors  # the vectors behind the answer served, not this request's retrieval
+            trace.degrade(Component.ANSWER_CACHE, contract.Reason.STALE_ANSWER, age_s=round(hit.age_s, 3),
+                          vectors=older)
             self.telemetry.degradation(Component.ANSWER_CACHE, contract.Reason.STALE_ANSWER)
             self.telemetry.cache_result("stale_serve")
             return hit.entry.answer, [_source_chunk(s) for s in hit.entry.sources]
@@ -358,9 +375,9 @@ class Pipeline:
         if self.cache is None or trace.degraded:
             return
         entry = CacheEntry(answer=text, sources=[c.source_view() for c in chunks], mode=Mode.FULL,
-                           kb_version=kb_version or "")
+                           kb_version=kb_version or "", vectors=trace.vectors)
         # The set runs in a worker thread inside the cache (~150 µs); awaiting keeps ordering simple.
-        await self.cache.put(self._cache_key(req, kb_version), entry)
+        await self.cache.put(self._cache_key(req, kb_version, trace.vectors), entry)
 
     # ---- streaming ------------------------------------------------------------------------
     async def stream(self, req: QueryRequest, deadline: Deadline) -> AsyncGenerator[tuple[str, Any], None]:
@@ -429,6 +446,7 @@ class Pipeline:
                 trace.finish()
                 yield "done", QueryResult(text, chunks, trace, kb_version, req.request_id)
                 return
+        hit = await self._stale_across_swap(req, kb_version, trace, hit)
         text, sources = self._after_llm_failure(req, chunks, trace, hit)
         if text:
             yield "delta", text

@@ -20,7 +20,7 @@ from gateway import progressive
 from gateway.ingest import ingest, open_kb
 from gateway.kb import FAST_VECTORS
 from gateway.upstreams.faultinject import FaultSpec
-from tests.conftest import TINY_CORPUS, make_settings, state_of
+from tests.conftest import TINY_CORPUS, anthropic_overrides, make_settings, state_of
 
 ADMIN = {"Authorization": "Bearer adm-token-1234"}
 QUESTION = {"query": "how long should green tea steep"}
@@ -126,6 +126,41 @@ async def test_the_swap_to_quality_vectors_fails_no_request(tmp_path, gateway_fa
     assert not failed, failed[:3]
     seen = [b["vectors"] for _, b in answers]
     assert seen[0] == "fast" and seen[-1] == "quality" and len(answers) >= 12
+
+
+async def test_answers_cached_from_fast_vectors_miss_after_the_swap_and_stand_in_only_when_the_llm_is_down(
+        tmp_path, gateway_factory, fake_anthropic):
+    settings = _settings(tmp_path / "data", **anthropic_overrides(fake_anthropic, **{"llm.fallback_model": None}))
+    await ingest(settings, [TINY_CORPUS])
+    client = await gateway_factory(settings, wait_ready=False)
+    _embedder_down(client)  # hold the upgrade: both questions are answered and cached from the fast vectors
+    await asyncio.wait_for(state_of(client).ready.wait(), timeout=60)
+    other = {"query": "what temperature should water be for green tea"}
+    for question in (QUESTION, other):
+        body = await (await client.post("/v1/query", json=question)).json()
+        assert (body["mode"], body["vectors"]) == ("full", "fast"), body
+    resp = await client.post("/v1/query", json=QUESTION)
+    body = await resp.json()
+    assert (body["mode"], body["vectors"], resp.headers["X-RAG-Vectors"]) == ("cached", "fast", "fast")
+
+    state_of(client).faults.clear()
+    await _until(lambda: _vectors_are(client, "quality"), 60, "the upgrade did not complete")
+    calls = fake_anthropic.requests_total
+    resp = await client.post("/v1/query", json=QUESTION)
+    body = await resp.json()
+    # a fresh answer from the quality vectors, not the fast-vector one cached a moment ago (fresh TTL: 300 s)
+    assert (body["mode"], body["degraded"], body["vectors"]) == ("full", False, "quality"), body
+    assert resp.headers["X-RAG-Vectors"] == "quality" and fake_anthropic.requests_total == calls + 1
+    body = await (await client.post("/v1/query", json=QUESTION)).json()
+    assert (body["mode"], body["vectors"]) == ("cached", "quality")  # and that one is cached in its turn
+
+    fake_anthropic.set_faults(status=529)  # stale-if-error still has the fast-vector answer, labelled so
+    resp = await client.post("/v1/query", json=other)
+    body = await resp.json()
+    assert (body["mode"], body["degraded"], body["vectors"]) == ("cached", True, "fast"), body
+    assert resp.headers["X-RAG-Vectors"] == "fast"
+    assert body["degradations"][-1] == {"component": "answer_cache", "reason": "stale_answer",
+                                        "age_s": body["degradations"][-1]["age_s"], "vectors": "fast"}
 
 
 def _stdlib_subset(tmp_path: Path) -> Path:
