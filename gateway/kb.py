@@ -45,7 +45,7 @@ from fallback.chunking import chunk_document, load_documents
 from fallback.chunktable import ChunkTable
 from fallback.documents import Chunk
 from fallback.leftovers import owner_tag, pid_alive, remove_dead
-from gateway.embedjournal import EmbedJournal
+from gateway.embedjournal import JOURNAL_DIR, EmbedJournal
 
 if TYPE_CHECKING:
     from gateway.upstreams.base import Embedder, VectorStore
@@ -523,7 +523,7 @@ class KnowledgeBase:
                 continue
             if is_fast_phase(v) and (v.get("embedder") or {}).get("name"):  # its unfinished upgrade's journal
                 made_by = v["embedder"]
-                EmbedJournal(self.root / "embed-journal", f"{made_by['name']}@{v['version']}", made_by.get("dim")).clear()
+                self.upgrade_journal(v["version"], made_by["name"], made_by.get("dim")).clear()
             shutil.rmtree(self.versions_dir / v["version"], ignore_errors=True)
             removed.append(v["version"])
             excess -= 1
@@ -675,7 +675,7 @@ class KnowledgeBase:
         if made_by.get("name") != embedder_name or (dim and made_by.get("dim") not in (None, dim)):
             return {}
         if is_fast_phase(manifest):  # its quality vectors so far are in its upgrade journal
-            return EmbedJournal(self.root / "embed-journal", f"{embedder_name}@{kb_version}", dim).load()
+            return self.upgrade_journal(kb_version, embedder_name, dim).load()
         try:
             # Read, not mapped: a file truncated meanwhile is a short read (ValueError), never a SIGBUS.
             vectors = np.load(d / "vectors.npy")
@@ -689,9 +689,14 @@ class KnowledgeBase:
         return {cid: vectors[i] for i, cid in enumerate(ids)}
 
     # ---- progressive ingest ---------------------------------------------------------------
-    def upgrade_journal(self, version: str, embedder: Embedder) -> EmbedJournal:
-        """The quality vectors of ``version`` embedded so far (its own journal: a kill resumes from it)."""
-        return EmbedJournal(self.root / "embed-journal", f"{embedder_id(embedder)}@{version}", embedder.dim)
+    def ingest_journal(self, embedder: Embedder) -> EmbedJournal:
+        """The vectors an ingest with ``embedder`` embedded so far (a killed ingest resumes from them)."""
+        return EmbedJournal(self.root / JOURNAL_DIR, embedder_id(embedder), embedder.dim)
+
+    def upgrade_journal(self, version: str, model: str, dim: int | None) -> EmbedJournal:
+        """The quality vectors of fast-phase ``version`` embedded so far by ``model`` (:func:`embedder_id`),
+        ``dim`` wide: its own journal, so a killed upgrade resumes from it and a later ingest reuses its rows."""
+        return EmbedJournal(self.root / JOURNAL_DIR, f"{model}@{version}", dim)
 
     async def _fast_phase(self, tmp: Path, version: str, chunks: Sequence[Chunk],
                           known: Sequence[np.ndarray | None], embedder: Embedder, fast_embedder: Embedder,
@@ -707,7 +712,7 @@ class KnowledgeBase:
         fast = np.vstack(out).astype(np.float32)
         await asyncio.to_thread(_save_synced, tmp / FAST_VECTORS, fast)
         have = [i for i, v in enumerate(known) if v is not None]
-        journal = self.upgrade_journal(version, embedder)
+        journal = self.upgrade_journal(version, embedder_id(embedder), embedder.dim)
         journal.clear()
         if have:
             await asyncio.to_thread(journal.append, [chunks[i].id for i in have],
@@ -821,7 +826,7 @@ class KnowledgeBase:
             vectors = None
             reused = 0
             if embedder is not None:
-                journal = EmbedJournal(self.root / "embed-journal", embedder_id(embedder), embedder.dim)
+                journal = self.ingest_journal(embedder)
                 cache = {**(seed_vectors or {}), **journal.load(),
                          **self.cached_vectors(embedder_id(embedder), embedder.dim)}
                 vectors_list: list[np.ndarray | None] = [cache.get(c.id) for c in chunks]

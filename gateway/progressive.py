@@ -61,19 +61,9 @@ RETRY_S = (5.0, 300.0)  # backoff after a failed upgrade: first wait, cap
 # ---- progress ------------------------------------------------------------------------------------------
 def quality_done(kb: KnowledgeBase, version: str, manifest: dict[str, Any]) -> int:
     """Quality vectors journaled so far for a fast-phase version (from file sizes: cheap enough for /health)."""
-    from gateway.embedjournal import EmbedJournal
-
     made_by = manifest.get("embedder") or {}
-    dim = made_by.get("dim")
-    if not dim:
-        return 0
-    journal = EmbedJournal(kb.root / "embed-journal", f"{made_by.get('name')}@{version}", dim)
-    try:
-        rows = (journal.dir / "vectors.f32").stat().st_size // (4 * dim)
-        ids = (journal.dir / "ids.txt").stat().st_size // 17  # 16-hex chunk id + newline
-    except OSError:
-        return 0
-    return min(rows, ids, int(manifest.get("chunk_count") or 0))
+    journal = kb.upgrade_journal(version, str(made_by.get("name")), made_by.get("dim"))
+    return min(journal.count(), int(manifest.get("chunk_count") or 0))
 
 
 def vectors_label(kb: KnowledgeBase, version: str, manifest: dict[str, Any]) -> str | None:
@@ -167,7 +157,7 @@ async def upgrade_version(kb: KnowledgeBase, version: str, embedder: Embedder, *
         if made_by != embedder_id(embedder):
             raise ModelMismatch(f"KB version {version} is for quality model {made_by}, not {embedder_id(embedder)}")
         ids, texts = await asyncio.to_thread(_read_chunks, d, manifest)
-        journal = kb.upgrade_journal(version, embedder)
+        journal = kb.upgrade_journal(version, made_by, embedder.dim)
         have = await asyncio.to_thread(journal.load)
         todo = [i for i, cid in enumerate(ids) if cid not in have]
         rows: dict[str, np.ndarray] = dict(have)

@@ -113,3 +113,30 @@ async def test_a_killed_ingest_resumes_from_its_journaled_vectors(tmp_path):
     assert np.array_equal(np.load(kb.versions_dir / version / "vectors.npy"),
                           np.load(tmp_path / "kb2" / "versions" / other / "vectors.npy"))
     assert not (tmp_path / "kb" / "embed-journal").exists()  # cleared once the version holds the vectors
+
+
+def test_a_journal_counts_from_its_file_sizes_the_rows_it_would_load_even_torn(tmp_path):
+    import numpy as np
+
+    from fallback.chunking import stable_id
+
+    kb = KnowledgeBase(tmp_path / "kb")
+    journal = kb.upgrade_journal("v1", "local:model", 4)
+    assert journal.count() == 0 and journal.load() == {}
+    ids = [stable_id("doc", i) for i in range(5)]
+    journal.append(ids[:3], np.ones((3, 4), np.float32))
+
+    def torn(vector_rows: float, id_text: str) -> None:  # what a kill between or inside the two writes leaves
+        with open(journal.dir / "vectors.f32", "ab") as fh:
+            fh.write(np.ones(int(vector_rows * 4), np.float32).tobytes())
+        with open(journal.dir / "ids.txt", "a") as fh:
+            fh.write(id_text)
+
+    torn(0, f"{ids[3]}\n")  # an id whose row is missing
+    assert journal.count() == len(journal.load()) == 3
+    torn(2.5, ids[4][:15])  # rows ahead, the last id cut short
+    assert journal.count() == len(journal.load()) == 4
+    # one owner for where a version's upgrade journal lives: another version or model is another journal
+    assert kb.upgrade_journal("v1", "local:model", 4).load().keys() == set(ids[:4])
+    assert kb.upgrade_journal("v2", "local:model", 4).count() == 0
+    assert kb.upgrade_journal("v1", "local:other", 4).count() == 0

@@ -337,6 +337,7 @@ async def test_activating_another_version_stops_the_old_ones_upgrade(tmp_path, g
 async def test_pruning_a_fast_version_removes_its_upgrade_journal_and_its_rows_serve_the_next(tmp_path):
     import numpy as np
 
+    from gateway.kb import embedder_id
     from gateway.upstreams.factory import build_embedder
 
     settings = _settings(tmp_path / "data", **{"kb.keep_versions": 1, "kb.chunk_chars": 200, "kb.chunk_overlap": 0})
@@ -349,10 +350,10 @@ async def test_pruning_a_fast_version_removes_its_upgrade_journal_and_its_rows_s
         assert loaded is not None
         ids = [c.id for c in loaded.chunks][:2]  # a partial upgrade: two quality rows journaled
         loaded.chunks.close()
-        kb.upgrade_journal(first, embedder).append(ids, np.ones((2, embedder.dim or 0), np.float32))
-        old_journal = kb.upgrade_journal(first, embedder).dir
+        journal = kb.upgrade_journal(first, embedder_id(embedder), embedder.dim)
+        journal.append(ids, np.ones((2, embedder.dim or 0), np.float32))
         second = (await ingest(settings, [TINY_CORPUS], label="again")).version  # prunes `first`
-        assert kb.version_names() == [second] and not old_journal.exists()
+        assert kb.version_names() == [second] and not journal.dir.exists()
         manifest = json.loads((kb.versions_dir / second / "manifest.json").read_text())
         assert manifest["reused_vectors"] == 2 and progressive.quality_done(kb, second, manifest) == 2
     finally:
