@@ -469,6 +469,11 @@ class KnowledgeBase:
             raise KBCorrupt(f"KB version {d.name}: malformed manifest")
         return manifest
 
+    def read_manifest(self, version: str) -> dict[str, Any]:
+        """``version``'s manifest as it is on disk now. Reads files: call it off the event loop. Raises
+        KBInvalidName / KBError (no such version), KBCorrupt (missing or unreadable manifest)."""
+        return self._manifest(self.version_dir(version))
+
     def verify(self, version: str) -> None:
         """Raise unless ``version``'s files match their manifest (size + sha256) and its vectors (if any)
         match its chunks one to one. Reads every byte: call it off the event loop. Versions written

@@ -95,7 +95,7 @@ async def _run_upgrades(state: AppState) -> None:
             await progressive.upgrade_version(state.kb_store, kb.version, embedder,
                                               batch_size=state.settings.embedder.batch_size,
                                               progress=progressive.ProgressLog(status),
-                                              keep_going=partial(_still_served, state, kb))
+                                              keep_going=partial(_still_served, state, kb), loaded=kb)
         except progressive.UpgradeStopped:
             continue  # the served version changed (activation, rollback): upgrade that one, if it needs it
         except progressive.UpgradeBusy:

@@ -45,7 +45,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gateway.kb import FAST_VECTORS, KBCorrupt, KBError, KnowledgeBase, Progress, embedder_id, is_fast_phase
+from gateway.kb import (
+    FAST_VECTORS,
+    KBCorrupt,
+    KBError,
+    KBVersion,
+    KnowledgeBase,
+    Progress,
+    embedder_id,
+    is_fast_phase,
+)
 from gateway.retrieval import ModelMismatch, check_fast_set
 
 if TYPE_CHECKING:
@@ -119,6 +128,31 @@ def _try_lock(version_dir: Path) -> int:
     return fd
 
 
+def _lock_and_read(kb: KnowledgeBase, version: str) -> tuple[int, Path, dict[str, Any]]:
+    """Take ``version``'s upgrade lock, then read its manifest (under the lock: another process may just have
+    finished it). Blocking file I/O: run it in a thread. Raises UpgradeBusy, KBError (the lock is released)."""
+    d = kb.version_dir(version)
+    fd = _try_lock(d)
+    try:
+        return fd, d, kb.read_manifest(version)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _chunks_to_upgrade(version_dir: Path, manifest: dict[str, Any],
+                       loaded: KBVersion | None) -> tuple[list[str], list[str]]:
+    """(ids, texts) of a version's chunks: from ``loaded`` (the version as served) when its chunks are the
+    ones the manifest records — its private copy was checked against that same size + sha256 when it was
+    loaded — else read from ``chunks.jsonl`` and checked now. Reads files: run it in a thread."""
+    expect = (manifest.get("files") or {}).get("chunks.jsonl")
+    if (loaded is not None and loaded.path == version_dir and expect is not None
+            and (loaded.manifest.get("files") or {}).get("chunks.jsonl") == expect
+            and len(loaded.chunks) == manifest.get("chunk_count")):
+        return [c.id for c in loaded.chunks.lights()], [c.text for c in loaded.chunks]
+    return _read_chunks(version_dir, manifest)
+
+
 def _read_chunks(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(ids, texts) of a version's chunks, checked against the manifest's digest."""
     from gateway.kb import file_digest
@@ -138,25 +172,24 @@ def _read_chunks(version_dir: Path, manifest: dict[str, Any]) -> tuple[list[str]
 
 
 async def upgrade_version(kb: KnowledgeBase, version: str, embedder: Embedder, *, batch_size: int = 16,
-                          progress: Progress | None = None,
-                          keep_going: Callable[[], bool] | None = None) -> dict[str, Any]:
+                          progress: Progress | None = None, keep_going: Callable[[], bool] | None = None,
+                          loaded: KBVersion | None = None) -> dict[str, Any]:
     """Embed ``version``'s quality vectors (resuming from its journal), then commit them
     (:meth:`KnowledgeBase.finish_upgrade`). Returns the version's manifest (already ``quality``: unchanged).
+    ``loaded``: the version as a gateway serves it; its chunks are reused when they are the manifest's.
 
     Raises :class:`UpgradeBusy` (another process upgrades it), :class:`UpgradeStopped` (``keep_going()``
     turned false between batches), :class:`ModelMismatch` (the version is for another quality model),
     KBError / OSError / the embedder's errors (the journal keeps what was done)."""
     progress = progress or (lambda stage, done, total: None)
-    d = kb.version_dir(version)
-    fd = await asyncio.to_thread(_try_lock, d)
+    fd, d, manifest = await asyncio.to_thread(_lock_and_read, kb, version)
     try:
-        manifest = kb._manifest(d)
         if not is_fast_phase(manifest):
             return manifest
         made_by = (manifest.get("embedder") or {}).get("name")
         if made_by != embedder_id(embedder):
             raise ModelMismatch(f"KB version {version} is for quality model {made_by}, not {embedder_id(embedder)}")
-        ids, texts = await asyncio.to_thread(_read_chunks, d, manifest)
+        ids, texts = await asyncio.to_thread(_chunks_to_upgrade, d, manifest, loaded)
         journal = kb.upgrade_journal(version, made_by, embedder.dim)
         have = await asyncio.to_thread(journal.load)
         todo = [i for i, cid in enumerate(ids) if cid not in have]
@@ -189,9 +222,10 @@ async def wait_or_upgrade(kb: KnowledgeBase, version: str, embedder: Embedder, *
         try:
             return await upgrade_version(kb, version, embedder, batch_size=batch_size, progress=progress)
         except UpgradeBusy:
-            manifest = kb._manifest(kb.version_dir(version))
+            manifest = await asyncio.to_thread(kb.read_manifest, version)
             if progress is not None:
-                progress("upgrade", quality_done(kb, version, manifest), int(manifest.get("chunk_count") or 0))
+                done = await asyncio.to_thread(quality_done, kb, version, manifest)
+                progress("upgrade", done, int(manifest.get("chunk_count") or 0))
             if not is_fast_phase(manifest):
                 return manifest
             await asyncio.sleep(poll_s)
@@ -220,7 +254,7 @@ class ProgressLog:
 
 def manifest_or_none(kb: KnowledgeBase, version: str) -> dict[str, Any] | None:
     try:
-        return kb._manifest(kb.version_dir(version))
+        return kb.read_manifest(version)
     except KBError:
         return None
 

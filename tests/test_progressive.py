@@ -10,7 +10,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import pytest
 
 from gateway import progressive
 from gateway.ingest import ingest, open_kb
-from gateway.kb import FAST_VECTORS
+from gateway.kb import FAST_VECTORS, KBCorrupt
 from gateway.upstreams.faultinject import FaultSpec
 from tests.conftest import TINY_CORPUS, anthropic_overrides, make_settings, state_of
 
@@ -161,6 +164,85 @@ async def test_answers_cached_from_fast_vectors_miss_after_the_swap_and_stand_in
     assert resp.headers["X-RAG-Vectors"] == "fast"
     assert body["degradations"][-1] == {"component": "answer_cache", "reason": "stale_answer",
                                         "age_s": body["degradations"][-1]["age_s"], "vectors": "fast"}
+
+
+_WATCH: tuple[int, str, list[str]] | None = None  # (event loop's thread, directory, files it opened there)
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    watch = _WATCH
+    if (watch is not None and event == "open" and threading.get_ident() == watch[0]
+            and str(args[0]).startswith(watch[1])):
+        watch[2].append(str(args[0]))
+
+
+@contextmanager
+def _files_opened_on_the_loop(directory: Path) -> Iterator[list[str]]:
+    """The files under ``directory`` this thread (the event loop's) opens meanwhile: Python's ``open`` audit
+    event sees every open, os.open included (a hook cannot be removed: it records only inside this block)."""
+    global _WATCH
+    if not getattr(_audit, "installed", False):
+        sys.addaudithook(_audit)
+        _audit.installed = True  # type: ignore[attr-defined]
+    opened: list[str] = []
+    _WATCH = (threading.get_ident(), str(directory), opened)
+    try:
+        yield opened
+    finally:
+        _WATCH = None
+
+
+async def test_an_upgrade_reads_no_file_on_the_event_loop_and_reuses_the_served_chunks_only_when_the_manifests(
+        tmp_path):
+    from gateway.upstreams.factory import build_embedder
+
+    settings = _settings(tmp_path / "data")
+    version = (await ingest(settings, [TINY_CORPUS])).version
+    kb = open_kb(settings)
+    vdir = kb.versions_dir / version
+    served = await asyncio.to_thread(kb.load, version)
+    embedder = build_embedder(settings)
+    assert served is not None and embedder is not None
+    manifest_file = vdir / "manifest.json"
+    original = manifest_file.read_text()
+    try:
+        # The manifest records other chunks than the served ones: chunks.jsonl is read and checked, not reused.
+        other = json.loads(original)
+        other["files"]["chunks.jsonl"]["sha256"] = "0" * 64
+        manifest_file.write_text(json.dumps(other))
+        with pytest.raises(KBCorrupt, match="chunks.jsonl does not match"):
+            await progressive.upgrade_version(kb, version, embedder, loaded=served)
+        manifest_file.write_text(original)
+
+        # Another process upgrades (holds the lock): the waiter polls the manifest and the journal off the loop.
+        lock = progressive._try_lock(vdir)
+        polls: list[int] = []
+        polled = asyncio.Event()
+
+        def progress(stage: str, done: int, total: int) -> None:
+            polls.append(done)
+            if len(polls) >= 2:
+                polled.set()
+
+        with _files_opened_on_the_loop(kb.root) as opened:
+            waiter = asyncio.create_task(progressive.wait_or_upgrade(kb, version, embedder, progress=progress,
+                                                                     poll_s=0.01))
+            await asyncio.wait_for(polled.wait(), timeout=30)
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
+        os.close(lock)
+        assert opened == []
+
+        # The manifest's own chunks: the served copy (checked at load) is embedded, chunks.jsonl not read again.
+        (vdir / "chunks.jsonl").rename(tmp_path / "chunks.away")
+        with _files_opened_on_the_loop(kb.root) as opened:
+            upgraded = await progressive.upgrade_version(kb, version, embedder, loaded=served)
+        assert opened == [] and upgraded["vectors"] == "quality"
+        (tmp_path / "chunks.away").rename(vdir / "chunks.jsonl")
+        kb.verify(version)  # one quality vector per chunk of the version's own file
+    finally:
+        served.chunks.close()
+        await embedder.close()
 
 
 def _stdlib_subset(tmp_path: Path) -> Path:
