@@ -17,7 +17,7 @@ import pytest
 from chaos.stubs.anthropic import NO_CONTEXT_REPLY, FakeAnthropic, first_passage_sentence
 from fallback.documents import Chunk
 from gateway.config import LLMConfig
-from gateway.upstreams.anthropic_llm import AnthropicLLM, build_user_message
+from gateway.upstreams.anthropic_llm import AnthropicLLM, build_user_message, generation_of
 from gateway.upstreams.base import LLM
 from resilience.errors import Reason, UpstreamError
 
@@ -366,6 +366,25 @@ async def test_latency_delays_the_answer(fake: FakeAnthropic, llm: AnthropicLLM)
     started = time.monotonic()
     assert (await llm.generate("What caps retries?", CHUNKS)).text == ANSWER
     assert time.monotonic() - started >= 0.2
+
+
+def test_generation_reads_text_blocks_model_stop_reason_and_usage_from_the_raw_body() -> None:
+    """``generate`` reads the raw JSON (not the SDK's Message model): only text blocks make the answer."""
+    body = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"}, {"type": "text", "text": "A "},
+                        {"type": "tool_use", "id": "t", "name": "n", "input": {}}, {"type": "text", "text": "[1]"}],
+            "stop_reason": "max_tokens", "usage": {"input_tokens": 7, "output_tokens": 2, "cache_read_input_tokens": 0}}
+    gen = generation_of(json.dumps(body).encode())
+    assert (gen.text, gen.model, gen.stop_reason) == ("A [1]", "claude-x", "max_tokens")
+    assert gen.usage == {"input_tokens": 7, "output_tokens": 2}
+
+
+@pytest.mark.parametrize("body", [b'{"type": "message", "model": "m"}', b'{"content": [], "model": 3}',
+                                  b'{"content": [{"type": "text"}], "model": "m"}', b"[]", b'"text"', b"{"])
+def test_a_body_that_is_not_a_message_is_a_retryable_502(body: bytes) -> None:
+    with pytest.raises(UpstreamError) as info:
+        generation_of(body)
+    assert (info.value.status, info.value.retryable) == (502, True)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -40,10 +40,17 @@ async def test_spans_per_request_and_stage(gateway_factory, data_dir):
     assert "rag.embed" not in spans  # the open vector DB breaker skips the (useless) embedding
 
 
-async def test_tracing_off_makes_no_spans(gateway_factory, data_dir):
+@pytest.mark.parametrize("llm", ["extractive", "anthropic"])
+async def test_tracing_off_makes_no_spans(gateway_factory, data_dir, fake_anthropic, llm):
+    """Not even the anthropic SDK's own span per call, although a global provider is set here (as under
+    ``opentelemetry-instrument``): it would be a trace of its own, joined to no request."""
+    from tests.conftest import anthropic_overrides
+
     EXPORTER.clear()
-    client = await gateway_factory(make_settings(data_dir))
-    assert (await client.post("/v1/query", json={"query": "green tea"})).status == 200
+    overrides = anthropic_overrides(fake_anthropic, **{"cache.enabled": False}) if llm == "anthropic" else {}
+    client = await gateway_factory(make_settings(data_dir, **overrides))
+    resp = await client.post("/v1/query", json={"query": "green tea"})
+    assert resp.status == 200 and resp.headers["X-RAG-Mode"] == ("full" if llm == "anthropic" else "extractive")
     assert EXPORTER.get_finished_spans() == ()
 
 
@@ -71,6 +78,9 @@ async def test_incoming_traceparent_is_continued_and_injected_upstream(gateway_f
     assert trace_id == TRACE_ID and span_id != PARENT_ID  # a child span of ours, same trace
     assert root.attributes["rag.model"] == "claude-sonnet-4-6"
     assert root.attributes["rag.breaker.llm:claude-sonnet-4-6"] == "closed"  # one guard per model
+    # With tracing on, the SDK's own span of the call is in the same trace, under the generate stage.
+    [sdk_span] = [s for s in EXPORTER.get_finished_spans() if s.name.startswith("anthropic.")]
+    assert sdk_span.parent.span_id == spans["rag.generate"].context.span_id
 
 
 async def test_5xx_sets_the_span_status_and_logs_carry_the_trace(gateway_factory, data_dir, capsys):

@@ -89,5 +89,5 @@ def build_llm(settings: Settings) -> LLM | None:
     if settings.llm.effective_backend == "anthropic":
         from gateway.upstreams.anthropic_llm import AnthropicLLM
 
-        return AnthropicLLM(settings.llm)
+        return AnthropicLLM(settings.llm, sdk_traces=settings.telemetry.tracing == "otel")
     return None
