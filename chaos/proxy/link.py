@@ -34,13 +34,13 @@ class Link:
         source: asyncio.StreamReader,
         dest: asyncio.StreamWriter,
         toxics: list[Toxic],
-        rng: random.Random,
+        rng_for: Callable[[Toxic], random.Random],
     ) -> None:
         self.direction = direction
         self._connection = connection
         self._source = source
         self._dest = dest
-        self._rng = rng
+        self._rng_for = rng_for  # where each toxic draws (the proxy's: one stream per toxic when seeded)
         self._chain: list[ToxicStub] = []
         self._queue: asyncio.Queue[Chunk | None] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
         self._closing = False
@@ -52,7 +52,7 @@ class Link:
 
     # -- chain changes (synchronous: they take effect for the next chunk) ------------------------
     def add_toxic(self, toxic: Toxic) -> None:
-        stub = TOXIC_TYPES[toxic.type](toxic, self, self._rng)
+        stub = TOXIC_TYPES[toxic.type](toxic, self, self._rng_for(toxic))
         self._chain.append(stub)
         stub.start()
 
@@ -153,15 +153,15 @@ class Connection:
         client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         toxics: list[Toxic],
-        rng: random.Random,
+        rng_for: Callable[[Toxic], random.Random],
         on_reset: Callable[[], None] | None = None,
     ) -> None:
         self._writers = (client[1], upstream[1])
         self._on_reset = on_reset  # the proxy counts resets (GET /__stats__): drills check a reset fired
         by_stream = {s: [t for t in toxics if t.stream == s] for s in STREAMS}
         self.links = {
-            UPSTREAM: Link(self, UPSTREAM, client[0], upstream[1], by_stream[UPSTREAM], rng),
-            DOWNSTREAM: Link(self, DOWNSTREAM, upstream[0], client[1], by_stream[DOWNSTREAM], rng),
+            UPSTREAM: Link(self, UPSTREAM, client[0], upstream[1], by_stream[UPSTREAM], rng_for),
+            DOWNSTREAM: Link(self, DOWNSTREAM, upstream[0], client[1], by_stream[DOWNSTREAM], rng_for),
         }
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(link.run()) for link in self.links.values()]

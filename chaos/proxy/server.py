@@ -36,11 +36,15 @@ DEFAULT_LISTEN = "127.0.0.1:0"  # Toxiproxy would bind every interface for a mis
 class FaultProxyServer:
     """TCP fault proxies with Toxiproxy's toxics, managed in-process or over Toxiproxy's HTTP API.
 
-    ``seed`` makes toxicity draws, jitter and slicer sizes reproducible; ``connect_timeout_s`` bounds
-    each dial to an upstream (the client connection is closed if it fails, as Toxiproxy does).
+    ``seed`` makes toxicity draws, jitter and slicer sizes reproducible: each toxic draws from a stream of
+    its own (seeded by ``seed``, the proxy's and the toxic's names, afresh each time it is added), so what a
+    drill's toxic does never depends on what earlier drills drew on the same server, and its toxicity is
+    realised at its rate in every run of draws (:class:`~chaos.proxy.tcp_proxy.SeededDraws`). ``connect_timeout_s``
+    bounds each dial to an upstream (the client connection is closed if it fails, as Toxiproxy does).
     """
 
     def __init__(self, *, seed: int | None = None, connect_timeout_s: float = 10.0) -> None:
+        self._seed = seed
         self._rng = random.Random(seed)
         self._connect_timeout_s = connect_timeout_s
         self._proxies: dict[str, Proxy] = {}
@@ -171,7 +175,7 @@ class FaultProxyServer:
             proxy.reset_toxics()
 
     def _new_proxy(self, name: str, listen: str, upstream: str) -> Proxy:
-        return Proxy(name, listen, upstream, rng=self._rng, connect_timeout_s=self._connect_timeout_s)
+        return Proxy(name, listen, upstream, rng=self._rng, seed=self._seed, connect_timeout_s=self._connect_timeout_s)
 
     # -- HTTP ---------------------------------------------------------------------------------------
     def _add_routes(self, app: web.Application) -> None:
