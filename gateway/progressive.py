@@ -9,7 +9,8 @@ hours before its first answer; the fast tier (WordLlama 256-d, static) embeds hu
    returns then (``--wait-quality`` blocks until the upgrade is done).
 2. **Serving**: the embedded store searches the fast set with fast query vectors, fused with BM25 as usual.
    Answers say so: ``"vectors": "fast"`` in the body and ``X-RAG-Vectors: fast`` — not ``degraded`` (nothing
-   failed; this is the version's state, like ``kb_version``).
+   failed; this is the version's state, like ``kb_version``). Answers cached meanwhile are keyed apart
+   (``gateway.pipeline``): the swap misses them; only stale-if-error serves one later, labelled ``fast``.
 3. **Upgrade** (:func:`upgrade_version`): the quality model embeds every chunk in the background, each batch
    journaled (``<kb>/embed-journal/<model@version>``): a killed or failed upgrade resumes where it stopped.
    When complete, ``vectors.npy`` is written beside and the manifest replaced atomically (``"vectors":
