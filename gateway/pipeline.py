@@ -348,7 +348,8 @@ class Pipeline:
     def _after_llm_failure(self, req: QueryRequest, chunks: list[Chunk], trace: Trace,
                            hit: Any) -> tuple[str | None, list[Chunk]]:
         if hit is not None:  # stale-if-error: a fresh hit was served before reaching the LLM
-            older = hit.entry.vectors if hit.entry.vectors != trace.vectors else None  # made before the swap
+            # made from the fast vectors of a version now served from its quality ones (before the swap)
+            older = "fast" if hit.entry.vectors == "fast" and trace.vectors != "fast" else None
             trace.cache, trace.generation, trace.answer_age_s = "stale", Mode.CACHED, hit.age_s
             trace.vectors = hit.entry.vectors  # the vectors behind the answer served, not this request's retrieval
             trace.degrade(Component.ANSWER_CACHE, contract.Reason.STALE_ANSWER, age_s=round(hit.age_s, 3),

@@ -164,6 +164,9 @@ async def test_answers_cached_from_fast_vectors_miss_after_the_swap_and_stand_in
     assert resp.headers["X-RAG-Vectors"] == "fast"
     assert body["degradations"][-1] == {"component": "answer_cache", "reason": "stale_answer",
                                         "age_s": body["degradations"][-1]["age_s"], "vectors": "fast"}
+    stream = await (await client.post("/v1/query", json={**other, "stream": True})).text()
+    done = json.loads(stream.strip().split("\n\n")[-1].split("data: ", 1)[1])  # the streamed answer's end
+    assert (done["mode"], done["vectors"], done["answer"]) == ("cached", "fast", body["answer"]), done
 
 
 _WATCH: tuple[int, str, list[str]] | None = None  # (event loop's thread, directory, files it opened there)
