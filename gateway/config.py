@@ -191,6 +191,9 @@ class LLMConfig(_Section):
         "/v1/messages: longest silence between two stream events (Anthropic sends `ping` events meanwhile)"))
     stream_max_s: float = Field(1800.0, gt=0, description=(
         "/v1/messages: longest healthy stream (64k output tokens at ~40 tokens/s is ~27 min)"))
+    client_idle_timeout_s: float = Field(60.0, gt=0, description=(
+        "/v1/messages streams: longest one event may wait for a client that does not read (its socket full) "
+        "before the stream is closed as `client_slow`; the client's problem, never counted against the model"))
     request_timeout_s: float = Field(600.0, gt=0, description=(
         "/v1/messages, /v1/models, count_tokens: the request deadline when the client sends no shorter "
         "X-Request-Timeout (the anthropic SDK's default is 600 s); bounds the first token and JSON answers, "

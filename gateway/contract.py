@@ -92,6 +92,13 @@ class StreamOutcome(StrEnum):
     ERROR = "error"              # the upstream sent its own `event: error` (forwarded as-is)
     TIMEOUT = "timeout"          # the stream outlived llm.stream_max_s
     CLIENT_GONE = "client_gone"  # the client disconnected
+    # The client left sent events unread for llm.client_idle_timeout_s (its connection is closed), or its
+    # backpressure pushed the stream past llm.stream_max_s: the client's problem, never the model's.
+    CLIENT_SLOW = "client_slow"
+
+
+# Outcomes caused by the client: no degradation, no `event: error`, not a broken stream of the model.
+CLIENT_SIDE_OUTCOMES = frozenset({StreamOutcome.CLIENT_GONE, StreamOutcome.CLIENT_SLOW})
 
 
 def reason_of(value: str | Enum) -> str:

@@ -126,11 +126,12 @@ def test_rate_monitors_do_not_page_on_a_quiet_night():
 
 def test_stream_monitor_counts_breaks_not_clients_leaving():
     """The same recorded traffic with its cut streams relabelled: healthy (complete) or the client going
-    away mid-stream (client_gone, not the model's failure) must leave the monitor OK, for the same group."""
+    away mid-stream or reset for not reading (client_gone / client_slow, not the model's failure) must leave
+    the monitor OK, for the same group."""
     import dataclasses
 
     points = recording("messages_stream_cut").points
-    for outcome in ("complete", "client_gone"):
+    for outcome in ("complete", "client_gone", "client_slow"):
         relabelled = [dataclasses.replace(p, tags=tuple((k, outcome if (k, v) == ("outcome", "cut") else v)
                                                         for k, v in p.tags)) for p in points]
         state, where = worst_state(monitor("streams"), relabelled)

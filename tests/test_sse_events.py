@@ -74,3 +74,26 @@ def test_an_error_event_is_noticed_and_forwarded():
     broken = parser.broken(started=False)
     assert broken.outcome == "error" and broken.status == 529 and broken.retryable
     assert json.loads(error.split(b"data: ", 1)[1])["error"]["type"] == "overloaded_error"
+
+
+async def test_idle_watch_times_the_upstreams_gap_not_a_slow_reader():
+    """Bytes the upstream sent that we have not read yet (a slow client holds the proxy loop in write, and
+    aiohttp pauses the socket) are not an upstream stall; after they are read, silence is."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp.base_protocol import BaseProtocol
+
+    from gateway.upstreams.anthropic_http import IdleWatch
+
+    loop = asyncio.get_running_loop()
+    content = aiohttp.StreamReader(BaseProtocol(loop), 2**16, loop=loop)
+    watch = IdleWatch(content, 0.05)
+    content.feed_data(b"event: ping\ndata: {}\n\n")
+    await asyncio.sleep(0.25)  # five gaps with the bytes waiting for us
+    assert content.exception() is None
+    chunk = await content.readany()
+    watch.touch(len(chunk))
+    await asyncio.sleep(0.25)  # read, and nothing more from upstream
+    assert isinstance(content.exception(), TimeoutError)
+    watch.cancel()

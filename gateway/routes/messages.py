@@ -33,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import struct
 import time
 from functools import partial
 from dataclasses import dataclass, field
@@ -42,7 +44,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from gateway import connguard, contract
-from gateway.contract import Mode, StreamOutcome
+from gateway.contract import CLIENT_SIDE_OUTCOMES, Mode, StreamOutcome
 from gateway.errors import APIError
 from gateway.http_input import read_json_raw, validate
 from gateway.llm_router import PRIMARY, ModelRouter, Target
@@ -299,9 +301,74 @@ def _error_event(type_: str, message: str) -> bytes:
     return f"event: error\ndata: {data}\n\n".encode()
 
 
+class ClientWatch:
+    """How long the relay waits for a client that does not read, with one timer per stream (like
+    :class:`~gateway.upstreams.anthropic_http.IdleWatch` upstream). :meth:`write` sends through it; when one
+    write has waited ``limit_s`` for room in the client's socket the connection is aborted (a client that
+    does not read cannot read an ``event: error`` either) and :attr:`fired` is set. :attr:`waited_s` is the
+    time spent in writes: the client's share of the stream's length. A write after the abort raises
+    ConnectionResetError."""
+
+    __slots__ = ("_loop", "_limit_s", "_transport", "_handle", "since", "waited_s", "fired")
+
+    def __init__(self, transport: asyncio.Transport | None, limit_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._limit_s = limit_s
+        self._transport = transport
+        self.since: float | None = None  # when the write in progress started
+        self.waited_s = 0.0
+        self.fired = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(limit_s, self._check)
+
+    async def write(self, out: web.StreamResponse, data: bytes) -> None:
+        self.since = t0 = self._loop.time()
+        try:
+            await out.write(data)
+        finally:
+            self.since = None
+            self.waited_s += self._loop.time() - t0
+        if self.fired:  # aborted while this write waited: aiohttp's drain returns quietly
+            raise ConnectionResetError("the client did not read the stream (llm.client_idle_timeout_s)")
+
+    async def write_eof(self, out: web.StreamResponse) -> None:
+        self.since = self._loop.time()  # the last bytes must reach the client too
+        try:
+            await out.write_eof()
+        finally:
+            self.since = None
+        if self.fired:
+            raise ConnectionResetError("the client did not read the end of the stream (llm.client_idle_timeout_s)")
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        since = self.since
+        if since is None or now - since < self._limit_s:
+            self._handle = self._loop.call_at(now + self._limit_s if since is None else since + self._limit_s,
+                                              self._check)
+            return
+        self._handle = None
+        self.abort()
+
+    def abort(self) -> None:
+        """Give up on the client: reset its connection. SO_LINGER 0 makes the kernel drop what the client
+        left unread (up to megabytes per socket) at once instead of sending it to a reader that is not there."""
+        self.fired = True
+        if self._transport is not None:
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self._transport.abort()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, trace: MessagesTrace,
                  target: Target) -> web.StreamResponse:
-    """Send what was held, then pass the stream through, judging each event; end it honestly."""
+    """Send what was held, then pass the stream through, judging each event; end it honestly. A client
+    that reads slower than the upstream sends is its own outcome (``client_slow``), never the model's."""
     upstream = opened.response
     events = opened.events
     out = web.StreamResponse(status=upstream.status)
@@ -310,10 +377,11 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
             out.headers[k] = v
     out.headers.update(_rag_headers(request, trace))
     outcome: StreamOutcome = StreamOutcome.COMPLETE
+    client = ClientWatch(request.transport, gw.config.client_idle_timeout_s)
     try:
         await out.prepare(request)
         request[STARTED_RESPONSE] = out
-        await out.write(b"".join(opened.held) if len(opened.held) != 1 else opened.held[0])
+        await client.write(out, b"".join(opened.held) if len(opened.held) != 1 else opened.held[0])
         if not events.stopped:
             limit = gw.config.stream_max_s - (time.perf_counter() - trace.started)
             timer = asyncio.timeout(max(limit, 0.0))
@@ -324,16 +392,21 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
                     while True:
                         chunk = await content.readany()
                         if idle is not None:
-                            idle.touch()
+                            idle.touch(len(chunk))
                         if not chunk:
                             break
                         data = events.feed(chunk)
                         if data:
-                            await out.write(data)
+                            await client.write(out, data)
                         if events.malformed or events.error is not None or events.stopped:
                             break
             except TimeoutError:
-                outcome = StreamOutcome.TIMEOUT if timer.expired() else StreamOutcome.STALLED
+                if not timer.expired():
+                    outcome = StreamOutcome.STALLED
+                elif time.perf_counter() - trace.started - client.waited_s < gw.config.stream_max_s:
+                    outcome = StreamOutcome.CLIENT_SLOW  # without the client's backpressure it would have fit
+                else:
+                    outcome = StreamOutcome.TIMEOUT
             except (ConnectionResetError, asyncio.CancelledError):
                 raise
             except Exception as exc:  # noqa: BLE001 - aiohttp payload/connection errors: a cut stream
@@ -346,20 +419,34 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
                     outcome = StreamOutcome.ERROR  # the upstream's own `event: error` was forwarded as-is
                 elif not events.stopped:
                     outcome = StreamOutcome.NO_STOP
-        if outcome not in (StreamOutcome.COMPLETE, StreamOutcome.ERROR):
-            kind = "timeout_error" if outcome in (StreamOutcome.STALLED, StreamOutcome.TIMEOUT) else "api_error"
-            await out.write(_error_event(kind, f"the upstream stream of {target.model} broke after content was "
-                                               f"sent ({outcome}); the answer is incomplete"))
-        await out.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
-        outcome = StreamOutcome.CLIENT_GONE
+        if outcome is StreamOutcome.CLIENT_SLOW:
+            client.abort()  # it is not reading: an error event would only wait in its socket
+        else:
+            if outcome not in (StreamOutcome.COMPLETE, StreamOutcome.ERROR):
+                kind = "timeout_error" if outcome in (StreamOutcome.STALLED, StreamOutcome.TIMEOUT) else "api_error"
+                await client.write(out, _error_event(kind, f"the upstream stream of {target.model} broke after "
+                                                           f"content was sent ({outcome}); the answer is incomplete"))
+            await client.write_eof(out)
+    except ConnectionResetError:
+        if not client.fired:
+            outcome = StreamOutcome.CLIENT_GONE
+            raise
+        outcome = StreamOutcome.CLIENT_SLOW  # our own reset: an expected end, not an error to log
+    except asyncio.CancelledError:
+        outcome = StreamOutcome.CLIENT_SLOW if client.fired else StreamOutcome.CLIENT_GONE
         raise
     finally:
+        client.cancel()
         opened.finish(reuse=outcome == StreamOutcome.COMPLETE)
         trace.stream_outcome = outcome
         trace.timings_ms["stream"] = round((time.perf_counter() - trace.started) * 1e3, 3)
+        trace.timings_ms["client_wait"] = round(client.waited_s * 1e3, 3)  # of it, waiting for the client to read
         gw.state.telemetry.llm_stream_outcome(target.model, outcome)
-        if outcome not in (StreamOutcome.COMPLETE, StreamOutcome.CLIENT_GONE):
+        if outcome is StreamOutcome.CLIENT_SLOW:
+            log.warning("client read the LLM stream too slowly; its connection was closed",
+                        extra={"event": "llm_stream_client_slow", "model": target.model,
+                               "client_wait_s": round(client.waited_s, 3)})
+        elif outcome not in CLIENT_SIDE_OUTCOMES and outcome is not StreamOutcome.COMPLETE:
             trace.degrade(target.component, f"stream_{outcome}", target.model)
             gw.state.telemetry.degradation(target.component, f"stream_{outcome}")
             log.warning("LLM stream broke after content was sent; ended with an error event",

@@ -179,7 +179,8 @@ LLM_FIRST_TOKEN = MetricSpec(
 LLM_STREAMS = MetricSpec(
     "llm.streams", "count", "streams", ("model", "outcome"),
     "/v1/messages streams by how they ended: complete, or cut / stalled / malformed / no_stop / error / "
-    "timeout after content was sent (the client got an `event: error`), or client_gone.",
+    "timeout after content was sent (the client got an `event: error`), or the client's own: client_gone "
+    "(it left) / client_slow (it did not read; closed by llm.client_idle_timeout_s or llm.stream_max_s).",
     values={"outcome": STREAM_OUTCOMES})
 
 CATALOGUE: tuple[MetricSpec, ...] = (

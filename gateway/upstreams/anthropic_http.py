@@ -181,24 +181,33 @@ class IdleWatch:
     """The idle limit of one stream body with a single timer. A read only stamps :attr:`last` (cheap);
     the timer, when it fires before the gap is over, re-arms for the rest of it, and when the gap is
     over fails the body's reader with the error aiohttp's ``sock_read`` raises (a ``TimeoutError``).
-    A healthy stream whose reads come more often than ``idle_s`` costs one timer in all."""
+    A healthy stream whose reads come more often than ``idle_s`` costs one timer in all.
 
-    __slots__ = ("_loop", "_idle_s", "_content", "_handle", "last")
+    The gap is the *upstream's*: bytes that arrived since the last read (``total_bytes`` moved) or that
+    wait unread in the reader (a slow client holds our loop in ``write``, and aiohttp pauses the socket)
+    restart it, so a client slower than ``idle_s`` is never reported as a stalled model."""
+
+    __slots__ = ("_loop", "_idle_s", "_content", "_handle", "_read", "last")
 
     def __init__(self, content: aiohttp.StreamReader, idle_s: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._idle_s = idle_s
         self._content = content
+        self._read = 0  # body bytes handed to us by readany() (made before the first read)
         self.last = self._loop.time()
         self._handle: asyncio.TimerHandle | None = self._loop.call_at(self.last + idle_s, self._check)
 
-    def touch(self) -> None:
-        """Data arrived: the gap starts again."""
+    def touch(self, n: int) -> None:
+        """``n`` bytes were read: the gap starts again."""
+        self._read += n
         self.last = self._loop.time()
 
     def _check(self) -> None:
+        now = self._loop.time()
+        if self._content.total_bytes > self._read:  # arrived and not read yet: we are slow, not the model
+            self.last = now
         due = self.last + self._idle_s
-        if self._loop.time() < due:
+        if now < due:
             self._handle = self._loop.call_at(due, self._check)
             return
         self._handle = None
@@ -265,8 +274,9 @@ class AnthropicHTTP:
             raise UpstreamError(f"connection to the LLM failed: {type(exc).__name__}: {exc}", status=None) from exc
         if resp.status >= 400:
             try:
-                body = await resp.read()
-            except aiohttp.ClientError:
+                async with asyncio.timeout(header_timeout_s):  # an error body that stalls is bounded too
+                    body = await resp.read()
+            except (aiohttp.ClientError, TimeoutError):
                 body = b""
             finally:
                 resp.release()
@@ -314,7 +324,7 @@ class AnthropicHTTP:
                 except aiohttp.ClientError as exc:
                     raise StreamBroken("cut", f"{type(exc).__name__} before the first content") from exc
                 if idle is not None:
-                    idle.touch()
+                    idle.touch(len(chunk))
                 if not chunk:
                     raise StreamBroken("no_stop", "the stream ended without message_stop")
                 out = events.feed(chunk)
