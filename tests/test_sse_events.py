@@ -97,3 +97,15 @@ async def test_idle_watch_times_the_upstreams_gap_not_a_slow_reader():
     await asyncio.sleep(0.25)  # read, and nothing more from upstream
     assert isinstance(content.exception(), TimeoutError)
     watch.cancel()
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("size", [1, 3, 64, 10_000])
+def test_extra_blank_lines_between_events_pass_and_never_spin(size):
+    """SSE ignores extra blank lines; the judge once looped forever on "\n\n\n" (a frozen event loop: no
+    timeout of the gateway could fire), whatever the cut."""
+    stream = b"\n".join(EVENTS) + b"\n\n"  # every event followed by one or more blank lines
+    parser = SSEEvents()
+    out = feed_in_pieces(parser, stream, size)
+    assert parser.stopped and not parser.malformed and parser.content_started
+    assert out.replace(b"\n\n\n", b"\n\n").replace(b"\n\n\n", b"\n\n") == STREAM

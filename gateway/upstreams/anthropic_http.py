@@ -115,8 +115,11 @@ class SSEEvents:
         self._rest = data[end:]
         pos = 0
         while pos < end:
-            nxt = data.find(b"\n\n", pos, end) + 2
-            if not self._event(data[pos:nxt - 2]):
+            sep = data.find(b"\n\n", pos, end)
+            if sep < 0:  # a lone "\n" left by a run of blank lines ("\n\n\n"): nothing to judge
+                break
+            nxt = sep + 2
+            if not self._event(data[pos:sep]):
                 self.malformed = True
                 self._rest = b""
                 return data[:pos]
