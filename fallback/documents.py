@@ -1,7 +1,7 @@
 """The unit of retrieval shared by every store, index and answerer."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -20,7 +20,10 @@ class Chunk:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def scored(self, score: float, retriever: str) -> "Chunk":
-        return replace(self, score=float(score), retriever=retriever)
+        # Every field by position: dataclasses.replace re-reads the fields on each call (~5 µs vs ~1 µs,
+        # ×top_k per request on the retrieval path); a test checks no field is left behind.
+        return Chunk(self.id, self.text, self.title, self.source, self.doc_id, self.position, float(score),
+                     retriever, self.metadata)
 
     def to_record(self) -> dict[str, Any]:
         """JSON-able form for on-disk storage (no score/retriever)."""

@@ -241,3 +241,59 @@ def test_an_index_written_in_format_1_still_loads_and_searches_as_built(tmp_path
     assert [c.id for c in old.search("breaker failures", 2)] == ["c0", "c1"]
     assert [c.id for c in old.search("resilience", 3)] == [c.id for c in old.search("resilience", 3, outline=False)]
     assert {c.id for c in old.search("resilience", 3)} == {"c0", "c1", "c2"}  # the title was in its body
+
+
+def test_a_chunk_found_again_is_decoded_once_and_scored_for_each_query() -> None:
+    index = KeywordIndex.build(SMALL)
+    first = {c.id: c for c in index.search("breaker", 4)}
+    misses = index.chunk_cache_info().misses
+    second = {c.id: c for c in index.search("breaker trial calls", 4)}
+
+    assert "c1" in first and "c1" in second and first["c1"].score != second["c1"].score
+    assert index.chunk_cache_info().misses == misses + len(second.keys() - first.keys())
+    assert index.chunk_cache_info().hits >= len(second.keys() & first.keys()) > 0
+    by_id = {c.id: c for c in SMALL}
+    for c in second.values():
+        assert c.to_record() == by_id[c.id].to_record() and c.retriever == "bm25"
+
+
+def test_chunks_at_the_same_position_of_two_segments_are_not_confused(tmp_path: Path) -> None:
+    """The decoded-chunk cache is keyed by (segment, doc): doc 0 exists once per segment."""
+    import tantivy
+
+    from fallback.bm25 import ANALYZER, _ANALYZER, _schema
+
+    index = tantivy.Index(_schema(), path=str(tmp_path))
+    index.register_tokenizer(ANALYZER, _ANALYZER)
+    writer = index.writer(heap_size=15_000_000, num_threads=1)
+    for c in SMALL[:2], SMALL[2:]:  # one commit each: two segments
+        for one in c:
+            writer.add_document(KeywordIndex._document(one, ""))
+        writer.commit()
+    writer.wait_merging_threads()
+    kw = KeywordIndex(index, path=tmp_path, size=len(SMALL), built_at=0.0)
+    assert len({addr.segment_ord for _, addr in kw._searcher.search(tantivy.Query.all_query(), 10).hits}) == 2
+    for c in SMALL:
+        [hit] = kw.search(c.text, 1)
+        assert hit.id == c.id
+
+
+def test_a_dropped_index_removes_its_build_directory_at_once() -> None:
+    """The chunk cache must not tie the index into a reference cycle (its temp dir would wait for the GC)."""
+    index = KeywordIndex.build(SMALL)
+    index.search("breaker", 2)
+    build_dir = index._path.parent
+    assert build_dir.exists()
+    del index
+    assert not build_dir.exists()
+
+
+def test_scored_keeps_every_other_field() -> None:
+    from dataclasses import fields
+
+    c = SMALL[0]
+    s = c.scored(1.5, "bm25")
+    assert (s.score, s.retriever) == (1.5, "bm25")
+    for f in fields(Chunk):
+        if f.name not in ("score", "retriever"):
+            assert getattr(s, f.name) == getattr(c, f.name), f.name
