@@ -109,3 +109,14 @@ def test_extra_blank_lines_between_events_pass_and_never_spin(size):
     out = feed_in_pieces(parser, stream, size)
     assert parser.stopped and not parser.malformed and parser.content_started
     assert out.replace(b"\n\n\n", b"\n\n").replace(b"\n\n\n", b"\n\n") == STREAM
+
+
+@pytest.mark.parametrize("data", [b'{"type": "content_block_delta", "delta": {"text": "\\ud83d"}}',
+                                  b'{"type": "message_delta", "usage": {"cost": NaN}}'])
+def test_json_the_stdlib_reads_is_not_malformed(data):
+    """orjson judges first and refuses lone surrogate escapes and NaN, which Python's json (and so the
+    anthropic SDK) reads: such an event goes on, the stream is not cut as malformed."""
+    parser = SSEEvents()
+    event = b"event: content_block_delta\ndata: " + data + b"\n\n"
+    assert parser.feed(EVENTS[0] + event + EVENTS[-1]) == EVENTS[0] + event + EVENTS[-1]
+    assert not parser.malformed and parser.stopped

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import aiohttp
+from orjson import loads as _loads
 
 from gateway.upstreams.httperrors import parse_retry_after
 from resilience.errors import UpstreamError
@@ -86,6 +87,17 @@ _DECODE = json.JSONDecoder().raw_decode
 _JSON_SPACE = " \t\r\n"  # what json.loads skips around a value
 
 
+def _stdlib_json(data: bytes) -> Any:
+    """The stdlib's verdict on what orjson refused: it also accepts NaN/Infinity and lone surrogate escapes
+    (``"\\ud800"``), which json-based Anthropic clients read without complaint, so they are no malformed
+    event. Raises ValueError (or RecursionError) when the stdlib refuses too."""
+    text = data.decode().strip(_JSON_SPACE)  # SSE is UTF-8 by definition: no encoding sniffing
+    payload, end = _DECODE(text)
+    if end != len(text):
+        raise ValueError("trailing data")
+    return payload
+
+
 class SSEEvents:
     """Incremental parser of an Anthropic SSE stream. :meth:`feed` returns the bytes of the complete,
     well-formed events received so far (a partial event is held back until it completes)."""
@@ -111,42 +123,40 @@ class SSEEvents:
         if end < 0:
             self._rest = data
             return b""
-        end += 2
-        self._rest = data[end:]
+        self._rest = data[end + 2:]
         pos = 0
-        while pos < end:
-            sep = data.find(b"\n\n", pos, end)
-            if sep < 0:  # a lone "\n" left by a run of blank lines ("\n\n\n"): nothing to judge
-                break
-            nxt = sep + 2
-            if not self._event(data[pos:sep]):
-                self.malformed = True
-                self._rest = b""
-                return data[:pos]
-            pos = nxt
-        return data[:end] if end < len(data) else data
+        find = data.find
+        # pos only moves forward: the blank line at `end` ends the last event, and a run of blank lines
+        # ("\n\n\n", valid SSE) leaves a "\n" that opens the next block or an empty one (nothing to judge).
+        while pos <= end:
+            nxt = find(b"\n\n", pos, end + 2)  # this event's blank line
+            start = find(b"data:", pos, nxt)
+            if start >= 0:  # else a comment or an event without data: nothing to judge
+                if (start != pos and data[start - 1] != 10) or find(b"\ndata:", start + 5, nxt) >= 0:
+                    # Unusual shapes (several data lines, "data:" inside another line): the general rule.
+                    datas = [line[5:] for line in data[pos:nxt].split(b"\n") if line.startswith(b"data:")]
+                    payload = self._judge(b"\n".join(datas)) if datas else {}
+                else:  # one data line, as Anthropic sends every event: no split per event
+                    line_end = find(b"\n", start, nxt)
+                    payload = self._judge(data[start + 5:nxt if line_end < 0 else line_end])
+                if payload is None:
+                    self.malformed = True
+                    self._rest = b""
+                    return data[:pos]
+            pos = nxt + 2
+        return data[:end + 2] if end + 2 < len(data) else data
 
-    def _event(self, block: bytes) -> bool:
-        start = block.find(b"data:")
-        if start < 0:
-            return True  # a comment or an event without data: nothing to judge
-        if (start and block[start - 1] != 10) or block.find(b"\ndata:", start + 5) >= 0:
-            # Unusual shapes (several data lines, "data:" inside another line): the general rule.
-            datas = [line[5:] for line in block.split(b"\n") if line.startswith(b"data:")]
-            if not datas:
-                return True
-            data = b"\n".join(datas)
-        else:  # one data line, as Anthropic sends every event: no split per event
-            end = block.find(b"\n", start)
-            data = block[start + 5:] if end < 0 else block[start + 5:end]
+    def _judge(self, data: bytes) -> dict[str, Any] | None:
+        """The event's JSON object (and what it tells), or None when it is not one (malformed)."""
         try:
-            # json.loads(bytes) would sniff the encoding first; SSE is UTF-8 by definition.
-            text = data.decode().strip(_JSON_SPACE)
-            payload, end = _DECODE(text)
-        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            return False
-        if end != len(text) or type(payload) is not dict:
-            return False
+            payload = _loads(data)
+        except ValueError:  # orjson refuses a few texts the stdlib reads (see _stdlib_json)
+            try:
+                payload = _stdlib_json(data)
+            except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                return None
+        if type(payload) is not dict:
+            return None
         kind = payload.get("type")
         if kind == "content_block_delta":
             self.content_started = True
@@ -158,7 +168,7 @@ class SSEEvents:
                 self.model = message.get("model")
         elif kind == "error":
             self.error = payload.get("error") if isinstance(payload.get("error"), dict) else {"type": "api_error"}
-        return True
+        return payload
 
     def broken(self, *, started: bool) -> StreamBroken | None:
         """The failure this parser has seen (malformed event or ``event: error``), if any."""
