@@ -330,12 +330,14 @@ class ClientWatch:
         if self.fired:  # aborted while this write waited: aiohttp's drain returns quietly
             raise ConnectionResetError("the client did not read the stream (llm.client_idle_timeout_s)")
 
-    async def write_eof(self, out: web.StreamResponse) -> None:
-        self.since = self._loop.time()  # the last bytes must reach the client too
+    async def write_eof(self, out: web.StreamResponse, data: bytes = b"") -> None:
+        """Send ``data`` (the last bytes, with the end of the body: one send) and end the body."""
+        self.since = t0 = self._loop.time()  # the last bytes must reach the client too
         try:
-            await out.write_eof()
+            await out.write_eof(data)
         finally:
             self.since = None
+            self.waited_s += self._loop.time() - t0
         if self.fired:
             raise ConnectionResetError("the client did not read the end of the stream (llm.client_idle_timeout_s)")
 
@@ -365,13 +367,24 @@ class ClientWatch:
             self._handle = None
 
 
+class _CoalescedStreamResponse(web.StreamResponse):
+    """A stream whose headers leave with its first bytes (one send, not two): what aiohttp's
+    ``web.Response`` does for a body. :func:`_relay` writes what was held right after ``prepare``, so no
+    header waits; an aiohttp without the switch sends them at ``prepare``, as before."""
+
+    _send_headers_immediately = False
+
+
 async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, trace: MessagesTrace,
                  target: Target) -> web.StreamResponse:
     """Send what was held, then pass the stream through, judging each event; end it honestly. A client
-    that reads slower than the upstream sends is its own outcome (``client_slow``), never the model's."""
+    that reads slower than the upstream sends is its own outcome (``client_slow``), never the model's.
+
+    The last bytes go out with the end of the body (``write_eof(last)``): a stream that had fully
+    arrived while it was held costs one send for headers, events and end."""
     upstream = opened.response
     events = opened.events
-    out = web.StreamResponse(status=upstream.status)
+    out = _CoalescedStreamResponse(status=upstream.status)
     for k, v in upstream.headers.items():
         if k.lower() not in _HOP:
             out.headers[k] = v
@@ -381,8 +394,10 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
     try:
         await out.prepare(request)
         request[STARTED_RESPONSE] = out
-        await client.write(out, b"".join(opened.held) if len(opened.held) != 1 else opened.held[0])
+        last = b"".join(opened.held) if len(opened.held) != 1 else opened.held[0]
         if not events.stopped:
+            await client.write(out, last)
+            last = b""
             limit = gw.config.stream_max_s - (time.perf_counter() - trace.started)
             timer = asyncio.timeout(max(limit, 0.0))
             try:
@@ -396,9 +411,12 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
                         if not chunk:
                             break
                         data = events.feed(chunk)
+                        if events.stopped:
+                            last = data  # goes out with the end of the body
+                            break
                         if data:
                             await client.write(out, data)
-                        if events.malformed or events.error is not None or events.stopped:
+                        if events.malformed or events.error is not None:
                             break
             except TimeoutError:
                 if not timer.expired():
@@ -424,9 +442,9 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
         else:
             if outcome not in (StreamOutcome.COMPLETE, StreamOutcome.ERROR):
                 kind = "timeout_error" if outcome in (StreamOutcome.STALLED, StreamOutcome.TIMEOUT) else "api_error"
-                await client.write(out, _error_event(kind, f"the upstream stream of {target.model} broke after "
-                                                           f"content was sent ({outcome}); the answer is incomplete"))
-            await client.write_eof(out)
+                last += _error_event(kind, f"the upstream stream of {target.model} broke after content was "
+                                           f"sent ({outcome}); the answer is incomplete")
+            await client.write_eof(out, last)
     except ConnectionResetError:
         if not client.fired:
             outcome = StreamOutcome.CLIENT_GONE
