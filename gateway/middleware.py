@@ -13,16 +13,16 @@ import functools
 import hmac
 import ipaddress
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from gateway.cors import is_preflight
 from gateway.errors import APIError, error_response
-from gateway.logs import request_id_var
+from gateway.logs import log_event, request_id_var
 from gateway.shutdown import drain
 from gateway.state import (
     ANSWER_TEXT,
@@ -56,7 +56,7 @@ async def request_id(request: web.Request, handler: Handler) -> web.StreamRespon
     """Honour a sane incoming X-Request-Id, else mint one; echo it on every response."""
     rid = request.headers.get("X-Request-Id", "")
     if not _RID_OK.match(rid):
-        rid = uuid.uuid4().hex
+        rid = os.urandom(16).hex()  # 32 hex digits, as uuid4().hex was, at a quarter of its cost
     request[REQUEST_ID] = rid
     token = request_id_var.set(rid)
     try:
@@ -165,7 +165,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
             if state.settings.logging.log_prompts and QUERY_TEXT in request:
                 fields["query"] = request[QUERY_TEXT]
                 fields["answer"] = request.get(ANSWER_TEXT)
-            log.log(level, "request", extra=fields)
+            log_event(log, level, "request", fields)
 
 
 @web.middleware

@@ -2,6 +2,8 @@
 and never a secret; prompts and answers only when ``logging.log_prompts`` is on."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -165,3 +167,113 @@ def test_json_line_timestamp_is_the_records_utc_time_to_the_millisecond():
         record.created, record.msecs = created, (created - int(created)) * 1000
         assert json.loads(fmt.format(record))["timestamp"] == (
             time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(record.msecs):03d}Z")
+
+
+@contextlib.contextmanager
+def only_the_gateway_handler(stream: io.StringIO) -> Iterator[logging.Handler]:
+    """setup_logging's JSON handler as the root's only one (as in a deployed process), for the access
+    log's fast path: inside the test body, since pytest attaches its capture handlers to each phase."""
+    root = logging.getLogger()
+    saved = {name: logging.getLogger(name).level for name in ("", *QUIET_LOGGERS)}
+    saved_handlers = list(root.handlers)
+    setup_logging("INFO", "json", stream=stream)
+    [handler] = [h for h in root.handlers if getattr(h, "_rag_sidecar", False)]
+    root.handlers = [handler]
+    try:
+        yield handler
+    finally:
+        handler.flush()
+        root.handlers = saved_handlers
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+async def test_access_line_written_straight_equals_the_logging_line(gateway_factory, data_dir):
+    """The access log bypasses logging's record machinery when the gateway's handler is the only one:
+    same fields, request id and redaction as through logging (a second handler forces that path)."""
+    from gateway.logs import _sole_json_handler
+    from gateway.middleware import log as access
+
+    client = await gateway_factory(make_settings(data_dir))
+    secret_path = "/nope/" + ANTHROPIC_KEY
+    stream = io.StringIO()
+    with only_the_gateway_handler(stream) as handler:
+        assert _sole_json_handler(access, logging.INFO) is handler  # the fast path is the one under test
+        fast = await client.get(secret_path, headers={"X-Request-Id": "rid-fast"})
+        logging.getLogger().addHandler(extra := logging.StreamHandler(io.StringIO()))
+        assert _sole_json_handler(access, logging.INFO) is None
+        slow = await client.get(secret_path, headers={"X-Request-Id": "rid-slow"})
+        logging.getLogger().removeHandler(extra)
+    assert fast.status == slow.status == 404 and fast.headers["X-Request-Id"] == "rid-fast"
+    assert ANTHROPIC_KEY[len("sk-ant-"):] not in stream.getvalue()
+    lines = {r["request_id"]: r for r in map(json.loads, stream.getvalue().splitlines()) if r["event"] == "request"}
+    assert lines.keys() == {"rid-fast", "rid-slow"}
+    assert lines["rid-fast"]["path"] == "/nope/[REDACTED]"
+    for line in lines.values():
+        del line["timestamp"], line["duration_ms"], line["request_id"]
+    assert list(lines["rid-fast"].items()) == list(lines["rid-slow"].items())  # same keys, same order
+
+
+class _CountedWrites(io.StringIO):
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_lines_of_one_tick_go_out_in_one_write_in_order_and_a_flush_loses_none():
+    """Access lines made in one event-loop tick are written together at its end; each keeps the request
+    id current when it was made; a record logged meanwhile goes after them; flush (logging.shutdown at
+    exit) writes what waits."""
+    from gateway.logs import JsonFormatter, JsonLinesHandler, log_event, request_id_var
+
+    stream = _CountedWrites()
+    handler = JsonLinesHandler(stream, JsonFormatter())
+    logger = logging.getLogger("rag_sidecar.test_coalesce")
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.INFO
+    try:
+        for rid in ("r0", "r1", "r2"):
+            token = request_id_var.set(rid)
+            log_event(logger, logging.INFO, "request", {"event": "request", "n": rid})
+            request_id_var.reset(token)
+        assert stream.getvalue() == ""  # held until the end of this tick
+        await asyncio.sleep(0)  # one loop iteration: the end-of-tick write runs first
+        assert stream.writes == 1
+        assert [json.loads(x)["request_id"] for x in stream.getvalue().splitlines()] == ["r0", "r1", "r2"]
+        log_event(logger, logging.INFO, "request", {"event": "request", "n": "r3"})
+        logger.warning("a record in the same tick")
+        log_event(logger, logging.INFO, "request", {"event": "request", "n": "r4"})
+        handler.flush()  # what logging.shutdown does at exit: nothing waiting is lost
+        got = [json.loads(x) for x in stream.getvalue().splitlines()]
+        assert [r.get("n", r["msg"]) for r in got] == ["r0", "r1", "r2", "r3", "a record in the same tick", "r4"]
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate, logger.level = True, logging.NOTSET
+
+
+async def test_a_serving_process_writes_every_access_line_before_it_exits(data_dir, tmp_path):
+    """A real `serve` (the gateway's handler alone, so the fast path): concurrent requests each get their
+    line with their request id, redacted, and the last ones are written before a SIGTERM'd exit."""
+    import signal
+
+    import aiohttp
+
+    from tests.serve_proc import ServeProcess
+
+    gw = await ServeProcess(data_dir, tmp_path / "serve.log", RAG_SIDECAR__LOGGING__LEVEL="INFO").start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def get(i: int) -> int:
+                async with http.get(f"{gw.url}/nope/{ANTHROPIC_KEY}", headers={"X-Request-Id": f"rid-{i}"}) as r:
+                    return r.status
+            assert await asyncio.gather(*(get(i) for i in range(20))) == [404] * 20
+        gw.signal(signal.SIGTERM)
+        assert gw.wait(timeout=15) == 0
+    finally:
+        gw.stop()
+    lines = [e for e in gw.logs() if e.get("event") == "request" and e["route"].startswith("/nope")]
+    assert sorted(e["request_id"] for e in lines) == sorted(f"rid-{i}" for i in range(20))
+    assert {e["path"] for e in lines} == {"/nope/[REDACTED]"}
+    assert ANTHROPIC_KEY[len("sk-ant-"):] not in gw.log_path.read_text()
