@@ -15,10 +15,12 @@ Every way a body can be wrong ends as a JSON 4xx (``gateway.errors.APIError``), 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from typing import Any, TypeVar
 
+import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
@@ -35,6 +37,7 @@ _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(rb"[\[\]{}]")
 
 
+@functools.lru_cache(maxsize=64)
 def is_json_type(content_type: str) -> bool:
     return bool(_JSON_TYPE.match(content_type.lower()))
 
@@ -51,6 +54,16 @@ def nesting_depth(raw: bytes) -> int:
         else:
             depth -= 1
     return deepest
+
+
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= c <= 0x39 else 0x20 for c in range(256))  # any digit -> "0"
+_LONG_RUN = b"0" * 19
+
+
+def _may_hold_huge_int(raw: bytes) -> bool:
+    """Whether ``raw`` has a run of 19+ digits: orjson turns an integer beyond 64 bits into a float where
+    json keeps it exact, so such a body is parsed by json (a C pass, ~1 µs for 200 bytes)."""
+    return _LONG_RUN in raw.translate(_DIGITS_AS_ZEROS)
 
 
 async def _read_capped(request: web.Request, limit: int) -> bytes:
@@ -83,11 +96,17 @@ async def read_json_raw(request: web.Request, max_bytes: int | None = None) -> t
     if request.content_length is not None and request.content_length > limit:
         raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
     # The whole body (it may arrive in pieces), capped by client_max_size, under the request's deadline
-    # so a stalled upload cannot hold the request open.
+    # so a stalled upload cannot hold the request open. A body already received in full (the usual small
+    # JSON, in the headers' packet) cannot stall: reading it skips the timer (~4 µs a request); a
+    # compressed one may still wait for aiohttp's decompression executor, so it keeps the deadline.
     deadline = request.get(DEADLINE)
+    read = _read_capped(request, limit) if max_bytes else request.read()
     try:
-        async with asyncio.timeout(deadline.remaining() if deadline is not None else None):
-            raw = await (_read_capped(request, limit) if max_bytes else request.read())
+        if request.content.is_eof() and "Content-Encoding" not in request.headers:
+            raw = await read
+        else:
+            async with asyncio.timeout(deadline.remaining() if deadline is not None else None):
+                raw = await read
     except web.HTTPRequestEntityTooLarge:
         raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes") from None
     except TimeoutError:
@@ -104,6 +123,11 @@ async def read_json_raw(request: web.Request, max_bytes: int | None = None) -> t
         raise APIError(400, "invalid_json", "request body is empty; expected a JSON object")
     if nesting_depth(raw) > MAX_DEPTH:
         raise APIError(400, "invalid_json", f"request body is nested deeper than {MAX_DEPTH} levels")
+    if not _may_hold_huge_int(raw):
+        try:
+            return orjson.loads(raw), raw  # ~5x faster than json.loads (~1 µs for a 200-byte body)
+        except orjson.JSONDecodeError:
+            pass  # json decides and words the error (it also takes NaN, a BOM, lone surrogates)
     try:
         return json.loads(raw), raw
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

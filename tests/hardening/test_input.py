@@ -106,3 +106,18 @@ async def test_application_json_with_charset_is_accepted(gateway):
     resp = await gateway.post("/v1/query", data=b'{"query": "green tea"}',
                               headers={"Content-Type": "application/json; charset=utf-8"})
     assert resp.status == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/query", "/v1/messages"])
+async def test_a_body_that_stops_arriving_is_a_408_within_the_deadline(gateway, path):
+    """Only a body received in full is read without the deadline's timer: one that stalls mid-way is cut."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    try:
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 100\r\nX-Request-Timeout: 0.3\r\n\r\n{\"query\": ".encode())  # no more
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = json.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 408") and body["error"]["type"] == "request_timeout", body
