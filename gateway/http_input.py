@@ -100,13 +100,13 @@ async def read_json_raw(request: web.Request, max_bytes: int | None = None) -> t
     # JSON, in the headers' packet) cannot stall: reading it skips the timer (~4 µs a request); a
     # compressed one may still wait for aiohttp's decompression executor, so it keeps the deadline.
     deadline = request.get(DEADLINE)
-    read = _read_capped(request, limit) if max_bytes else request.read()
     try:
         if request.content.is_eof() and "Content-Encoding" not in request.headers:
-            raw = await read
+            # All of it is buffered: a route's own limit needs no chunked read loop either.
+            raw = request.content.read_nowait() if max_bytes else await request.read()
         else:
             async with asyncio.timeout(deadline.remaining() if deadline is not None else None):
-                raw = await read
+                raw = await (_read_capped(request, limit) if max_bytes else request.read())
     except web.HTTPRequestEntityTooLarge:
         raise APIError(413, "body_too_large", f"request body exceeds {limit} bytes") from None
     except TimeoutError:

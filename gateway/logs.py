@@ -35,18 +35,17 @@ def _redact_header(match: re.Match[str]) -> str:
     return match.group(1) + "[REDACTED]"
 
 
-# Words one of which _HEADER_RE needs. Scanning a ~700-character access line with that case-insensitive
-# alternation cost ~33 µs (half of a request's log line); these substring tests on the lowered ASCII text
-# cost ~1 µs and skip it when no credential header name is present (non-ASCII text always takes the regex:
-# IGNORECASE also matches a few non-ASCII letters, e.g. the dotless ı for i).
-_HEADER_WORDS = ("authorization", "api-key", "x-admin-token", "cookie")
-
-
 def _may_quote_header(text: str) -> bool:
+    """Whether ``text`` may hold a header name _HEADER_RE needs. Scanning a ~700-character access line with
+    that case-insensitive alternation cost ~33 µs (half of a request's log line); these substring tests on
+    the lowered ASCII text cost ~1 µs (spelled out: any() over a generator adds ~0.3 µs) and skip it
+    when no credential header name is present (non-ASCII text always takes the regex: IGNORECASE also
+    matches a few non-ASCII letters, e.g. the dotless ı for i)."""
     if not text.isascii():
         return True
     lowered = text.lower()
-    return any(word in lowered for word in _HEADER_WORDS)
+    return ("authorization" in lowered or "api-key" in lowered or "x-admin-token" in lowered
+            or "cookie" in lowered)
 
 
 def _may_hold_key(text: str) -> bool:
