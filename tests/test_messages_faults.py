@@ -15,6 +15,7 @@ from typing import Any
 import anthropic
 import pytest
 
+from gateway.routes.messages import GATEWAY
 from tests.conftest import anthropic_overrides, make_settings, state_of
 
 FAULTY = "claude-sonnet-4-6"  # the model the faults hit
@@ -27,10 +28,24 @@ MODES = ("async_create", "async_stream", "sync_create", "sync_stream")
 
 @pytest.fixture
 async def stack(gateway_factory, data_dir, fake_anthropic):
+    async for parts in _stack(gateway_factory, data_dir, fake_anthropic):
+        yield parts
+
+
+@pytest.fixture
+async def aiohttp_stack(gateway_factory, data_dir, fake_anthropic):
+    """The same stack with the previous upstream client (llm.transport: aiohttp)."""
+    async for parts in _stack(gateway_factory, data_dir, fake_anthropic, transport="aiohttp"):
+        yield parts
+
+
+async def _stack(gateway_factory, data_dir, fake_anthropic, transport="h1"):
     client = await gateway_factory(make_settings(data_dir, **anthropic_overrides(fake_anthropic, **{
         "llm.model": HEALTHY, "llm.first_token_timeout_s": 1.0, "llm.idle_timeout_s": 1.0,
         "llm.request_timeout_s": 3.0, "llm.context_window_fallbacks": {FAULTY: [HEALTHY]},
-        "cache.enabled": False})))
+        "cache.enabled": False, "llm.transport": transport})))
+    assert type(client.server.app[GATEWAY].http.transport).__name__ == {"h1": "H1Transport",
+                                                                        "aiohttp": "AiohttpTransport"}[transport]
     base = str(client.make_url("")).rstrip("/")
     sdk = anthropic.AsyncAnthropic(api_key="sk-ant-client-0000", base_url=base, max_retries=0)
     sync = anthropic.Anthropic(api_key="sk-ant-client-0000", base_url=base, max_retries=0)
@@ -153,9 +168,20 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 async def test_fault_per_model(stack, name):
+    await check_fault(stack, name, MODES)
+
+
+# The faults whose handling depends on the HTTP client: connection reset, cut, stall, error answers.
+@pytest.mark.parametrize("name", ["reset_before_headers", "cut_before_content", "cut_after_content",
+                                  "stall_after_content", "429_retry_after", "400_content_filter"])
+async def test_fault_per_model_over_the_aiohttp_transport(aiohttp_stack, name):
+    await check_fault(aiohttp_stack, name, ("async_create", "async_stream"))
+
+
+async def check_fault(stack, name, modes):
     client, sdk, sync, fake = stack
     case = CASES[name]
-    for mode in MODES:
+    for mode in modes:
         for g in state_of(client).llm_router.guards:
             g.breaker.reset()  # each mode starts from closed breakers: attempts are then exact
         fake.clear_faults()

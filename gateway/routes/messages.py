@@ -111,7 +111,7 @@ class MessagesGateway:
         self.state = state
         self.config = cfg
         self.router = router
-        self.http = AnthropicHTTP(connect_s=cfg.connect_timeout_s, idle_s=cfg.idle_timeout_s)
+        self.http = AnthropicHTTP(connect_s=cfg.connect_timeout_s, idle_s=cfg.idle_timeout_s, transport=cfg.transport)
         connections = connguard.fd_bounded(state.settings.server.max_connections)
         slots = stream_slots(cfg.max_streams, connections)
         if slots < cfg.max_streams:

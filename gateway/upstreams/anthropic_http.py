@@ -12,6 +12,10 @@ the upstream's bytes come back as sent. What this module adds is judgement:
   ``event: error`` is caught, so the route can fail over before any content went out and can end a
   stream that breaks later with a clean Anthropic ``event: error`` instead of a truncated success.
 
+The HTTP client is ``llm.transport``: :mod:`gateway.upstreams.http1` (``h1``, default: a lean keep-alive
+HTTP/1.1 client) or :mod:`gateway.upstreams.aiohttp_transport` (``aiohttp``); both raise
+:class:`~gateway.upstreams.http1.TransportError` for a connection that fails or breaks.
+
 Timeouts (seconds): ``connect_s`` per connection; ``idle_s`` for a stream's response headers and then
 between two reads of its body (:class:`IdleWatch`: one timer per stream, not aiohttp's ``sock_read``, which
 cancels and schedules a timer on every TCP read); the wait for the first content and the whole stream are
@@ -25,10 +29,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import aiohttp
 from orjson import loads as _loads
 
 from gateway.upstreams.httperrors import parse_retry_after
+from gateway.upstreams.transport import Body, Response, TransportError, TransportKind, make_transport
 from resilience.errors import UpstreamError
 
 CALLER_FAULT = frozenset({400, 404, 413, 422})
@@ -197,12 +201,12 @@ class IdleWatch:
     A healthy stream whose reads come more often than ``idle_s`` costs one timer in all.
 
     The gap is the *upstream's*: bytes that arrived since the last read (``total_bytes`` moved) or that
-    wait unread in the reader (a slow client holds our loop in ``write``, and aiohttp pauses the socket)
+    wait unread in the reader (a slow client holds our loop in ``write``, and the transport pauses the socket)
     restart it, so a client slower than ``idle_s`` is never reported as a stalled model."""
 
     __slots__ = ("_loop", "_idle_s", "_content", "_handle", "_read", "last")
 
-    def __init__(self, content: aiohttp.StreamReader, idle_s: float) -> None:
+    def __init__(self, content: Body, idle_s: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._idle_s = idle_s
         self._content = content
@@ -224,7 +228,7 @@ class IdleWatch:
             self._handle = self._loop.call_at(due, self._check)
             return
         self._handle = None
-        self._content.set_exception(aiohttp.SocketTimeoutError(
+        self._content.set_exception(TimeoutError(
             f"no data from the LLM stream for {self._idle_s:g} s (llm.idle_timeout_s)"))
 
     def cancel(self) -> None:
@@ -239,7 +243,7 @@ class OpenStream:
     first, ``events`` the parser to keep feeding, ``idle`` its idle limit (touch it on every read).
     End it with :meth:`finish`."""
 
-    response: aiohttp.ClientResponse
+    response: Response
     events: SSEEvents
     idle: IdleWatch | None = None
     held: list[bytes] = field(default_factory=list)
@@ -255,41 +259,30 @@ class OpenStream:
 
 
 class AnthropicHTTP:
-    """Raw Messages API calls over one shared aiohttp session (no connection cap: our bulkheads bound it)."""
+    """Raw Messages API calls over one shared transport (no connection cap: our bulkheads bound it)."""
 
-    def __init__(self, *, connect_s: float, idle_s: float) -> None:
+    def __init__(self, *, connect_s: float, idle_s: float, transport: TransportKind = "h1") -> None:
         self.connect_s = connect_s
         self.idle_s = idle_s
-        self._session: aiohttp.ClientSession | None = None
-        # One timeout object for every request (no sock_read: streams have IdleWatch).
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s)
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_s))
-        return self._session
+        self.transport = make_transport(transport, connect_s=connect_s)
 
     async def _send(self, method: str, url: str, payload: bytes | None, headers: Mapping[str, str],
-                    header_timeout_s: float | None, client_key: bool) -> aiohttp.ClientResponse:
+                    header_timeout_s: float | None, client_key: bool) -> Response:
         try:
             if header_timeout_s:
                 async with asyncio.timeout(header_timeout_s):
-                    resp = await self.session.request(method, url, data=payload, headers=headers,
-                                                      timeout=self._timeout)
+                    resp: Response = await self.transport.request(method, url, payload, headers)
             else:
-                resp = await self.session.request(method, url, data=payload, headers=headers, timeout=self._timeout)
+                resp = await self.transport.request(method, url, payload, headers)
         except TimeoutError:
             raise
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"connection to the LLM failed: {type(exc).__name__}: {exc}", status=None) from exc
+        except TransportError as exc:
+            raise UpstreamError(f"connection to the LLM failed: {exc}", status=None) from exc
         if resp.status >= 400:
             try:
                 async with asyncio.timeout(header_timeout_s):  # an error body that stalls is bounded too
                     body = await resp.read()
-            except (aiohttp.ClientError, TimeoutError):
+            except (TransportError, TimeoutError):
                 body = b""
             finally:
                 resp.release()
@@ -303,8 +296,8 @@ class AnthropicHTTP:
         resp = await self._send(method, url, payload, headers, None, client_key)
         try:
             body = await resp.read()
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"LLM answer broke off: {type(exc).__name__}", status=None) from exc
+        except TransportError as exc:
+            raise UpstreamError(f"LLM answer broke off: {exc}", status=None) from exc
         finally:
             resp.release()
         try:
@@ -334,8 +327,8 @@ class AnthropicHTTP:
                     chunk = await content.readany()
                 except TimeoutError:
                     raise
-                except aiohttp.ClientError as exc:
-                    raise StreamBroken("cut", f"{type(exc).__name__} before the first content") from exc
+                except TransportError as exc:
+                    raise StreamBroken("cut", f"{exc} before the first content") from exc
                 if idle is not None:
                     idle.touch(len(chunk))
                 if not chunk:
@@ -354,5 +347,4 @@ class AnthropicHTTP:
             raise
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.transport.close()
