@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -191,6 +192,28 @@ def stack_overrides(weaviate: Any, anthropic: Any, embeddings: Any, **extra: Any
     so every request reaches the upstreams. Run :func:`ingest_into` before starting the gateway."""
     return {**weaviate_overrides(weaviate), **anthropic_overrides(anthropic), "embedder.backend": "openai",
             "embedder.url": embeddings.url + "/v1", "cache.enabled": False, **extra}
+
+
+# ---- a memory ceiling -------------------------------------------------------------------------
+# Full-suite runs were OOM-killed four times (the kernel log: pytest at 22.5-23.9 GB of anonymous memory,
+# every other process on the shared box starved) and the cause never reproduced. Under RLIMIT_DATA an
+# allocation past the ceiling fails instead: a MemoryError with the traceback of the code that asked (a
+# Rust/C++ library aborts with its own message and pytest's faulthandler prints every thread's stack),
+# and the run goes on. The suite peaks near 3 GB; RAG_TEST_MAX_DATA_GB=0 lifts the ceiling.
+MAX_DATA_GB = float(os.environ.get("RAG_TEST_MAX_DATA_GB", "8"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if MAX_DATA_GB <= 0:
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    limit = int(MAX_DATA_GB * (1 << 30))
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft == resource.RLIM_INFINITY or soft > limit:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))  # inherited by the processes tests start
 
 
 # ---- test tiers -------------------------------------------------------------------------------
