@@ -301,9 +301,12 @@ class AnthropicHTTP:
         finally:
             resp.release()
         try:
-            parsed = json.loads(body)
-        except ValueError:
-            parsed = None
+            parsed = _loads(body)
+        except ValueError:  # what orjson refuses but the stdlib reads (NaN, lone surrogate escapes) is no broken answer
+            try:
+                parsed = json.loads(body)
+            except (ValueError, RecursionError):
+                parsed = None
         if not isinstance(parsed, dict) or (expect is not None and parsed.get("type") != expect):
             raise UpstreamError("LLM answer is not a well-formed JSON message", status=502)
         model = parsed.get("model")
