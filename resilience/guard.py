@@ -47,6 +47,7 @@ Clock = Callable[[], float]
 
 # A timeout counts against the dependency only if it had (all but this share of) its own limit.
 _OWN_LIMIT_SLACK = 0.01
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution  # asyncio's loop clock
 
 
 class _Queued:
@@ -66,6 +67,50 @@ def note_queued(seconds: float) -> None:
     queued = _QUEUED.get()
     if queued is not None:
         queued.seconds += seconds
+
+
+class _AttemptLimits:
+    """The attempt timeouts of one guard on one event loop with one timer, armed for the earliest limit: an
+    attempt that ends in time, as nearly all do, costs two dict operations instead of a timer handle pushed
+    on the loop's heap and cancelled (~3 of the ~12 µs of a healthy ``Guard.call``). When the timer fires,
+    each attempt past its limit gets it through ``asyncio.Timeout.reschedule`` (asyncio's own cancel →
+    ``TimeoutError``, as ``asyncio.timeout_at`` would); the rest re-arm it."""
+
+    __slots__ = ("loop", "_live", "_handle", "_armed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._live: dict[asyncio.Timeout, float] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = float("inf")
+
+    def start(self, timeout: asyncio.Timeout, when: float) -> None:
+        self._live[timeout] = when
+        if when < self._armed:
+            self._arm(when)
+
+    def stop(self, timeout: asyncio.Timeout) -> None:
+        self._live.pop(timeout, None)
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self.loop.call_at(when, self._fire)
+        self._armed = when
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._armed = float("inf")
+        due = self.loop.time() + _CLOCK_RESOLUTION  # what call_at itself treats as due
+        nearest = float("inf")
+        for timeout, when in list(self._live.items()):
+            if when <= due:
+                del self._live[timeout]
+                timeout.reschedule(when)
+            elif when < nearest:
+                nearest = when
+        if nearest != float("inf"):
+            self._arm(nearest)
 
 
 class _AttemptFailed(Exception):
@@ -121,6 +166,7 @@ class Guard:
                                          max_queue=b.max_queue, name=name)
         self.retry = RetryPolicy(self.config.retry, clock=clock, sleep=sleep, random=random)
         self._on_call = on_call
+        self._limits: _AttemptLimits | None = None
         self.stats: dict[str, Any] = {"calls": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "attempts": 0,
                                       "retries": 0, "short_circuits": 0, "shed": 0, "failures_by_reason": {}}
 
@@ -213,8 +259,15 @@ class Guard:
         token = _QUEUED.set(queued)
         t0, op_started = self._clock(), loop.time()
         try:
-            async with asyncio.timeout_at(ends_at):
-                result = await op()
+            limits = self._limits
+            if limits is None or limits.loop is not loop:
+                limits = self._limits = _AttemptLimits(loop)
+            async with asyncio.Timeout(None) as limit:
+                limits.start(limit, ends_at)
+                try:
+                    result = await op()
+                finally:
+                    limits.stop(limit)
         except BaseException as exc:
             seconds = max(0.0, self._clock() - t0 - queued.seconds)
             self.bulkhead.release()

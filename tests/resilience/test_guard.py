@@ -42,6 +42,28 @@ async def test_a_hanging_dependency_never_outlives_the_deadline():
     assert 0.25 <= elapsed < 0.3 + 0.15
 
 
+async def test_overlapping_attempts_each_time_out_at_their_own_limit():
+    """One guard times its attempts with one timer armed for the earliest limit: a shorter limit that
+    arrives later, an attempt that ends in time, and a limit left after a fire must all still hold."""
+    guard = Guard("llm", GuardConfig(timeout_s=5.0))
+    loop = asyncio.get_running_loop()
+
+    async def timed(stage_s: float) -> float:
+        t0 = loop.time()
+        with pytest.raises(DependencyUnavailable) as err:
+            async with asyncio.timeout(3):  # a limit that never fires fails here, not at the suite's timeout
+                await guard.call(hang_forever, Deadline(30), stage_timeout_s=stage_s)
+        assert err.value.reason.value == "timeout"
+        return loop.time() - t0
+
+    long = asyncio.create_task(timed(1.0))  # arms the timer for +1 s
+    await asyncio.sleep(0)
+    assert await guard.call(Counter(), Deadline(30), stage_timeout_s=0.05) == "ok"  # ends in time
+    assert 0.1 <= await timed(0.1) < 0.3, "a shorter limit than the armed one"
+    assert 0.1 <= await timed(0.1) < 0.3, "again, after a fire that left the long attempt running"
+    assert 1.0 <= await long < 1.3, "the limit that was not due at the earlier fires"
+
+
 async def test_a_timed_out_attempt_is_not_retried_past_the_stage_timeout():
     # attempt_timeout_s unset: one attempt may use the whole stage, so a hang is paid once, not twice.
     guard = Guard("vector_db", GuardConfig(timeout_s=0.1, retry=RetryConfig(max_attempts=10, base_s=0.0)))
