@@ -329,6 +329,47 @@ async def test_a_slow_reader_pauses_the_socket_and_resumes_it():
         await t.close()
 
 
+async def test_a_drained_release_keeps_the_connection_only_if_the_body_ends_soon():
+    """An SSE stream's message_stop can come before the body's last chunk: release(drain=True) reads and
+    drops the tail and pools the connection when the body ends in time; a tail too long or too late
+    closes it."""
+    t = H1Transport(connect_s=2.0, drain_s=0.3)
+    tail_now = asyncio.Event()
+
+    def answer(tail: bytes) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+            while await server.read_request(reader) is not None:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nstop!\r\n")
+                await tail_now.wait()
+                tail_now.clear()
+                writer.write(tail)
+        return handler
+
+    async def released_early() -> None:
+        resp = await t.request("POST", srv.url(), b"{}", {})
+        assert await resp.readany() == b"stop!"
+        resp.release(drain=True)
+        tail_now.set()
+
+    try:
+        async with Server(answer(b"0\r\n\r\n")) as srv:
+            await released_early()
+            for _ in range(500):  # bounded wait for the tail to arrive
+                if t.idle_count():
+                    break
+                await asyncio.sleep(0.01)
+            assert t.idle_count() == 1
+            await released_early()  # on the same connection
+            assert srv.connections == 1
+        for tail in (b"%x\r\n" % (128 << 10) + b"x" * (128 << 10) + b"\r\n0\r\n\r\n", b""):  # too long; never ends
+            async with Server(answer(tail)) as srv:
+                await released_early()
+                await asyncio.wait_for(srv.closed.wait(), 5)  # we closed it
+                assert t.idle_count(srv.url()) == 0
+    finally:
+        await t.close()
+
+
 async def test_cancellation_closes_the_connection(transport):
     async def headers_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                                    server: Server) -> None:

@@ -51,8 +51,8 @@ class AiohttpResponse:
     def set_exception(self, exc: BaseException) -> None:
         self._content.set_exception(exc)
 
-    def release(self) -> None:
-        self._resp.release()
+    def release(self, *, drain: bool = False) -> None:
+        self._resp.release()  # aiohttp closes a connection whose body has not ended (no drain)
 
     def close(self) -> None:
         self._resp.close()

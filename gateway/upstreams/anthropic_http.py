@@ -253,7 +253,7 @@ class OpenStream:
         if self.idle is not None:
             self.idle.cancel()
         if reuse:
-            self.response.release()
+            self.response.release(drain=True)  # message_stop may come before the body's last chunk
         else:
             self.response.close()
 

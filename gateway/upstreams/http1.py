@@ -18,7 +18,11 @@ body as bytes, the answer as bytes. What a production client must still do, and 
   is retried once on a fresh connection for idempotent methods only (GET ``/v1/models``), as aiohttp does
   (RFC 9112 §9.3.1: a POST may have been applied; the guard's retry, under its budget, decides); never
   once a byte of the answer arrived;
-- cancellation or any error closes the connection: a half-read connection never goes back to the pool;
+- cancellation or any error closes the connection: a half-read connection never goes back to the pool. A
+  caller that has all it needs before the body's end (an SSE stream's ``message_stop`` before the last
+  chunk) may ``release(drain=True)``: the rest (at most ``DRAIN_BYTES``, within ``DRAIN_S``) is read and
+  dropped, and the connection pooled only if the body then ends; aiohttp closes it, which costs the next
+  request a new TCP + TLS handshake;
 - backpressure: above ``high_water`` unread body bytes the socket is paused, and resumed when the reader
   takes them, so a slow reader holds at most ~``high_water`` + one socket read of the answer.
 
@@ -46,6 +50,8 @@ KEEPALIVE_S = 15.0  # aiohttp's keepalive_timeout: below the idle timeouts of co
 MAX_IDLE_PER_ORIGIN = 256
 MAX_HEADER_BYTES = 64 * 1024  # status line + headers (Envoy's default limit is 60 KiB)
 HIGH_WATER = 64 * 1024  # unread body bytes above which the socket is paused
+DRAIN_S = 1.0  # how long a released answer may take to end (release(drain=True))
+DRAIN_BYTES = 64 * 1024  # and how many bytes of it may still come
 _NO_FORWARD = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -123,7 +129,7 @@ class Response:
 
     __slots__ = ("status", "headers", "total_bytes", "_conn", "_chunks", "_buffered", "_waiter", "_exc", "_done",
                  "_head_done", "_raw", "_head_bytes", "_got_bytes", "_interim", "_to_close", "_keep_alive",
-                 "_paused", "_high_water")
+                 "_paused", "_high_water", "_drain_left", "_drain_timer")
 
     def __init__(self, conn: _Conn, high_water: int) -> None:
         self.status = 0
@@ -144,6 +150,8 @@ class Response:
         self._keep_alive = False
         self._paused = False
         self._high_water = high_water
+        self._drain_left = -1  # >= 0: released while draining (bytes that may still come)
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     @property
     def content(self) -> Response:
@@ -187,16 +195,31 @@ class Response:
             self._exc = exc
         self._wake()
 
-    def release(self) -> None:
+    def release(self, *, drain: bool = False) -> None:
         """Done with the answer: its connection goes back to the pool when the body ended cleanly and the
-        server keeps it alive, else it is closed (a half-read connection is never reused)."""
+        server keeps it alive, else it is closed (a half-read connection is never reused). ``drain``: the
+        body has not ended yet but nothing more of it is wanted; read and drop the rest (up to
+        ``DRAIN_BYTES`` within ``DRAIN_S``) and pool the connection if the body then ends."""
         conn = self._conn
         if conn is None:
             return
         self._conn = None
-        if self._done and self._exc is None and self._keep_alive and conn.resp is self:
-            conn.resp = None
-            conn.pool.put(conn)
+        if conn.resp is not self or self._exc is not None:
+            conn.abort()
+        elif self._done:
+            if self._keep_alive:
+                conn.resp = None
+                conn.pool.put(conn)
+            else:
+                conn.abort()
+        elif drain and self._head_done and not self._to_close and conn.transport is not None:
+            self._chunks.clear()
+            self._buffered = 0
+            self._drain_left = DRAIN_BYTES
+            self._drain_timer = asyncio.get_running_loop().call_later(conn.pool.drain_s, conn.abort)
+            if self._paused:
+                self._paused = False
+                conn.transport.resume_reading()
         else:
             conn.abort()
 
@@ -282,8 +305,9 @@ class _Conn(asyncio.Protocol):
     # -- llhttp callbacks ---------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         resp = self.resp
-        if resp is not None:
-            resp._raw = []
+        if resp is None or resp._done:  # an answer nobody asked for, in the same read as the last one's end
+            raise TransportError("bytes after the end of the answer")
+        resp._raw = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         resp = self.resp
@@ -325,8 +349,13 @@ class _Conn(asyncio.Protocol):
         resp = self.resp
         if resp is None:
             return
-        resp._chunks.append(body)
         size = len(body)
+        if resp._drain_left >= 0:
+            resp._drain_left -= size
+            if resp._drain_left < 0:
+                self.abort()  # more than a body's tail: not worth keeping the connection for
+            return
+        resp._chunks.append(body)
         resp.total_bytes += size
         resp._buffered += size
         if resp._buffered > resp._high_water and not resp._paused and self.transport is not None:
@@ -343,6 +372,16 @@ class _Conn(asyncio.Protocol):
             return
         resp._keep_alive = self.parser.should_keep_alive()
         resp._done = True
+        if resp._drain_left >= 0:  # released while draining: the body ended in time
+            resp._drain_left = -1
+            if resp._drain_timer is not None:
+                resp._drain_timer.cancel()
+            if resp._keep_alive:
+                self.resp = None
+                self.pool.put(self)
+            else:
+                self.abort()
+            return
         resp._wake()
 
     # -- connection events --------------------------------------------------------------------------------
@@ -355,6 +394,8 @@ class _Conn(asyncio.Protocol):
         resp = self.resp
         if resp is None or resp._done:
             return
+        if resp._drain_timer is not None:
+            resp._drain_timer.cancel()
         if resp._head_done and resp._to_close and exc is None:
             resp._done = True  # a read-to-close body ends with the connection
             resp._wake()
@@ -374,12 +415,14 @@ class H1Transport:
 
     def __init__(self, *, connect_s: float, keepalive_s: float = KEEPALIVE_S,
                  max_idle: int = MAX_IDLE_PER_ORIGIN, max_header_bytes: int = MAX_HEADER_BYTES,
-                 high_water: int = HIGH_WATER, ssl_context: ssl.SSLContext | None = None) -> None:
+                 high_water: int = HIGH_WATER, drain_s: float = DRAIN_S,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.connect_s = connect_s
         self.keepalive_s = keepalive_s
         self.max_idle = max_idle
         self.max_header_bytes = max_header_bytes
         self.high_water = high_water
+        self.drain_s = drain_s
         self._ssl = ssl_context
         self._idle: dict[Origin, list[_Conn]] = {}
         self._sweeper: asyncio.TimerHandle | None = None

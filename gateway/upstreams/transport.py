@@ -49,8 +49,9 @@ class Response(Protocol):
         """The rest of the body. Raises :class:`TransportError`."""
         ...
 
-    def release(self) -> None:
-        """Done: pool the connection if the body ended cleanly, else close it."""
+    def release(self, *, drain: bool = False) -> None:
+        """Done: pool the connection if the body ended cleanly, else close it. ``drain``: the caller has
+        what it wanted before the body's end; a transport may read and drop the tail to keep the connection."""
         ...
 
     def close(self) -> None:
