@@ -129,6 +129,14 @@ async def test_connection_close_and_http10_are_not_reused(transport):
         assert srv.connections == 2
 
 
+async def test_the_servers_keep_alive_timeout_shortens_the_idle_life(transport):
+    short = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1, max=100\r\nContent-Length: 2\r\n\r\n{}"
+    async with Server(await answer_each([short, OK])) as srv:
+        await fetch(transport, srv.url())
+        await fetch(transport, srv.url())  # at once, but the server said 1 s: we keep a second of margin
+        assert srv.connections == 2
+
+
 async def test_chunked_with_trailers_and_close_delimited_bodies(transport):
     chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
