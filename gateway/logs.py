@@ -148,7 +148,7 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.setFormatter(formatter)
         self.json = formatter
         self._pending: list[str] = []
-        self._flush_scheduled = False
+        self._flush_loop: asyncio.AbstractEventLoop | None = None  # where the end-of-tick write is due
 
     def write_fields(self, name: str, levelno: int, msg: str, fields: dict[str, Any]) -> None:
         """Write the line of ``logging.getLogger(name).log(levelno, msg, extra=fields)``."""
@@ -159,18 +159,20 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             self._pending.append(line)
-            if self._flush_scheduled:
-                return
             try:
-                asyncio.get_running_loop().call_soon(self._end_of_tick)
+                loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop in this thread: nothing to coalesce with
                 self._write_pending()
                 return
-            self._flush_scheduled = True
+            # Per loop: a loop closed before its end-of-tick write ran must not stop the next one's.
+            if self._flush_loop is not loop:
+                loop.call_soon(self._end_of_tick, loop)
+                self._flush_loop = loop
 
-    def _end_of_tick(self) -> None:
+    def _end_of_tick(self, loop: asyncio.AbstractEventLoop) -> None:
         with self.lock:  # type: ignore[union-attr]
-            self._flush_scheduled = False
+            if self._flush_loop is loop:
+                self._flush_loop = None
             self._write_pending()
 
     def _write_pending(self) -> None:

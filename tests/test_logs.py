@@ -277,3 +277,33 @@ async def test_a_serving_process_writes_every_access_line_before_it_exits(data_d
     assert sorted(e["request_id"] for e in lines) == sorted(f"rid-{i}" for i in range(20))
     assert {e["path"] for e in lines} == {"/nope/[REDACTED]"}
     assert ANTHROPIC_KEY[len("sk-ant-"):] not in gw.log_path.read_text()
+
+
+def test_a_loop_closed_before_its_end_of_tick_write_does_not_hold_later_lines():
+    """A loop stopped and closed with the end-of-tick write still queued: the next loop's line schedules
+    its own write, which takes the orphaned line along (nothing waits for a flush at exit)."""
+    from gateway.logs import JsonFormatter, JsonLinesHandler, log_event
+
+    stream = io.StringIO()
+    handler = JsonLinesHandler(stream, JsonFormatter())
+    logger = logging.getLogger("rag_sidecar.test_closed_loop")
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.INFO
+
+    async def write_then_stop(n: int, stop: bool) -> None:
+        log_event(logger, logging.INFO, "request", {"event": "request", "n": n})
+        if stop:  # the loop ends with this iteration: the queued end-of-tick write never runs
+            asyncio.get_running_loop().stop()
+            await asyncio.Event().wait()
+
+    try:
+        first = asyncio.new_event_loop()
+        with pytest.raises(RuntimeError, match="stopped before"):
+            first.run_until_complete(write_then_stop(1, stop=True))
+        first.close()
+        assert stream.getvalue() == ""
+        asyncio.run(write_then_stop(2, stop=False))
+        assert [json.loads(x)["n"] for x in stream.getvalue().splitlines()] == [1, 2]
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate, logger.level = True, logging.NOTSET
