@@ -62,7 +62,7 @@ def test_the_general_rule_for_unusual_events():
                b'event: content_block_delta\r\ndata:\t{"type": "content_block_delta"} \r\n\n',
                b"event: ping\n\n", b": a comment about data: {\n\n"]
     stream = b"".join(unusual) + EVENTS[-1]
-    assert feed_in_pieces(parser, stream, 3) == stream
+    assert feed_in_pieces(parser, stream, 3) == stream.replace(b"\r\n", b"\n")  # line ends relayed as LF
     assert parser.model == "m2" and parser.content_started and parser.stopped and not parser.malformed
 
 
@@ -120,3 +120,15 @@ def test_json_the_stdlib_reads_is_not_malformed(data):
     event = b"event: content_block_delta\ndata: " + data + b"\n\n"
     assert parser.feed(EVENTS[0] + event + EVENTS[-1]) == EVENTS[0] + event + EVENTS[-1]
     assert not parser.malformed and parser.stopped
+
+
+@pytest.mark.parametrize("eol", [b"\r\n", b"\r"])
+@pytest.mark.parametrize("size", [1, 2, 5, 64, 10_000])
+def test_crlf_and_cr_line_ends_are_judged_like_lf(eol, size):
+    """SSE lines may end in CRLF or CR (other Anthropic-compatible servers, proxies): the judge once only
+    knew LF, so such a stream was held whole and ended as no_stop. Any cut, a CRLF split between two reads
+    included, gives the LF stream and the same verdict."""
+    parser = SSEEvents()
+    assert feed_in_pieces(parser, STREAM.replace(b"\n", eol), size) == STREAM
+    assert parser.content_started and parser.stopped and not parser.malformed and not parser.pending
+    assert parser.model == "claude-haiku-4-5"

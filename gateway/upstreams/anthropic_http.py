@@ -104,12 +104,16 @@ def _stdlib_json(data: bytes) -> Any:
 
 class SSEEvents:
     """Incremental parser of an Anthropic SSE stream. :meth:`feed` returns the bytes of the complete,
-    well-formed events received so far (a partial event is held back until it completes)."""
+    well-formed events received so far (a partial event is held back until it completes).
 
-    __slots__ = ("_rest", "content_started", "stopped", "malformed", "error", "model")
+    Lines may end in LF (what Anthropic sends), CRLF or CR, as SSE allows: a stream with CR in it is
+    relayed with its line ends made LF (JSON never holds a raw CR, so only line ends change)."""
+
+    __slots__ = ("_rest", "_cr", "content_started", "stopped", "malformed", "error", "model")
 
     def __init__(self) -> None:
         self._rest = b""
+        self._cr = False  # the last chunk ended in CR: an LF opening the next one is the same line end
         self.content_started = False  # a content_block_delta was seen
         self.stopped = False  # message_stop was seen
         self.malformed = False  # an event whose data is not a JSON object: nothing after it is forwarded
@@ -122,6 +126,8 @@ class SSEEvents:
         return bool(self._rest)
 
     def feed(self, chunk: bytes) -> bytes:
+        if self._cr or b"\r" in chunk:
+            chunk = self._lf(chunk)
         data = self._rest + chunk if self._rest else chunk
         end = data.rfind(b"\n\n")
         if end < 0:
@@ -149,6 +155,13 @@ class SSEEvents:
                     return data[:pos]
             pos = nxt + 2
         return data[:end + 2] if end + 2 < len(data) else data
+
+    def _lf(self, chunk: bytes) -> bytes:
+        """``chunk`` with CRLF and CR line ends made LF; a CRLF cut between two chunks stays one line end."""
+        if self._cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._cr = chunk[-1:] == b"\r"
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def _judge(self, data: bytes) -> dict[str, Any] | None:
         """The event's JSON object (and what it tells), or None when it is not one (malformed)."""
