@@ -467,3 +467,38 @@ async def test_idle_connections_expire():
             assert srv.connections == 2
     finally:
         await t.close()
+
+
+@pytest.mark.parametrize("kind", ["h1", "aiohttp"])
+async def test_a_cookie_set_for_one_request_is_not_sent_with_the_next(kind):
+    """The pass-through is shared by every client: a Set-Cookie answering one client's request must not be
+    replayed on another's (aiohttp's default session keeps a jar and would)."""
+    from aiohttp import web
+
+    from gateway.upstreams.transport import make_transport
+
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        resp = web.json_response({"ok": True})
+        resp.set_cookie("__cf_bm", "client-a-affinity", path="/")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://localhost:{runner.addresses[0][1]}/v1/messages"  # a name: jars ignore cookies of IPs
+    transport = make_transport(kind, connect_s=5.0)
+    try:
+        for _ in range(2):
+            resp = await transport.request("POST", url, b"{}", {"content-type": "application/json"})
+            await resp.read()
+            resp.release()
+    finally:
+        await transport.close()
+        await runner.cleanup()
+    assert seen == [None, None]

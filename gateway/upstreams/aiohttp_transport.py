@@ -70,8 +70,10 @@ class AiohttpTransport:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
+            # No cookie jar: a cookie the upstream sets in answer to one client (a CDN's bot or affinity
+            # cookie) must not ride along on every other client's requests; the lean client keeps none either.
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
-                                                  timeout=self._timeout)
+                                                  timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
     async def request(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]) -> AiohttpResponse:
