@@ -12,6 +12,9 @@ of the libraries alone, which is what the gateway's overhead is measured against
 keyword index (the same tantivy index and ``KeywordIndex.search``), the same prompt shape, the same SDK
 ``messages.create`` call, a JSON answer. Floor for ``/v1/query`` when the vector DB is down: what the
 libraries cost on that path, without the gateway's deadline, guards, cache, contract, logs or metrics.
+``POST /v1/messages_lean``: the same byte pass-through over the gateway's lean HTTP/1.1 client
+(gateway/upstreams/http1.py, ``llm.transport: h1``) instead of aiohttp's ClientSession — a reference
+with the gateway's own transport, so the report can say what the gateway costs beyond it.
 ``POST /reject``: an immediate 429 JSON answer (floor for the rate limiter's rejection path).
 """
 from __future__ import annotations
@@ -46,6 +49,8 @@ def build_app(args: argparse.Namespace) -> web.Application:
 
     async def startup(app: web.Application) -> None:
         clients["http"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        from gateway.upstreams.http1 import H1Transport
+        clients["h1"] = H1Transport(connect_s=5.0)
         clients["llm"] = anthropic.AsyncAnthropic(api_key="sk-ant-bench-0123456789", base_url=args.anthropic_url,
                                                   max_retries=0, timeout=30,
                                                   http_client=anthropic.DefaultAioHttpClient())
@@ -66,6 +71,7 @@ def build_app(args: argparse.Namespace) -> web.Application:
         await clients["weaviate"].close()
         await clients["llm"].close()
         await clients["http"].close()
+        await clients["h1"].close()
 
     async def query(request: web.Request) -> web.Response:
         body = await request.json()
@@ -115,6 +121,25 @@ def build_app(args: argparse.Namespace) -> web.Application:
         sources = [{"id": c.id, "title": c.title, "source": c.source} for c in chunks]
         return web.json_response({"answer": answer, "mode": "keyword", "sources": sources})
 
+    async def messages_lean(request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARD}
+        up = await clients["h1"].request("POST", args.anthropic_url + "/v1/messages", raw, headers)
+        try:
+            out = web.StreamResponse(status=up.status)
+            for k, v in up.headers.items():
+                if k.lower() not in HOP:
+                    out.headers[k] = v
+            await out.prepare(request)
+            while chunk := await up.content.readany():
+                await out.write(chunk)
+        except BaseException:
+            up.close()
+            raise
+        up.release()
+        await out.write_eof()
+        return out
+
     async def reject(request: web.Request) -> web.Response:
         await request.read()
         return web.json_response({"error": {"type": "rate_limited", "message": "rate limit exceeded"}},
@@ -124,6 +149,7 @@ def build_app(args: argparse.Namespace) -> web.Application:
     app.on_cleanup.append(cleanup)
     app.router.add_post("/v1/query", query)
     app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages_lean", messages_lean)
     app.router.add_post("/v1/query_keyword", query_keyword)
     app.router.add_post("/reject", reject)
     return app
