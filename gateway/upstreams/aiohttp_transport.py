@@ -5,7 +5,7 @@ client before :mod:`gateway.upstreams.http1`, kept so an operator can switch bac
 aiohttp's ``ClientError`` becomes :class:`~gateway.upstreams.http1.TransportError`."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -33,20 +33,10 @@ class AiohttpResponse:
         return self._content.total_bytes
 
     async def readany(self) -> bytes:
-        try:
-            return await self._content.readany()
-        except TimeoutError:
-            raise
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+        return await _mapped(self._content.readany())
 
     async def read(self) -> bytes:
-        try:
-            return await self._resp.read()
-        except TimeoutError:
-            raise
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+        return await _mapped(self._resp.read())
 
     def set_exception(self, exc: BaseException) -> None:
         self._content.set_exception(exc)
@@ -56,6 +46,16 @@ class AiohttpResponse:
 
     def close(self) -> None:
         self._resp.close()
+
+
+async def _mapped(read: Awaitable[bytes]) -> bytes:
+    """``read``'s bytes; aiohttp's errors as :class:`TransportError` (a timeout stays a TimeoutError)."""
+    try:
+        return await read
+    except TimeoutError:
+        raise
+    except aiohttp.ClientError as exc:
+        raise TransportError(f"{type(exc).__name__}: {exc}") from exc
 
 
 class AiohttpTransport:
