@@ -179,3 +179,25 @@ async def test_a_client_that_stops_reading_is_closed_as_client_slow(slow_stack, 
             break
         await asyncio.sleep(0.05)
     assert fake_anthropic.stats["POST /v1/messages"].in_flight[""] == 0
+
+
+async def test_a_model_that_outlives_the_stream_limit_to_a_fast_client_is_a_timeout(slow_stack, fake_anthropic):
+    """The client-side label needs the client's waiting to matter: a reader that keeps up, in front of a
+    model still streaming at llm.stream_max_s, gets the timeout error event and the model's `timeout`
+    outcome (it was labelled client_slow, and reset, once the writes' own few ms counted as waiting)."""
+    import aiohttp
+
+    fake_anthropic.reply = " ".join(f"w{i}" for i in range(6000))  # 6,000 one-word deltas, ~0.5 ms apart
+    fake_anthropic.delta_words = 1
+    fake_anthropic.set_model_faults(MODEL, event_interval_s=0.0005)  # thousands of writes before the limit
+    client, host, port = await slow_stack(**{"llm.stream_max_s": 1.0, "llm.first_token_timeout_s": 0.8})
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://{host}:{port}/v1/messages", json=REQUEST) as resp:
+                assert resp.status == 200
+                body = await asyncio.wait_for(resp.read(), 10)
+    finally:
+        fake_anthropic.clear_faults()
+    assert body.count(b"event: error") == 1 and b'"type": "timeout_error"' in body, body[-400:]
+    assert b"message_stop" not in body
+    assert _streams(client) == {"timeout": 1.0}

@@ -301,13 +301,18 @@ def _error_event(type_: str, message: str) -> bytes:
     return f"event: error\ndata: {data}\n\n".encode()
 
 
+BLOCKED_S = 0.001  # a write longer than this waited for the client's socket to drain
+CLIENT_SHARE = 0.1  # a stream past llm.stream_max_s is the client's when its waiting is at least this share
+
+
 class ClientWatch:
     """How long the relay waits for a client that does not read, with one timer per stream (like
     :class:`~gateway.upstreams.anthropic_http.IdleWatch` upstream). :meth:`write` sends through it; when one
     write has waited ``limit_s`` for room in the client's socket the connection is aborted (a client that
     does not read cannot read an ``event: error`` either) and :attr:`fired` is set. :attr:`waited_s` is the
-    time spent in writes: the client's share of the stream's length. A write after the abort raises
-    ConnectionResetError."""
+    time spent in writes that waited for the client (over :data:`BLOCKED_S`; a write that only copies bytes
+    into the socket is our CPU, not the client's): the client's share of the stream's length. A write after
+    the abort raises ConnectionResetError."""
 
     __slots__ = ("_loop", "_limit_s", "_transport", "_handle", "since", "waited_s", "fired")
 
@@ -326,7 +331,8 @@ class ClientWatch:
             await out.write(data)
         finally:
             self.since = None
-            self.waited_s += self._loop.time() - t0
+            if (waited := self._loop.time() - t0) > BLOCKED_S:
+                self.waited_s += waited
         if self.fired:  # aborted while this write waited: aiohttp's drain returns quietly
             raise ConnectionResetError("the client did not read the stream (llm.client_idle_timeout_s)")
 
@@ -337,7 +343,8 @@ class ClientWatch:
             await out.write_eof(data)
         finally:
             self.since = None
-            self.waited_s += self._loop.time() - t0
+            if (waited := self._loop.time() - t0) > BLOCKED_S:
+                self.waited_s += waited
         if self.fired:
             raise ConnectionResetError("the client did not read the end of the stream (llm.client_idle_timeout_s)")
 
@@ -421,8 +428,11 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
             except TimeoutError:
                 if not timer.expired():
                     outcome = StreamOutcome.STALLED
-                elif time.perf_counter() - trace.started - client.waited_s < gw.config.stream_max_s:
-                    outcome = StreamOutcome.CLIENT_SLOW  # without the client's backpressure it would have fit
+                elif (client.waited_s >= CLIENT_SHARE * gw.config.stream_max_s
+                      and time.perf_counter() - trace.started - client.waited_s < gw.config.stream_max_s):
+                    # Without the client's backpressure it would have fit, and that backpressure was a real
+                    # share of the limit (not the few ms any long stream spends in writes).
+                    outcome = StreamOutcome.CLIENT_SLOW
                 else:
                     outcome = StreamOutcome.TIMEOUT
             except (ConnectionResetError, asyncio.CancelledError):
