@@ -185,10 +185,13 @@ async def test_reset_mid_body_is_an_error_never_a_short_success(transport, frami
         assert transport.idle_count() == 0
 
 
-async def test_a_short_body_ended_by_a_clean_close_is_an_error(transport):
+@pytest.mark.parametrize("framing", [b"Content-Length: 100\r\n\r\n", b"Transfer-Encoding: Chunked\r\n\r\n64\r\n"])
+async def test_a_short_body_ended_by_a_clean_close_is_an_error(transport, framing):
+    """Also with the header value in another case: llhttp decodes "Chunked" as chunked, and the body was then
+    taken as read-to-close, a clean close mid-chunk ending it as a success."""
     async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
         await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+        writer.write(b"HTTP/1.1 200 OK\r\n" + framing + b"only ten b")
         await writer.drain()  # FIN: 90 bytes missing
 
     async with Server(short) as srv:

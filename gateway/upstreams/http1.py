@@ -209,6 +209,9 @@ class Response:
         elif self._done:
             if self._keep_alive:
                 conn.resp = None
+                if self._paused and conn.transport is not None:  # pooled paused, it would never see a close
+                    self._paused = False
+                    conn.transport.resume_reading()
                 conn.pool.put(conn)
             else:
                 conn.abort()
@@ -335,7 +338,8 @@ class _Conn(asyncio.Protocol):
             raise TransportError(f"the upstream sent Content-Encoding: {encoding}, which was not asked for")
         resp.status = status
         resp.headers = CIMultiDictProxy(headers)
-        resp._to_close = ("Content-Length" not in headers and "chunked" not in headers.get("Transfer-Encoding", "")
+        resp._to_close = ("Content-Length" not in headers
+                          and "chunked" not in headers.get("Transfer-Encoding", "").lower()  # llhttp: any case
                           and status not in (204, 304))
         alive = headers.get("Keep-Alive")
         if alive is not None:
@@ -473,9 +477,12 @@ class H1Transport:
         self.connects += 1
         try:
             async with asyncio.timeout(self.connect_s):
+                # Happy eyeballs as aiohttp does: a host whose IPv6 route drops packets (api.anthropic.com
+                # has AAAA records) costs 0.25 s, not the whole connect limit, before IPv4 is tried.
                 _, conn = await loop.create_connection(
                     lambda: _Conn(self, origin), host, port, ssl=context,
-                    server_hostname=host if context is not None else None)
+                    server_hostname=host if context is not None else None,
+                    happy_eyeballs_delay=0.25, interleave=1)
         except TimeoutError as exc:
             raise ConnectTimeout(f"connecting to {host}:{port} took over {self.connect_s:g} s "
                                  f"(llm.connect_timeout_s)", before_response=True) from exc
