@@ -36,6 +36,7 @@ import logging
 import socket
 import struct
 import time
+from collections.abc import Awaitable
 from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
@@ -326,27 +327,23 @@ class ClientWatch:
         self._handle: asyncio.TimerHandle | None = self._loop.call_later(limit_s, self._check)
 
     async def write(self, out: web.StreamResponse, data: bytes) -> None:
-        self.since = t0 = self._loop.time()
-        try:
-            await out.write(data)
-        finally:
-            self.since = None
-            if (waited := self._loop.time() - t0) > BLOCKED_S:
-                self.waited_s += waited
-        if self.fired:  # aborted while this write waited: aiohttp's drain returns quietly
-            raise ConnectionResetError("the client did not read the stream (llm.client_idle_timeout_s)")
+        await self._send(out.write(data), "the stream")
 
     async def write_eof(self, out: web.StreamResponse, data: bytes = b"") -> None:
         """Send ``data`` (the last bytes, with the end of the body: one send) and end the body."""
-        self.since = t0 = self._loop.time()  # the last bytes must reach the client too
+        await self._send(out.write_eof(data), "the end of the stream")  # the last bytes must reach it too
+
+    async def _send(self, send: Awaitable[None], what: str) -> None:
+        """Await one send to the client, timing it; raise once the watch gave up on the client."""
+        self.since = t0 = self._loop.time()
         try:
-            await out.write_eof(data)
+            await send
         finally:
             self.since = None
             if (waited := self._loop.time() - t0) > BLOCKED_S:
                 self.waited_s += waited
-        if self.fired:
-            raise ConnectionResetError("the client did not read the end of the stream (llm.client_idle_timeout_s)")
+        if self.fired:  # aborted while this send waited: aiohttp's drain returns quietly
+            raise ConnectionResetError(f"the client did not read {what} (llm.client_idle_timeout_s)")
 
     def _check(self) -> None:
         now = self._loop.time()
