@@ -107,15 +107,22 @@ class _Window:
     def __len__(self) -> int:
         return len(self._calls)
 
-    def append(self, failed: bool, slow: bool) -> None:
+    def append(self, failed: bool, slow: bool) -> int:
+        """Record one outcome; returns how many the window now holds."""
         calls = self._calls
-        if len(calls) == calls.maxlen:
+        n = len(calls)
+        if n == calls.maxlen:
             old_failed, old_slow = calls[0]
             self.failures -= old_failed
             self.slow -= old_slow
+        else:
+            n += 1
         calls.append((failed, slow))
-        self.failures += failed
-        self.slow += slow
+        if failed:
+            self.failures += 1
+        if slow:
+            self.slow += 1
+        return n
 
     def clear(self) -> None:
         self._calls.clear()
@@ -135,21 +142,21 @@ class Permit:
 
     def success(self, duration_s: float) -> None:
         """The call succeeded after ``duration_s`` seconds (slow if > ``slow_call_s``)."""
-        self._finish("success", duration_s)
+        if not self._done:  # the check is repeated in each method: one call less on every call's path
+            self._done = True
+            self._breaker._complete(self, "success", duration_s)
 
     def failure(self, duration_s: float) -> None:
         """The call failed in a way that counts against the dependency."""
-        self._finish("failure", duration_s)
+        if not self._done:
+            self._done = True
+            self._breaker._complete(self, "failure", duration_s)
 
     def ignore(self) -> None:
         """The call ended without a verdict (cancelled, caller's fault, shed before starting)."""
-        self._finish("ignore", 0.0)
-
-    def _finish(self, outcome: str, duration_s: float) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._breaker._complete(self, outcome, duration_s)
+        if not self._done:
+            self._done = True
+            self._breaker._complete(self, "ignore", 0.0)
 
 
 class _Bridge(pybreaker.CircuitBreakerListener):
@@ -228,6 +235,9 @@ class CircuitBreaker:
     # ---- admission ---------------------------------------------------------------------------
     def acquire(self) -> Permit | None:
         """Admit a call (return a :class:`Permit`) or short-circuit it (return None). Never blocks."""
+        if self._pb.current_state == pybreaker.STATE_CLOSED:
+            # Closed: nothing is due (only an open breaker half-opens), so one state read decides.
+            return Permit(self, self._generation, False)
         self._refresh()
         state = self.state
         if state == CLOSED:
@@ -270,9 +280,11 @@ class CircuitBreaker:
             self._totals["ignored"] += 1
             return
         slow = duration_s > self.config.slow_call_s
-        self._totals["calls"] += 1
-        self._totals["successes" if outcome == "success" else "failures"] += 1
-        self._totals["slow"] += int(slow)
+        totals = self._totals
+        totals["calls"] += 1
+        totals["successes" if outcome == "success" else "failures"] += 1
+        if slow:
+            totals["slow"] += 1
         pb_state = self._pb.current_state
         if not current or pb_state == pybreaker.STATE_OPEN:
             self._totals["stale"] += 1
@@ -291,8 +303,7 @@ class CircuitBreaker:
         # (its closed state only zeroes the failure counter on success); skipping its lock and
         # generator-based context manager is most of the success path's cost.
         window = self._window
-        window.append(failed, slow)
-        n = len(window)
+        n = window.append(failed, slow)
         if n >= self.config.min_calls and (window.failures / n >= self.config.failure_rate
                                            or window.slow / n >= self.config.slow_call_rate):
             self.trip()

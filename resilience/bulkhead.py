@@ -42,15 +42,22 @@ class Bulkhead:
     async def acquire(self, max_wait_s: float | None = None) -> None:
         """Take a slot, waiting at most ``max_wait_s`` (default: the configured wait) seconds.
         Raises :class:`BulkheadFull` instead of waiting longer."""
-        wait = self.max_wait_s if max_wait_s is None else min(max_wait_s, self.max_wait_s)
-        if self.in_flight < self.max_concurrent and not self._waiters:
-            self.in_flight += 1
-            self.admitted += 1
+        if self.try_acquire():
             return
+        wait = self.max_wait_s if max_wait_s is None else min(max_wait_s, self.max_wait_s)
         if wait <= 0 or (self.max_queue is not None and self.waiting >= self.max_queue):
             self.shed += 1
             raise BulkheadFull(self.name, 0.0)
         await self._wait_in(self._waiters, wait)
+
+    def try_acquire(self) -> bool:
+        """Take a free slot now if :meth:`acquire` would without waiting (none taken if False): lets a
+        caller skip the coroutine in the common uncontended case."""
+        if self.in_flight < self.max_concurrent and not self._waiters:
+            self.in_flight += 1
+            self.admitted += 1
+            return True
+        return False
 
     async def _wait_in(self, queue: deque[asyncio.Future[None]], wait: float) -> None:
         """Queue a waiter in ``queue`` until :meth:`release` hands it a slot; :class:`BulkheadFull`

@@ -16,7 +16,7 @@ class Deadline:
 
     def __init__(self, budget_s: float, *, clock: Clock = time.monotonic) -> None:
         self.budget_s = budget_s
-        self._clock = clock
+        self._clock = self.clock = clock
         self.started = clock()
         self.expires_at = self.started + budget_s
 

@@ -50,14 +50,29 @@ _OWN_LIMIT_SLACK = 0.01
 _CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution  # asyncio's loop clock
 
 
-class _Queued:
-    __slots__ = ("seconds",)
+class _Attempt:
+    """One running attempt: the time ``op()`` spent queued in our own queues (:func:`note_queued`) and its
+    timeout, timed by the guard's :class:`_AttemptLimits` the way ``asyncio.timeout_at`` would."""
 
-    def __init__(self) -> None:
+    __slots__ = ("seconds", "task", "cancelling", "expired")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
         self.seconds = 0.0
+        self.task = task
+        self.cancelling = task.cancelling()  # cancel requests that were not ours (asyncio.Timeout's rule)
+        self.expired = False
+
+    def expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
+
+    def timed_out(self, exc: BaseException) -> bool:
+        """After ``op()`` ended with ``exc``: whether our expiry (and no other cancel request) ended it.
+        Like ``asyncio.Timeout.__aexit__``, withdraws our cancel request whenever it was made."""
+        return self.expired and self.task.uncancel() <= self.cancelling and type(exc) is asyncio.CancelledError
 
 
-_QUEUED: ContextVar[_Queued | None] = ContextVar("rag_guard_queued", default=None)
+_QUEUED: ContextVar[_Attempt | None] = ContextVar("rag_guard_queued", default=None)
 
 
 def note_queued(seconds: float) -> None:
@@ -69,48 +84,50 @@ def note_queued(seconds: float) -> None:
         queued.seconds += seconds
 
 
+def _loop_clock_is_monotonic(loop: asyncio.AbstractEventLoop) -> bool:
+    return type(loop).time is asyncio.BaseEventLoop.time  # which returns time.monotonic()
+
+
 class _AttemptLimits:
     """The attempt timeouts of one guard on one event loop with one timer, armed for the earliest limit: an
     attempt that ends in time, as nearly all do, costs two dict operations instead of a timer handle pushed
     on the loop's heap and cancelled (~3 of the ~12 µs of a healthy ``Guard.call``). When the timer fires,
-    each attempt past its limit gets it through ``asyncio.Timeout.reschedule`` (asyncio's own cancel →
-    ``TimeoutError``, as ``asyncio.timeout_at`` would); the rest re-arm it."""
+    each attempt past its limit is cancelled and ends in ``TimeoutError`` (:meth:`_Attempt.expire`, as
+    ``asyncio.timeout_at`` would); the rest re-arm it.
 
-    __slots__ = ("loop", "_live", "_handle", "_armed")
+    ``same_clock``: the guard's clock is ``time.monotonic`` and so is this loop's, so one reading serves
+    both (the guard reads its clock once per healthy call instead of five times)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("loop", "same_clock", "live", "_handle", "armed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
         self.loop = loop
-        self._live: dict[asyncio.Timeout, float] = {}
+        self.same_clock = clock is time.monotonic and _loop_clock_is_monotonic(loop)
+        # Attempts in flight and when each must end; Guard._attempt adds and removes its own (and
+        # calls arm() for a limit earlier than the armed one) inline.
+        self.live: dict[_Attempt, float] = {}
         self._handle: asyncio.TimerHandle | None = None
-        self._armed = float("inf")
+        self.armed = float("inf")
 
-    def start(self, timeout: asyncio.Timeout, when: float) -> None:
-        self._live[timeout] = when
-        if when < self._armed:
-            self._arm(when)
-
-    def stop(self, timeout: asyncio.Timeout) -> None:
-        self._live.pop(timeout, None)
-
-    def _arm(self, when: float) -> None:
+    def arm(self, when: float) -> None:
         if self._handle is not None:
             self._handle.cancel()
         self._handle = self.loop.call_at(when, self._fire)
-        self._armed = when
+        self.armed = when
 
     def _fire(self) -> None:
         self._handle = None
-        self._armed = float("inf")
+        self.armed = float("inf")
         due = self.loop.time() + _CLOCK_RESOLUTION  # what call_at itself treats as due
         nearest = float("inf")
-        for timeout, when in list(self._live.items()):
+        for attempt, when in list(self.live.items()):
             if when <= due:
-                del self._live[timeout]
-                timeout.reschedule(when)
+                del self.live[attempt]
+                attempt.expire()
             elif when < nearest:
                 nearest = when
         if nearest != float("inf"):
-            self._arm(nearest)
+            self.arm(nearest)
 
 
 class _AttemptFailed(Exception):
@@ -183,9 +200,14 @@ class Guard:
         if self._on_call is not None:
             self._on_call()
         loop = asyncio.get_running_loop()
-        start = self._clock()
+        limits = self._limits
+        if limits is None or limits.loop is not loop:
+            limits = self._limits = _AttemptLimits(loop, self._clock)
+        now = loop.time()
+        same_clock = limits.same_clock
+        start = now if same_clock else self._clock()
         self.stats["calls"] += 1
-        self.retry.budget.record_call()
+        self.retry.budget.record_call(start)  # the budget counts on this guard's clock
         stage_s = self.config.timeout_s if stage_timeout_s is None else stage_timeout_s
         cap = min(self.config.attempt_timeout_s or stage_s, stage_s)
         if attempt_timeout_s is not None:
@@ -193,19 +215,26 @@ class Guard:
         min_attempt = min(cap, self.config.min_attempt_s)
         # One stage budget for every attempt (Envoy's route timeout vs per_try_timeout): a stage that
         # times out is never paid twice, however the retry budget stands.
-        stage_ends = loop.time() + stage_s
+        stage_ends = now + stage_s
         attempts = 0
         while True:
-            # The first attempt owns the whole stage (stage_ends has already lost a few µs of it).
-            stage_left = stage_s if attempts == 0 else stage_ends - loop.time()
-            caller_left = deadline.remaining() - reserve_s
+            if attempts:
+                now = loop.time()
+                stage_left = stage_ends - now
+            else:  # the first attempt owns the whole stage (no float rounding through stage_ends)
+                stage_left = stage_s
+            if same_clock and deadline.clock is time.monotonic:
+                caller_left = max(0.0, deadline.expires_at - now) - reserve_s  # deadline.remaining() at now
+            else:
+                caller_left = deadline.remaining() - reserve_s
             left = min(stage_left, caller_left)
             if left < min_attempt:
                 raise self._fail(Reason.TIMEOUT, start, attempts,
                                  detail=f"{max(left, 0.0):.3f}s left, an attempt needs {min_attempt:.3f}s")
             try:
-                return await self._attempt(op, own_limit_s=min(cap, stage_left), caller_left_s=caller_left,
-                                           min_attempt_s=min_attempt, start=start, attempts=attempts)
+                return await self._attempt(op, limits, now, own_limit_s=min(cap, stage_left),
+                                           caller_left_s=caller_left, min_attempt_s=min_attempt, start=start,
+                                           attempts=attempts)
             except _AttemptFailed as failed:
                 exc = failed.exc
             attempts += 1
@@ -220,10 +249,11 @@ class Guard:
             if decision.delay_s > 0:
                 await self.retry.sleep(decision.delay_s)
 
-    async def _attempt(self, op: Callable[[], Awaitable[T]], *, own_limit_s: float, caller_left_s: float,
-                       min_attempt_s: float, start: float, attempts: int) -> T:
-        """One attempt: a breaker permit, a bulkhead slot, then ``op()`` under
-        ``min(own_limit_s, caller_left_s)`` seconds (the bulkhead wait included).
+    async def _attempt(self, op: Callable[[], Awaitable[T]], limits: _AttemptLimits, now: float, *,
+                       own_limit_s: float, caller_left_s: float, min_attempt_s: float, start: float,
+                       attempts: int) -> T:
+        """One attempt, from ``now`` (``limits.loop.time()``): a breaker permit, a bulkhead slot, then
+        ``op()`` under ``min(own_limit_s, caller_left_s)`` seconds (the bulkhead wait included).
 
         Returns ``op()``'s result. Raises :class:`DependencyUnavailable` when no attempt could start
         (``breaker_open``, ``shed``), :class:`_AttemptFailed` when ``op()`` failed (the outcome is
@@ -234,45 +264,56 @@ class Guard:
         (``caller_left_s``) nor time queued behind our own bulkhead or scheduler (:func:`note_queued`)
         cut it short; slow-call durations exclude that queueing too.
         """
+        loop = limits.loop
+        attempt = _Attempt(asyncio.current_task(loop))  # type: ignore[arg-type]  # always in a task
         permit = self.breaker.acquire()
         if permit is None:
             self.stats["short_circuits"] += 1
             self.observer.on_short_circuit(self.name)
             raise self._fail(Reason.BREAKER_OPEN, start, attempts,
                              retry_after_s=self.breaker.open_remaining_s(), detail="short-circuited")
-        loop = asyncio.get_running_loop()
         timeout = min(own_limit_s, caller_left_s)
-        ends_at = loop.time() + timeout
-        try:
-            await self.bulkhead.acquire(max_wait_s=timeout - min_attempt_s)
-        except BulkheadFull as exc:
-            permit.ignore()
-            self.stats["shed"] += 1
-            self.observer.on_shed(self.name)
-            raise self._fail(Reason.SHED, start, attempts,
-                             detail=f"{self.bulkhead.max_concurrent} in flight, waited {exc.waited_s:.3f}s") from None
-        except BaseException:
-            permit.ignore()
-            raise
+        ends_at = now + timeout
+        bulkhead = self.bulkhead
+        if bulkhead.try_acquire():  # a free slot: no coroutine, no wait, no clock reading
+            op_started = now
+        else:
+            try:
+                await bulkhead.acquire(max_wait_s=timeout - min_attempt_s)
+            except BulkheadFull as exc:
+                permit.ignore()
+                self.stats["shed"] += 1
+                self.observer.on_shed(self.name)
+                raise self._fail(Reason.SHED, start, attempts,
+                                 detail=f"{bulkhead.max_concurrent} in flight, waited {exc.waited_s:.3f}s") from None
+            except BaseException:
+                permit.ignore()
+                raise
+            op_started = loop.time()
+        same_clock = limits.same_clock
+        t0 = op_started if same_clock else self._clock()
         self.stats["attempts"] += 1
-        queued = _Queued()
-        token = _QUEUED.set(queued)
-        t0, op_started = self._clock(), loop.time()
+        token = _QUEUED.set(attempt)
         try:
-            limits = self._limits
-            if limits is None or limits.loop is not loop:
-                limits = self._limits = _AttemptLimits(loop)
-            async with asyncio.Timeout(None) as limit:
-                limits.start(limit, ends_at)
-                try:
-                    result = await op()
-                finally:
-                    limits.stop(limit)
+            live = limits.live  # limits.start/stop inlined: they run on every attempt
+            live[attempt] = ends_at
+            if ends_at < limits.armed:
+                limits.arm(ends_at)
+            try:
+                result = await op()
+            except BaseException as exc:
+                live.pop(attempt, None)
+                if attempt.timed_out(exc):
+                    raise TimeoutError from exc
+                raise
+            live.pop(attempt, None)  # gone if its timer fired
+            if attempt.expired:  # our cancel lost the race with op()'s end: withdraw it
+                attempt.task.uncancel()
         except BaseException as exc:
-            seconds = max(0.0, self._clock() - t0 - queued.seconds)
-            self.bulkhead.release()
+            seconds = max(0.0, (loop.time() if same_clock else self._clock()) - t0 - attempt.seconds)
+            bulkhead.release()
             outcome = attempt_outcome(exc)
-            if outcome == "timeout" and ends_at - op_started - queued.seconds < own_limit_s * (1 - _OWN_LIMIT_SLACK):
+            if outcome == "timeout" and ends_at - op_started - attempt.seconds < own_limit_s * (1 - _OWN_LIMIT_SLACK):
                 # Cut short by the caller's budget or by our own queueing: not the dependency's doing.
                 outcome = "caller_timeout" if caller_left_s < own_limit_s else "queued_timeout"
                 permit.ignore()
@@ -287,8 +328,8 @@ class Guard:
             raise _AttemptFailed(exc) from None
         finally:
             _QUEUED.reset(token)
-        seconds = max(0.0, self._clock() - t0 - queued.seconds)
-        self.bulkhead.release()
+        seconds = max(0.0, (loop.time() if same_clock else self._clock()) - t0 - attempt.seconds)
+        bulkhead.release()
         permit.success(seconds)
         self.observer.on_attempt(self.name, "success", seconds)
         self.stats["succeeded"] += 1

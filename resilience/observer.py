@@ -45,7 +45,10 @@ class SafeObserver:
             log.exception("observer %s.%s failed", type(self.inner).__name__, method)
 
     def on_attempt(self, dependency: str, outcome: str, seconds: float) -> None:
-        self._emit("on_attempt", dependency, outcome, seconds)
+        try:  # once per attempt: called directly rather than through _emit's getattr
+            self.inner.on_attempt(dependency, outcome, seconds)
+        except Exception:
+            log.exception("observer %s.%s failed", type(self.inner).__name__, "on_attempt")
 
     def on_retry(self, dependency: str, reason: str) -> None:
         self._emit("on_retry", dependency, reason)

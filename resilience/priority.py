@@ -64,13 +64,20 @@ class PriorityBulkhead(Bulkhead):
         return (self.in_flight < self.max_concurrent and self.background_in_flight < self.background_cap
                 and self.waiting == 0)
 
-    async def acquire(self, max_wait_s: float | None = None) -> None:
-        if not is_background():
-            return await super().acquire(max_wait_s)
+    def try_acquire(self) -> bool:
+        if not _background.get():
+            return super().try_acquire()
         if self._background_admits() and not any(not w.done() for w in self._bg_waiters):
             self.in_flight += 1
             self.background_in_flight += 1
             self.admitted += 1
+            return True
+        return False
+
+    async def acquire(self, max_wait_s: float | None = None) -> None:
+        if not is_background():
+            return await super().acquire(max_wait_s)
+        if self.try_acquire():
             return
         wait = self.max_wait_s if max_wait_s is None else max_wait_s
         if wait <= 0:
@@ -79,8 +86,11 @@ class PriorityBulkhead(Bulkhead):
         await self._wait_in(self._bg_waiters, wait)  # on a late cancel, release() runs in our context
 
     def release(self) -> None:
-        if is_background():
+        if _background.get():
             self.background_in_flight -= 1
+        elif not self._waiters and not self._bg_waiters:
+            self.in_flight -= 1  # nobody to hand the slot to: what the general path below ends with
+            return
         super().release()  # an interactive waiter, if any, takes the slot
         self._wake_background()
 

@@ -60,9 +60,14 @@ class RetryBudget:
                 retries += self._retries[slot]
         return calls, retries
 
-    def record_call(self) -> None:
-        """Count one logical call (its first attempt)."""
-        self._calls[self._slot()] += 1
+    def record_call(self, now: float | None = None) -> None:
+        """Count one logical call (its first attempt); ``now``: a reading of this budget's clock, if the
+        caller has one. (``_slot`` inlined: this runs on every guarded call.)"""
+        index = int((self._clock() if now is None else now) // self._width)
+        slot = index % self._n
+        if self._epoch[slot] != index:
+            self._epoch[slot], self._calls[slot], self._retries[slot] = index, 0, 0
+        self._calls[slot] += 1
 
     def allowed(self) -> int:
         """Retries allowed in the current window (including those already spent)."""
