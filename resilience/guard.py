@@ -209,10 +209,16 @@ class Guard:
         self.stats["calls"] += 1
         self.retry.budget.record_call(start)  # the budget counts on this guard's clock
         stage_s = self.config.timeout_s if stage_timeout_s is None else stage_timeout_s
-        cap = min(self.config.attempt_timeout_s or stage_s, stage_s)
-        if attempt_timeout_s is not None:
-            cap = min(cap, attempt_timeout_s)
-        min_attempt = min(cap, self.config.min_attempt_s)
+        # Comparisons rather than min()/max() on this path (here and below): the builtin calls cost
+        # ~0.3 of the ~5 µs of a healthy call.
+        cap = self.config.attempt_timeout_s or stage_s
+        if cap > stage_s:
+            cap = stage_s
+        if attempt_timeout_s is not None and attempt_timeout_s < cap:
+            cap = attempt_timeout_s
+        min_attempt = self.config.min_attempt_s
+        if cap < min_attempt:
+            min_attempt = cap
         # One stage budget for every attempt (Envoy's route timeout vs per_try_timeout): a stage that
         # times out is never paid twice, however the retry budget stands.
         stage_ends = now + stage_s
@@ -224,15 +230,16 @@ class Guard:
             else:  # the first attempt owns the whole stage (no float rounding through stage_ends)
                 stage_left = stage_s
             if same_clock and deadline.clock is time.monotonic:
-                caller_left = max(0.0, deadline.expires_at - now) - reserve_s  # deadline.remaining() at now
+                caller_left = deadline.expires_at - now  # deadline.remaining() at now
+                caller_left = (caller_left if caller_left > 0.0 else 0.0) - reserve_s
             else:
                 caller_left = deadline.remaining() - reserve_s
-            left = min(stage_left, caller_left)
+            left = stage_left if stage_left <= caller_left else caller_left
             if left < min_attempt:
                 raise self._fail(Reason.TIMEOUT, start, attempts,
                                  detail=f"{max(left, 0.0):.3f}s left, an attempt needs {min_attempt:.3f}s")
             try:
-                return await self._attempt(op, limits, now, own_limit_s=min(cap, stage_left),
+                return await self._attempt(op, limits, now, own_limit_s=cap if cap <= stage_left else stage_left,
                                            caller_left_s=caller_left, min_attempt_s=min_attempt, start=start,
                                            attempts=attempts)
             except _AttemptFailed as failed:
@@ -272,7 +279,7 @@ class Guard:
             self.observer.on_short_circuit(self.name)
             raise self._fail(Reason.BREAKER_OPEN, start, attempts,
                              retry_after_s=self.breaker.open_remaining_s(), detail="short-circuited")
-        timeout = min(own_limit_s, caller_left_s)
+        timeout = own_limit_s if own_limit_s <= caller_left_s else caller_left_s
         ends_at = now + timeout
         bulkhead = self.bulkhead
         if bulkhead.try_acquire():  # a free slot: no coroutine, no wait, no clock reading
