@@ -307,3 +307,86 @@ def test_a_loop_closed_before_its_end_of_tick_write_does_not_hold_later_lines():
     finally:
         logger.removeHandler(handler)
         logger.propagate, logger.level = True, logging.NOTSET
+
+
+class _NotJson:
+    def __str__(self) -> str:
+        return 'not-json "quoted" é'
+
+
+_FIELD_VALUES: dict[str, Any] = {
+    "escapes": 'quote " backslash \\ newline \n tab \t nul \x00 unit \x1f del \x7f ls \u2028',
+    "non_ascii": "thé 日本語 🙂 Ω",
+    "surrogate": "lone \ud800 half",
+    "floats": [0.1, 1e-7, 1e300, -0.0, 3.0, float("nan"), float("inf"), -float("inf")],
+    "big_ints": [2**100, -(2**70), 0, True, False],
+    "none": None, "true": True, "false": False,
+    "nested": {"a": [1, {"b": None, "c": [[], {}]}], "tuple": (1, "x"), 7: "int key", None: "none key",
+               2.5: "float key", True: "bool key"},
+    "secrets": ["sk-ant-api03-Zq8Xw2Lm5Nv7Bc1Df4Gh6Jk9", "Bearer abcdefgh12345678",
+                "b'GET / HTTP/1.1\\r\\nX-Api-Key: hunter2\\r\\n'", "cookie: a=b; c=d"],
+    "key sk-ant-0123456789abcdef": "a secret in a key",
+    "not_json": _NotJson(), "a_set": {3}, "bytes": b"\xff\x00",
+    "dd.trace_id": "123", "empty": "", "empty_list": [], "empty_dict": {},
+}
+
+
+@pytest.mark.parametrize("static", [{}, {"service": "rag-sidecar", "env": "prod", "version": "1.2 \"beta\""}])
+@pytest.mark.parametrize("rid", [None, "f0a4248e7d1ae8f3af5d60309561563c", "odd \"rid\" é \ud800"])
+def test_access_line_fast_encoder_writes_the_logging_lines_bytes(static, rid, monkeypatch):
+    """format_fields (the access log's fast path) splices its line from pieces; each line must be the one
+    logging's own path writes for the same record, byte for byte: every kind of value the C encoder
+    meets, escapes, non-ASCII, surrogates, secrets redacted, objects falling back to str()."""
+    from gateway.logs import JsonFormatter, request_id_var
+
+    fmt = JsonFormatter(static)
+    logger = logging.getLogger("rag_sidecar.access")
+    cases = [{"event": "request", "method": "POST", "status": 200, "duration_ms": 0.214}]
+    cases += [{"event": "request", key: value} for key, value in _FIELD_VALUES.items()]
+    cases.append(dict(_FIELD_VALUES))
+    token = request_id_var.set(rid)
+    try:
+        for level, msg in ((logging.INFO, "request"), (logging.WARNING, "odd \"msg\" sk-ant-0123456789abcdef")):
+            for fields in cases:
+                record = logger.makeRecord(logger.name, level, __file__, 1, msg, (), None, extra=fields)
+                record.created, record.msecs = 1_700_000_000.25, 250.0
+                spliced = fmt._spliced(record.created, logger.name, level, msg, rid, fields)
+                assert spliced is not None  # the fast path is the one under test
+                assert fmt.format_fields(logger.name, level, msg, fields, created=record.created) == spliced
+                assert spliced == fmt.format(record), fields
+    finally:
+        request_id_var.reset(token)
+    # Keys the logging line places elsewhere or drops take the ordinary path: same bytes again.
+    for odd in ({"msg": "x"}, {"request_id": "x"}, {"timestamp": "x"}, {"_private": 1}, {"name": "x"},
+                {"event": "e", 7: "int key"}, *({key: "x"} for key in static)):
+        fields = {"event": "request", **odd}
+        assert fmt._spliced(1_700_000_000.25, "rag_sidecar.access", logging.INFO, "request", None, fields) is None
+        if 7 not in odd:
+            assert fmt.format_fields("rag_sidecar.access", logging.INFO, "request", fields, created=1_700_000_000.25) \
+                == fmt._line(1_700_000_000.25, 250.0, "info", "rag_sidecar.access", "request", fields.items(), None)
+    circular: list[Any] = []
+    circular.append(circular)
+    with pytest.raises(ValueError, match="Circular reference"):
+        fmt.format_fields("rag_sidecar.access", logging.INFO, "request", {"event": "request", "loop": circular})
+    # Static fields that _line overrides in place: the ordinary path, same bytes.
+    for odd_static in ({"request_id": "static"}, {"msg": "static", "level": "static"}):
+        odd_fmt = JsonFormatter(odd_static)
+        record = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "request", (), None, extra=cases[0])
+        record.created, record.msecs = 1_700_000_000.25, 250.0
+        token = request_id_var.set(rid)
+        try:
+            assert odd_fmt.format_fields(logger.name, logging.INFO, "request", cases[0], created=record.created) \
+                == odd_fmt.format(record)
+        finally:
+            request_id_var.reset(token)
+    # Inside a span (tracing on) the line carries its ids, as logging's line does.
+    from opentelemetry import trace
+
+    monkeypatch.setattr("gateway.tracing._ENABLED", True)
+    span = trace.NonRecordingSpan(trace.SpanContext(0xABC << 64 | 0xDEF, 0x123, is_remote=False))
+    with trace.use_span(span):
+        for fields, trace_id in (({"event": "request"}, str(0xDEF)), ({"dd.trace_id": "given"}, "given")):
+            record = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "request", (), None, extra=fields)
+            record.created, record.msecs = 1_700_000_000.25, 250.0
+            line = fmt.format_fields(logger.name, logging.INFO, "request", fields, created=record.created)
+            assert line == fmt.format(record) and json.loads(line)["dd.trace_id"] == trace_id
