@@ -132,3 +132,89 @@ def test_crlf_and_cr_line_ends_are_judged_like_lf(eol, size):
     assert feed_in_pieces(parser, STREAM.replace(b"\n", eol), size) == STREAM
     assert parser.content_started and parser.stopped and not parser.malformed and not parser.pending
     assert parser.model == "claude-haiku-4-5"
+
+
+def _raw(data: bytes, event: bytes = b"ping") -> bytes:
+    return b"event: " + event + b"\ndata: " + data + b"\n\n"
+
+
+@pytest.mark.parametrize("bad", [
+    # each event's data alone is no JSON object, though the two could balance into one JSON text
+    _raw(b'{"type": "content_block_delta", "delta": [1') + _raw(b'2]}'),
+    # a field line after the data line: SSE's data is the first line only, and it is cut short
+    b'event: content_block_delta\ndata: {"type": "content_block_delta",\n"delta": {}}\n\n',
+    # two data lines, each an object alone: the event's data is both, joined by a newline
+    b'event: ping\ndata: {"type": "ping"}\ndata: {"type": "ping"}\n\n',
+    _raw(b"1"), _raw(b'["message_stop"]'), _raw(b'{"type": "ping"} {}'),
+])
+@pytest.mark.parametrize("where", ["among others", "without event line", "opening the read", "alone"])
+def test_events_arriving_in_one_read_are_still_judged_one_by_one(bad, where):
+    """Several events in one read are judged without a Python step per event; that must still refuse each
+    malformed event, whatever its neighbours, including a data line right after the previous event's blank
+    line or opening the read (no event line), and an event that is the only one of its read."""
+    parser = SSEEvents()
+    head = b"" if where == "opening the read" else EVENTS[0] + EVENTS[3]
+    if where in ("without event line", "opening the read"):
+        bad = bad[bad.index(b"data:"):]
+    if where == "alone":
+        out = parser.feed(head) + parser.feed(bad)
+    else:
+        out = parser.feed(head + bad + EVENTS[4] + EVENTS[-1])
+    assert out == head and parser.malformed and not parser.stopped
+
+
+def test_what_events_arriving_in_one_read_tell_is_noticed_wherever_they_are():
+    """A read holding many events: the content start, an error event, the model and message_stop are
+    noticed in the middle of it, and a data line that opens the read (no event line) is judged too."""
+    error = sse("error", {"type": "error", "error": {"type": "api_error", "message": "boom"}})
+    start = EVENTS[0].replace(b"claude-haiku-4-5", b"m-late")
+    parser = SSEEvents()
+    assert parser.feed(EVENTS[2] + EVENTS[3] + EVENTS[2]) == EVENTS[2] + EVENTS[3] + EVENTS[2]
+    assert parser.content_started and not parser.stopped and parser.model is None
+    parser = SSEEvents()
+    stream = EVENTS[2] + error + EVENTS[2]
+    assert parser.feed(stream) == stream and parser.error == {"type": "api_error", "message": "boom"}
+    parser = SSEEvents()
+    stream = EVENTS[0] + EVENTS[2] + start + EVENTS[2]
+    assert parser.feed(stream) == stream and parser.model == "m-late"
+    assert not parser.content_started and not parser.stopped and parser.error is None
+    parser = SSEEvents()
+    stop = b'data: {"type": "message_stop"}\n\n'
+    assert parser.feed(stop + EVENTS[2]) == stop + EVENTS[2] and parser.stopped
+
+
+class _EventByEvent(SSEEvents):
+    """The judge without its fast path: every read goes through the general rule, event by event."""
+
+    __slots__ = ()
+
+    def _judge_all(self, events: bytes) -> bool:
+        return False
+
+
+_PIECES = EVENTS + [
+    b"data: 1\n\n", b'data: {"a": [1\n\n', b"data: 2]}\n\n", b": data: {\n\n", b"\n", b"id: 1\n\n", b"data:\n\n",
+    b'data: {"type": "error", "error": {"type": "overloaded_error"}}\n\n', b'data: {"type": [1]}\n\n',
+    b'event: x\ndata: {"type": "ping"}\ndata: {}\n\n', b'data:{"type":\n"ping"}\n\n', b"data: {}\nid: 3\n\n",
+    b'data: {"type": "message_start", "message": {"model": "m3"}}\n\n', b'data: {"a": NaN}\n\n', b"data: \xff\n\n",
+    b"event: data:\ndata: {}\n\n", b"\r\n", b"\r",
+]
+
+
+def test_the_fast_path_judges_every_read_as_the_general_rule_does():
+    """Random streams (healthy events, malformed ones, unusual shapes) cut at random: the judge gives the
+    same bytes and the same verdicts as the general rule alone, read after read."""
+    import random
+
+    rng = random.Random(10)
+    for _ in range(3000):
+        stream = b"".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 10)))
+        cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 3))))
+        fast, general = SSEEvents(), _EventByEvent()
+        for a, b in zip([0, *cuts], [*cuts, len(stream)]):
+            assert fast.feed(stream[a:b]) == general.feed(stream[a:b]), stream
+            assert [getattr(fast, k) for k in ("content_started", "stopped", "malformed", "error", "model", "pending")] \
+                == [getattr(general, k) for k in ("content_started", "stopped", "malformed", "error", "model",
+                                                  "pending")], stream
+            if general.malformed:
+                break

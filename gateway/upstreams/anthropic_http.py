@@ -27,6 +27,7 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Mapping
 
 from orjson import loads as _loads
@@ -88,6 +89,10 @@ class StreamBroken(UpstreamError):
 
 
 _DECODE = json.JSONDecoder().raw_decode
+# A data line followed by the blank line that ends its event (group 1: the data; the blank line is only
+# looked at, so a data line right after it still matches); a data line followed by another line of its
+# event matches with an empty group 1. Lines are LF here (SSEEvents makes CR and CRLF LF).
+_DATA_LINES = re.compile(rb"\ndata:(?:([^\n]*)\n(?=\n))?")
 _JSON_SPACE = " \t\r\n"  # what json.loads skips around a value
 
 
@@ -134,6 +139,44 @@ class SSEEvents:
             self._rest = data
             return b""
         self._rest = data[end + 2:]
+        whole = data[:end + 2] if end + 2 < len(data) else data
+        if self._judge_all(whole):
+            return whole
+        return self._judge_each(data, end)
+
+    def _judge_all(self, events: bytes) -> bool:
+        """Judge the complete ``events`` with no Python step per event, when every event has the shape
+        Anthropic sends (its one data line ends it) and every data is a JSON object; False, with nothing
+        noted, for anything else (:meth:`_judge_each` then decides, event by event).
+
+        Each data line is parsed on its own (never joined with others: segments of crafted events could
+        balance into one valid JSON text). A data line the regex cannot take whole (another line follows it
+        in its event) yields an empty text, which is no JSON: so every data line of ``events`` is judged."""
+        try:
+            datas = _DATA_LINES.findall(b"\n" + events if events.startswith(b"data:") else events)
+            if len(datas) == 1:  # one event a read, as a stream arrives once it runs
+                payload = _loads(datas[0])
+                if type(payload) is not dict:
+                    return False
+                self._note(payload)
+                return True
+            payloads = list(map(_loads, datas))
+            kinds = list(map(dict.get, payloads, repeat("type")))  # TypeError for data that is no object
+        except (ValueError, TypeError):  # includes orjson's refusals the stdlib may still read
+            return False
+        if "content_block_delta" in kinds:
+            self.content_started = True
+        if "message_stop" in kinds:
+            self.stopped = True
+        if "message_start" in kinds or "error" in kinds:  # once a stream, if at all
+            for payload, kind in zip(payloads, kinds):
+                if kind == "message_start" or kind == "error":
+                    self._note(payload)
+        return True
+
+    def _judge_each(self, data: bytes, end: int) -> bytes:
+        """The general rule, event by event, for the complete events of ``data[:end + 2]``: what goes on
+        (up to the first malformed event)."""
         pos = 0
         find = data.find
         # pos only moves forward: the blank line at `end` ends the last event, and a run of blank lines
@@ -174,6 +217,11 @@ class SSEEvents:
                 return None
         if type(payload) is not dict:
             return None
+        self._note(payload)
+        return payload
+
+    def _note(self, payload: dict[str, Any]) -> None:
+        """What one event's JSON object tells."""
         kind = payload.get("type")
         if kind == "content_block_delta":
             self.content_started = True
@@ -185,7 +233,6 @@ class SSEEvents:
                 self.model = message.get("model")
         elif kind == "error":
             self.error = payload.get("error") if isinstance(payload.get("error"), dict) else {"type": "api_error"}
-        return payload
 
     def broken(self, *, started: bool) -> StreamBroken | None:
         """The failure this parser has seen (malformed event or ``event: error``), if any."""
