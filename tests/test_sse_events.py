@@ -218,3 +218,24 @@ def test_the_fast_path_judges_every_read_as_the_general_rule_does():
                                                   "pending")], stream
             if general.malformed:
                 break
+
+
+@pytest.mark.timeout(10)
+async def test_a_stall_before_the_first_content_fails_at_the_idle_limit(fake_anthropic):
+    """open_stream starts its idle timer only before a read that may wait (a stream that came with its
+    headers needs none): a model that goes quiet after its first two events, before any content, still
+    fails the open with the idle limit's TimeoutError, not at a later limit of the caller."""
+    import asyncio
+
+    from gateway.upstreams.anthropic_http import AnthropicHTTP
+
+    fake_anthropic.set_model_faults("claude-haiku-4-5", stream_stall_after=2)
+    http = AnthropicHTTP(connect_s=1.0, idle_s=0.2)
+    body = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 16, "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    headers = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01", "content-type": "application/json"}
+    try:
+        with pytest.raises(TimeoutError, match="llm.idle_timeout_s"):
+            await asyncio.wait_for(http.open_stream(fake_anthropic.url + "/v1/messages", body, headers), 5)
+    finally:
+        await http.close()

@@ -400,6 +400,9 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
         request[STARTED_RESPONSE] = out
         last = b"".join(opened.held) if len(opened.held) != 1 else opened.held[0]
         if not events.stopped:
+            idle = opened.idle
+            if idle is not None:
+                idle.arm()  # from here on the upstream's gaps are timed, even while the client is written to
             await client.write(out, last)
             last = b""
             limit = gw.config.stream_max_s - (time.perf_counter() - trace.started)
@@ -407,7 +410,6 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
             try:
                 async with timer:
                     content = upstream.content
-                    idle = opened.idle
                     while True:
                         chunk = await content.readany()
                         if idle is not None:

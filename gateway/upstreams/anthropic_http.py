@@ -262,17 +262,32 @@ class IdleWatch:
 
     The gap is the *upstream's*: bytes that arrived since the last read (``total_bytes`` moved) or that
     wait unread in the reader (a slow client holds our loop in ``write``, and the transport pauses the socket)
-    restart it, so a client slower than ``idle_s`` is never reported as a stalled model."""
+    restart it, so a client slower than ``idle_s`` is never reported as a stalled model.
+
+    ``armed=False`` starts the timer only at :meth:`arm` (timed from creation all the same): a reader whose
+    reads never wait, e.g. a stream that arrived with its headers, needs no timer at all."""
 
     __slots__ = ("_loop", "_idle_s", "_content", "_handle", "_read", "last")
 
-    def __init__(self, content: Body, idle_s: float) -> None:
+    def __init__(self, content: Body, idle_s: float, *, armed: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
         self._idle_s = idle_s
         self._content = content
         self._read = 0  # body bytes handed to us by readany() (made before the first read)
         self.last = self._loop.time()
-        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self.last + idle_s, self._check)
+        self._handle: asyncio.TimerHandle | None = None
+        if armed:
+            self.arm()
+
+    def arm(self) -> None:
+        """Start the timer if it is not running; the gap counts from the last read (or creation)."""
+        if self._handle is None:
+            self._handle = self._loop.call_at(self.last + self._idle_s, self._check)
+
+    @property
+    def unread(self) -> bool:
+        """Bytes arrived that were not read yet: the next read returns without waiting."""
+        return self._content.total_bytes > self._read
 
     def touch(self, n: int) -> None:
         """``n`` bytes were read: the gap starts again."""
@@ -300,8 +315,8 @@ class IdleWatch:
 @dataclass
 class OpenStream:
     """A stream whose first content (or, with ``whole``, its end) has arrived; ``held`` is what to send
-    first, ``events`` the parser to keep feeding, ``idle`` its idle limit (touch it on every read).
-    End it with :meth:`finish`."""
+    first, ``events`` the parser to keep feeding, ``idle`` its idle limit (arm it before reading on; touch it
+    on every read). End it with :meth:`finish`."""
 
     response: Response
     events: SSEEvents
@@ -384,8 +399,11 @@ class AnthropicHTTP:
         events = opened.events
         content = resp.content
         try:
-            idle = opened.idle = IdleWatch(content, self.idle_s) if self.idle_s else None
+            # Armed only before a read that may wait: a stream that came with its headers needs no timer.
+            idle = opened.idle = IdleWatch(content, self.idle_s, armed=False) if self.idle_s else None
             while True:
+                if idle is not None and not idle.unread:
+                    idle.arm()
                 try:
                     chunk = await content.readany()
                 except TimeoutError:
