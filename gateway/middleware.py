@@ -26,6 +26,7 @@ from gateway.logs import log_event, request_id_var
 from gateway.shutdown import drain
 from gateway.state import (
     ANSWER_TEXT,
+    CLIENT_GONE,
     CLIENT_ID,
     DEADLINE,
     QUERY_TEXT,
@@ -131,7 +132,7 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
             ids = span_ids(sp)  # the access line below is written after the span ends: keep its ids
             try:
                 resp = await handler(request)
-                status = resp.status
+                status = 499 if CLIENT_GONE in request else resp.status
             finally:
                 if sp is not None:
                     _span_attributes(sp, request, state, status, retries)
@@ -184,9 +185,15 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         type_ = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status, "http_error")
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
         return error_response(exc.status, type_, exc.reason, headers=headers)
-    except Exception:  # noqa: BLE001 - last line of defence; logged with the stack, client gets no internals
-        errlog.exception("unhandled error", extra={"event": "unhandled_error", "path": request.path})
+    except Exception as exc:  # noqa: BLE001 - last line of defence; logged with the stack, client gets no internals
         started = request.get(STARTED_RESPONSE)
+        if isinstance(exc, ConnectionError) and (request.transport is None or request.transport.is_closing()):
+            # A write to a client that went away (aiohttp's ClientConnectionResetError): the client's end, a
+            # 499 like a cancelled handler, not an error with a stack trace for anyone to chase. Whatever is
+            # returned cannot reach it (aiohttp ignores that write failing).
+            request[CLIENT_GONE] = True
+            return started if started is not None else web.Response(status=499)
+        errlog.exception("unhandled error", extra={"event": "unhandled_error", "path": request.path})
         if started is not None:
             # Headers (and maybe part of a stream) are out: a second response would corrupt the body, so
             # break the connection — the client sees an incomplete stream, never a clean end.

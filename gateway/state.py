@@ -96,3 +96,4 @@ TRACE: web.RequestKey[Any] = web.RequestKey("trace", object)
 QUERY_TEXT: web.RequestKey[str] = web.RequestKey("query_text", str)
 ANSWER_TEXT: web.RequestKey[Any] = web.RequestKey("answer_text", object)
 STARTED_RESPONSE: web.RequestKey[Any] = web.RequestKey("started_response", object)  # headers already sent
+CLIENT_GONE: web.RequestKey[bool] = web.RequestKey("client_gone", bool)  # a write found the client gone: a 499

@@ -201,3 +201,84 @@ async def test_a_model_that_outlives_the_stream_limit_to_a_fast_client_is_a_time
     assert body.count(b"event: error") == 1 and b'"type": "timeout_error"' in body, body[-400:]
     assert b"message_stop" not in body
     assert _streams(client) == {"timeout": 1.0}
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["close", "reset"])
+async def test_a_client_that_hangs_up_mid_stream_is_client_gone_not_an_error(slow_stack, fake_anthropic, reset,
+                                                                              caplog):
+    """A user closing the chat mid-answer is the commonest end of a stream that is not `complete`: the log
+    says 499 / client_gone, nothing at ERROR (no "unhandled error" with a stack trace for an SRE to chase),
+    the model is not blamed, and the slot and the model's connection are freed."""
+    import struct
+
+    from gateway.routes.messages import GATEWAY
+
+    caplog.set_level(logging.INFO)
+    client, host, port = await slow_stack()
+    streams = client.server.app[GATEWAY].streams
+    sock = await _open(host, port, REQUEST)
+    try:
+        await asyncio.wait_for(_read(sock, 64 * 1024), 10)  # the stream is flowing
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        sock.close()
+    for _ in range(200):  # bounded: until the gateway notices (<= 10 s)
+        if streams.in_flight == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert streams.in_flight == 0
+    assert _streams(client) == {"client_gone": 1.0}
+    line = next(r for r in caplog.records if getattr(r, "route", None) == "/v1/messages")
+    assert line.status == 499 and line.stream_outcome == "client_gone" and line.degraded is False
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    guard = state_of(client).llm_router.target(MODEL).guard
+    assert guard.breaker.state == "closed" and guard.stats["failed"] == 0
+
+
+
+async def test_a_client_gone_before_the_first_byte_is_client_gone_not_an_error(data_dir, fake_anthropic, caplog):
+    """The client hangs up while the model is still thinking (a Claude first token takes seconds); when the
+    answer comes the relay writes to a closed connection. Served as ``web.run_app`` serves by default (the
+    handler is not cancelled when its client goes away; `rag-sidecar serve` cancels it, but a write can
+    still race the cancel), that was an "unhandled error" with a stack trace and a 200 in the access log."""
+    from aiohttp import web
+
+    from gateway.app import create_app
+    from gateway.routes.messages import GATEWAY
+    from gateway.state import STATE
+
+    caplog.set_level(logging.INFO)
+    fake_anthropic.set_model_faults(MODEL, first_token_delay_s=0.5)
+    app = create_app(make_settings(data_dir, **anthropic_overrides(fake_anthropic, **{"cache.enabled": False})),
+                     configure_logging=False)
+    runner = web.AppRunner(app, handler_cancellation=False)  # aiohttp's default
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        await asyncio.wait_for(app[STATE].ready.wait(), 60)
+        streams = app[GATEWAY].streams
+        sock = await _open("127.0.0.1", runner.addresses[0][1], REQUEST)
+        for _ in range(100):  # bounded: until the request is in the gateway (<= 5 s)
+            if streams.in_flight == 1:
+                break
+            await asyncio.sleep(0.05)
+        sock.close()
+        for _ in range(200):  # bounded: until the model answered and the relay gave up (<= 10 s)
+            if streams.in_flight == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert streams.in_flight == 0
+        telemetry = app[STATE].telemetry
+        telemetry.flush()
+        series = prometheus_series(telemetry.prometheus_text().decode()).get("rag.llm.streams", {})
+        assert {dict(k)["outcome"]: v for k, v in series.items()} == {"client_gone": 1.0}
+        line = next(r for r in caplog.records if getattr(r, "route", None) == "/v1/messages")
+        assert line.status == 499 and line.stream_outcome == "client_gone", (line.status, line.stream_outcome)
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        guard = app[STATE].llm_router.target(MODEL).guard
+        assert guard.breaker.state == "closed" and guard.stats["failed"] == 0
+    finally:
+        fake_anthropic.clear_faults()
+        await runner.cleanup()
