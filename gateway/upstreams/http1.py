@@ -111,14 +111,18 @@ def _keepalive_timeout(value: str) -> float | None:
     return None
 
 
-def _readable(transport: asyncio.Transport | None) -> bool:
+def _readable(conn: _Conn) -> bool:
     """An idle connection's socket has something to read: its peer closed it (or sent bytes nobody asked
-    for). poll(2), not select(2): descriptors above 1024 are common on a busy gateway."""
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None:
-        return True
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
+    for). poll(2), not select(2): descriptors above 1024 are common on a busy gateway; one poll object per
+    connection, made at its first reuse (a syscall per reuse, no allocation)."""
+    poller = conn.poller
+    if poller is None:
+        transport = conn.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None:
+            return True
+        poller = conn.poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
     return bool(poller.poll(0))
 
 
@@ -128,7 +132,7 @@ class Response:
     End it with :meth:`release` (pool the connection if the body was read to its end) or :meth:`close`."""
 
     __slots__ = ("status", "headers", "total_bytes", "_conn", "_chunks", "_buffered", "_waiter", "_exc", "_done",
-                 "_head_done", "_raw", "_head_bytes", "_got_bytes", "_interim", "_to_close", "_keep_alive",
+                 "_head_done", "_raw", "_raw_size", "_head_bytes", "_got_bytes", "_interim", "_to_close", "_keep_alive",
                  "_paused", "_high_water", "_drain_left", "_drain_timer")
 
     def __init__(self, conn: _Conn, high_water: int) -> None:
@@ -143,6 +147,7 @@ class Response:
         self._done = False  # the body ended
         self._head_done = False
         self._raw: list[tuple[bytes, bytes]] = []
+        self._raw_size = 0  # bytes of the headers in _raw, counted as on_headers_complete's limit counts them
         self._head_bytes = 0
         self._got_bytes = False
         self._interim = False  # parsing a 1xx interim answer
@@ -272,6 +277,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.expires_s = pool.keepalive_s
+        self.poller: select.poll | None = None  # for _readable
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -311,11 +317,13 @@ class _Conn(asyncio.Protocol):
         if resp is None or resp._done:  # an answer nobody asked for, in the same read as the last one's end
             raise TransportError("bytes after the end of the answer")
         resp._raw = []
+        resp._raw_size = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         resp = self.resp
         if resp is not None and not resp._head_done:  # after the head: chunked trailers, ignored
             resp._raw.append((name, value))
+            resp._raw_size += len(name) + len(value) + 4  # "name: value\r\n", as the check below counts
 
     def on_headers_complete(self) -> None:
         resp = self.resp
@@ -326,13 +334,14 @@ class _Conn(asyncio.Protocol):
             resp._interim = True  # 100 Continue / 103 Early Hints: the real answer follows
             return
         raw = resp._raw
-        if sum(len(name) + len(value) for name, value in raw) + 4 * len(raw) > self.pool.max_header_bytes:
+        if resp._raw_size > self.pool.max_header_bytes:
             # Headers that arrived in one read with their end (the check in data_received sees only heads
             # that span reads).
             raise TransportError(f"HTTP answer headers larger than {self.pool.max_header_bytes} bytes")
-        headers: CIMultiDict[str] = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in raw)
+        headers: CIMultiDict[str] = CIMultiDict([(name.decode("latin-1"), value.decode("latin-1"))
+                                                 for name, value in raw])
         resp._raw = []
+        resp._raw_size = 0
         encoding = headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("identity", ""):
             raise TransportError(f"the upstream sent Content-Encoding: {encoding}, which was not asked for")
@@ -505,7 +514,7 @@ class H1Transport:
             conn = idle.pop()  # LIFO: the most recently used is the least likely to have been closed
             if conn.closed:
                 continue
-            if now - conn.idle_since >= conn.expires_s or _readable(conn.transport):
+            if now - conn.idle_since >= conn.expires_s or _readable(conn):
                 conn.abort()  # expired, or the server's close (or stray bytes) is waiting on the socket
                 continue
             return conn
