@@ -55,8 +55,8 @@ LLM_PASS_THROUGH = frozenset({"/v1/messages", "/v1/messages/count_tokens", "/v1/
 @web.middleware
 async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Honour a sane incoming X-Request-Id, else mint one; echo it on every response."""
-    rid = request.headers.get("X-Request-Id", "")
-    if not _RID_OK.match(rid):
+    rid = request.headers.get("X-Request-Id")
+    if rid is None or not _RID_OK.match(rid):
         rid = os.urandom(16).hex()  # 32 hex digits, as uuid4().hex was, at a quarter of its cost
     request[REQUEST_ID] = rid
     token = request_id_var.set(rid)

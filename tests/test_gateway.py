@@ -31,6 +31,13 @@ async def test_request_id_is_propagated_from_the_client(gateway):
     assert (await resp.json())["request_id"] == "abc-123"
 
 
+@pytest.mark.parametrize("sent", [None, "", "has space", "x" * 129, "é"])
+async def test_a_missing_or_unsafe_request_id_is_replaced_by_a_minted_one(gateway, sent):
+    resp = await gateway.get("/livez", headers={} if sent is None else {"X-Request-Id": sent})
+    minted = resp.headers["X-Request-Id"]
+    assert minted != sent and len(minted) == 32 and int(minted, 16) >= 0
+
+
 async def test_retrieve_returns_chunks_with_text(gateway):
     resp = await gateway.post("/v1/retrieve", json={"query": "half-open trial calls", "top_k": 2})
     body = await resp.json()
