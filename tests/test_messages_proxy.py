@@ -8,6 +8,9 @@ import time
 import anthropic
 import pytest
 
+from gateway.errors import APIError
+from gateway.http_input import validate
+from gateway.routes.messages import MessagesRequest, requested_model
 from tests.conftest import anthropic_overrides, make_settings, state_of
 
 
@@ -89,6 +92,27 @@ async def test_missing_model_is_a_422_naming_the_field(proxy):
     client, _, _ = proxy
     resp = await client.post("/v1/messages", json={"max_tokens": 5, "messages": []})
     assert resp.status == 422 and (await resp.json())["error"]["field"] == "model"
+
+
+class _Str(str):
+    pass
+
+
+@pytest.mark.parametrize("body", [
+    {"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": []}, {"model": "x"}, {"model": "é"}, {"model": "\ud800"},
+    {"model": " "}, {"model": "m", "__dict__": 1, "model_config": 2, "_private": 3, "model_validate": 4},
+    {}, {"max_tokens": 5}, {"model": ""}, {"model": None}, {"model": 5}, {"model": 1.5}, {"model": True},
+    {"model": ["claude"]}, {"model": {"name": "claude"}}, {"model": b"claude"}, {"model": _Str("claude")},
+    [], ["model"], "claude", 5, None])
+def test_the_model_check_accepts_and_refuses_what_the_schema_does(body):
+    # requested_model skips pydantic for the bodies it surely accepts: it must agree with MessagesRequest on
+    # every body, returning the same model or raising the same 422 (type, message, field).
+    def outcome(check):
+        try:
+            return "ok", check(body)
+        except APIError as exc:
+            return exc.status, exc.text
+    assert outcome(requested_model) == outcome(lambda b: validate(MessagesRequest, b).model)
 
 
 async def test_the_request_deadline_bounds_the_first_token_not_a_healthy_stream(proxy):

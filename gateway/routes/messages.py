@@ -193,11 +193,22 @@ def _without_prefill(body: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def requested_model(body: Any) -> str:
+    """The body's ``model``, checked as :class:`MessagesRequest` checks it (the one field the gateway relies on;
+    the rest is relayed). Raises APIError 422 as :func:`validate` words it. A non-empty str is all the model
+    accepts, so that case skips pydantic (which copies every field of the body: ~1.2 µs of a request); ASCII
+    only, as pydantic refuses a lone surrogate (json.loads lets ``"\\ud800"`` through)."""
+    model = body.get("model") if type(body) is dict else None
+    if type(model) is str and model and model.isascii():
+        return model
+    return validate(MessagesRequest, body).model  # refuses it, naming the field as /openapi.json's schema
+
+
 async def messages(request: web.Request) -> web.StreamResponse:
     state: AppState = request.app[STATE]
     gw = request.app[GATEWAY]
     body, raw = await read_json_raw(request, gw.config.max_body_bytes)  # long prompts: llm.max_body_bytes
-    model = validate(MessagesRequest, body).model  # checks what the gateway relies on; the rest is relayed
+    model = requested_model(body)
     trace = MessagesTrace(requested_model=model)
     request[TRACE] = trace
     if body.get("stream") is not True:
