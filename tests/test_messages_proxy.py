@@ -7,6 +7,7 @@ import time
 
 import anthropic
 import pytest
+from multidict import CIMultiDict
 
 from gateway.errors import APIError
 from gateway.http_input import validate
@@ -92,6 +93,20 @@ async def test_missing_model_is_a_422_naming_the_field(proxy):
     client, _, _ = proxy
     resp = await client.post("/v1/messages", json={"max_tokens": 5, "messages": []})
     assert resp.status == 422 and (await resp.json())["error"]["field"] == "model"
+
+
+async def test_forwarded_headers_go_once_each_whatever_their_case(proxy):
+    # A client's "Anthropic-Version" is the version sent, not one line beside the default; repeated
+    # anthropic-beta lines go as one comma list; other client headers stay behind.
+    client, _, fake = proxy
+    headers = CIMultiDict([("Content-Type", "application/json"), ("Anthropic-Version", "2023-01-01"),
+                           ("anthropic-beta", "tools-1"), ("anthropic-beta", "cache-2"), ("X-Other", "z")])
+    resp = await client.post("/v1/messages", headers=headers, data=b'{"model": "claude-sonnet-4-6", '
+                             b'"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}')
+    assert resp.status == 200
+    sent = fake.requests[-1].headers
+    assert sent["anthropic-version"] == "2023-01-01" and sent["anthropic-beta"] == "tools-1, cache-2"
+    assert sent["content-type"] == "application/json" and "x-other" not in sent
 
 
 class _Str(str):
