@@ -12,6 +12,7 @@ import aiohttp
 import anthropic
 import pytest
 
+from resilience.watchdog import watchdog
 from tests.conftest import anthropic_overrides, make_settings, state_of
 
 MODEL = "claude-sonnet-4-6"
@@ -99,6 +100,39 @@ async def test_the_idle_limit_bounds_each_gap_not_the_stream(gateway_factory, da
     assert status == 200 and b"content_block_delta" in body and body.count(b"event: error") == 1
     assert b'"type": "timeout_error"' in body and b"message_stop" not in body
     assert 0.5 <= time.monotonic() - t0 < 10
+    await _no_limit_left_armed()
+
+
+async def _no_limit_left_armed() -> None:
+    """Every per-stream limit (header wait, idle gap, client, stream length) is disarmed once the relay ends;
+    the relay's finally runs just after the client read the last bytes, so give it a few loop turns."""
+    dog = watchdog()
+    for _ in range(200):
+        if not dog.live:
+            break
+        await asyncio.sleep(0.01)
+    assert not dog.live
+
+
+async def test_response_headers_that_never_come_are_bounded_by_the_idle_limit(gateway_factory, data_dir,
+                                                                              fake_anthropic):
+    """llm.idle_timeout_s 0.3 s also bounds the wait for a stream's response headers: a model that accepts
+    the request and says nothing fails over after ~0.3 s, not at the 10 s request deadline."""
+    fake_anthropic.set_model_faults(MODEL, hang=True)
+    client = await gateway_factory(make_settings(data_dir, **anthropic_overrides(
+        fake_anthropic, **{"llm.idle_timeout_s": 0.3})))
+    async with aiohttp.ClientSession() as http:
+        t0 = time.monotonic()
+        async with http.post(str(client.make_url("/v1/messages")), json={
+                "model": MODEL, "max_tokens": 64, "stream": True,
+                "messages": [{"role": "user", "content": "[1] Lava is hot. Why?"}]},
+                timeout=aiohttp.ClientTimeout(total=10)) as r:  # without the limit: 120 s (first_token_timeout_s)
+            body = await r.read()
+            elapsed = time.monotonic() - t0
+            assert r.status == 200 and r.headers["x-rag-mode"] == "fallback_model", (r.status, body[:300])
+    assert b"message_stop" in body and b'"model": "claude-haiku-4-5"' in body.replace(b'":"', b'": "')
+    assert 0.3 <= elapsed < 3
+    await _no_limit_left_armed()
 
 
 async def test_open_streams_leave_connections_for_everything_else(gateway_factory, data_dir, fake_anthropic):

@@ -53,6 +53,7 @@ from gateway.state import DEADLINE, REQUEST_ID, STARTED_RESPONSE, STATE, TRACE, 
 from gateway.tracing import outgoing_headers
 from gateway.upstreams.anthropic_http import AnthropicHTTP, OpenStream, UpstreamReply
 from resilience import Bulkhead, BulkheadFull, DependencyUnavailable, Reason
+from resilience.watchdog import Timeout, slack_for, watchdog
 
 log = logging.getLogger("rag_sidecar.messages")
 # Headers forwarded from the client (auth is handled separately), each once, under these names.
@@ -326,24 +327,27 @@ CLIENT_SHARE = 0.1  # a stream past llm.stream_max_s is the client's when its wa
 
 
 class ClientWatch:
-    """How long the relay waits for a client that does not read, with one timer per stream (like
-    :class:`~gateway.upstreams.anthropic_http.IdleWatch` upstream). :meth:`write` sends through it; when one
+    """How long the relay waits for a client that does not read, with one entry per stream on the loop's
+    :class:`~resilience.watchdog.Watchdog` (like :class:`~gateway.upstreams.anthropic_http.IdleWatch` upstream;
+    at most :func:`~resilience.watchdog.slack_for` late). :meth:`write` sends through it; when one
     write has waited ``limit_s`` for room in the client's socket the connection is aborted (a client that
     does not read cannot read an ``event: error`` either) and :attr:`fired` is set. :attr:`waited_s` is the
     time spent in writes that waited for the client (over :data:`BLOCKED_S`; a write that only copies bytes
     into the socket is our CPU, not the client's): the client's share of the stream's length. A write after
     the abort raises ConnectionResetError."""
 
-    __slots__ = ("_loop", "_limit_s", "_transport", "_handle", "since", "waited_s", "fired")
+    __slots__ = ("_dog", "_loop", "_limit_s", "_slack_s", "_transport", "since", "waited_s", "fired")
 
     def __init__(self, transport: asyncio.Transport | None, limit_s: float) -> None:
-        self._loop = asyncio.get_running_loop()
+        dog = self._dog = watchdog()
+        self._loop = dog.loop
         self._limit_s = limit_s
+        self._slack_s = slack_for(limit_s)
         self._transport = transport
         self.since: float | None = None  # when the write in progress started
         self.waited_s = 0.0
         self.fired = False
-        self._handle: asyncio.TimerHandle | None = self._loop.call_later(limit_s, self._check)
+        dog.arm_at(self, self._loop.time() + limit_s, self._slack_s)
 
     async def write(self, out: web.StreamResponse, data: bytes) -> None:
         await self._send(out.write(data), "the stream")
@@ -364,14 +368,12 @@ class ClientWatch:
         if self.fired:  # aborted while this send waited: aiohttp's drain returns quietly
             raise ConnectionResetError(f"the client did not read {what} (llm.client_idle_timeout_s)")
 
-    def _check(self) -> None:
+    def expire(self) -> None:
         now = self._loop.time()
         since = self.since
         if since is None or now - since < self._limit_s:
-            self._handle = self._loop.call_at(now + self._limit_s if since is None else since + self._limit_s,
-                                              self._check)
+            self._dog.arm_at(self, now + self._limit_s if since is None else since + self._limit_s, self._slack_s)
             return
-        self._handle = None
         self.abort()
 
     def abort(self) -> None:
@@ -385,9 +387,7 @@ class ClientWatch:
             self._transport.abort()
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._dog.disarm(self)
 
 
 class _CoalescedStreamResponse(web.StreamResponse):
@@ -425,7 +425,7 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
             await client.write(out, last)
             last = b""
             limit = gw.config.stream_max_s - (time.perf_counter() - trace.started)
-            timer = asyncio.timeout(max(limit, 0.0))
+            timer = Timeout(limit)
             try:
                 async with timer:
                     content = upstream.content

@@ -17,13 +17,12 @@ HTTP/1.1 client) or :mod:`gateway.upstreams.aiohttp_transport` (``aiohttp``); bo
 :class:`~gateway.upstreams.http1.TransportError` for a connection that fails or breaks.
 
 Timeouts (seconds): ``connect_s`` per connection; ``idle_s`` for a stream's response headers and then
-between two reads of its body (:class:`IdleWatch`: one timer per stream, not aiohttp's ``sock_read``, which
-cancels and schedules a timer on every TCP read); the wait for the first content and the whole stream are
+between two reads of its body (:class:`IdleWatch`: one watchdog entry per stream, not aiohttp's ``sock_read``,
+which cancels and schedules a timer on every TCP read); the wait for the first content and the whole stream are
 bounded by the caller (the guard's stage timeout and the route's stream limit).
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from orjson import loads as _loads
 from gateway.upstreams.httperrors import parse_retry_after
 from gateway.upstreams.transport import Body, Response, TransportError, TransportKind, make_transport
 from resilience.errors import UpstreamError
+from resilience.watchdog import Timeout, slack_for, watchdog
 
 CALLER_FAULT = frozenset({400, 404, 413, 422})
 RETRYABLE_4XX = frozenset({408, 409, 429})
@@ -255,34 +255,36 @@ class JsonAnswer:
 
 
 class IdleWatch:
-    """The idle limit of one stream body with a single timer. A read only stamps :attr:`last` (cheap);
-    the timer, when it fires before the gap is over, re-arms for the rest of it, and when the gap is
-    over fails the body's reader with the error aiohttp's ``sock_read`` raises (a ``TimeoutError``).
-    A healthy stream whose reads come more often than ``idle_s`` costs one timer in all.
+    """The idle limit of one stream body on the loop's :class:`~resilience.watchdog.Watchdog` (no timer of its
+    own). A read only stamps :attr:`last` (cheap); the watchdog, when it fires before the gap is over, re-arms
+    for the rest of it, and when the gap is over fails the body's reader with the error aiohttp's ``sock_read``
+    raises (a ``TimeoutError``), at most :func:`~resilience.watchdog.slack_for` late.
 
     The gap is the *upstream's*: bytes that arrived since the last read (``total_bytes`` moved) or that
     wait unread in the reader (a slow client holds our loop in ``write``, and the transport pauses the socket)
     restart it, so a client slower than ``idle_s`` is never reported as a stalled model.
 
-    ``armed=False`` starts the timer only at :meth:`arm` (timed from creation all the same): a reader whose
-    reads never wait, e.g. a stream that arrived with its headers, needs no timer at all."""
+    ``armed=False`` starts the limit only at :meth:`arm` (timed from creation all the same): a reader whose
+    reads never wait, e.g. a stream that arrived with its headers, needs no registration at all."""
 
-    __slots__ = ("_loop", "_idle_s", "_content", "_handle", "_read", "last")
+    __slots__ = ("_dog", "_idle_s", "_slack_s", "_content", "_armed", "_read", "last")
 
     def __init__(self, content: Body, idle_s: float, *, armed: bool = True) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._dog = watchdog()
         self._idle_s = idle_s
+        self._slack_s = slack_for(idle_s)
         self._content = content
         self._read = 0  # body bytes handed to us by readany() (made before the first read)
-        self.last = self._loop.time()
-        self._handle: asyncio.TimerHandle | None = None
+        self.last = self._dog.loop.time()
+        self._armed = False
         if armed:
             self.arm()
 
     def arm(self) -> None:
-        """Start the timer if it is not running; the gap counts from the last read (or creation)."""
-        if self._handle is None:
-            self._handle = self._loop.call_at(self.last + self._idle_s, self._check)
+        """Start the limit if it is not running; the gap counts from the last read (or creation)."""
+        if not self._armed:
+            self._armed = True
+            self._dog.arm_at(self, self.last + self._idle_s, self._slack_s)
 
     @property
     def unread(self) -> bool:
@@ -292,24 +294,24 @@ class IdleWatch:
     def touch(self, n: int) -> None:
         """``n`` bytes were read: the gap starts again."""
         self._read += n
-        self.last = self._loop.time()
+        self.last = self._dog.loop.time()
 
-    def _check(self) -> None:
-        now = self._loop.time()
+    def expire(self) -> None:
+        now = self._dog.loop.time()
         if self._content.total_bytes > self._read:  # arrived and not read yet: we are slow, not the model
             self.last = now
         due = self.last + self._idle_s
         if now < due:
-            self._handle = self._loop.call_at(due, self._check)
+            self._dog.arm_at(self, due, self._slack_s)
             return
-        self._handle = None
+        self._armed = False
         self._content.set_exception(TimeoutError(
             f"no data from the LLM stream for {self._idle_s:g} s (llm.idle_timeout_s)"))
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self._armed:
+            self._armed = False
+            self._dog.disarm(self)
 
 
 @dataclass
@@ -345,7 +347,7 @@ class AnthropicHTTP:
                     header_timeout_s: float | None, client_key: bool) -> Response:
         try:
             if header_timeout_s:
-                async with asyncio.timeout(header_timeout_s):
+                async with Timeout(header_timeout_s):
                     resp: Response = await self.transport.request(method, url, payload, headers)
             else:
                 resp = await self.transport.request(method, url, payload, headers)
@@ -355,7 +357,7 @@ class AnthropicHTTP:
             raise UpstreamError(f"connection to the LLM failed: {exc}", status=None) from exc
         if resp.status >= 400:
             try:
-                async with asyncio.timeout(header_timeout_s):  # an error body that stalls is bounded too
+                async with Timeout(header_timeout_s):  # an error body that stalls is bounded too
                     body = await resp.read()
             except (TransportError, TimeoutError):
                 body = b""
