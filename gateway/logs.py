@@ -193,10 +193,14 @@ def _level_name(levelno: int) -> str:
 
 class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The gateway's JSON handler (:func:`setup_logging`). Besides records it takes the access log's lines
-    built without a LogRecord (:func:`log_event`); those made in one event-loop tick are written together
-    at the end of that tick (``call_soon``), never held longer: a ``kill -9`` loses at most the current
-    tick's lines, and a normal exit writes them (``logging.shutdown`` flushes every handler). A record
-    emitted meanwhile first writes the waiting lines, so the stream keeps the order of the calls."""
+    built without a LogRecord (:func:`log_event`); those are written together at the end of the event-loop
+    tick that made them (``call_soon``), or, when the last such write was less than ``window_s`` ago, at
+    ``window_s`` after it (``call_at``): under load one write per ``window_s`` instead of one per tick, and
+    no line waits longer than that. A ``kill -9`` loses at most those lines (Envoy's access log buffers 1 s
+    by default); a normal exit writes them (``logging.shutdown`` flushes every handler). A record emitted
+    meanwhile first writes the waiting lines, so the stream keeps the order of the calls."""
+
+    window_s = 0.001
 
     def __init__(self, stream: Any, formatter: "JsonFormatter") -> None:
         super().__init__(stream)
@@ -204,6 +208,7 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.json = formatter
         self._pending: list[str] = []
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # where the end-of-tick write is due
+        self._written_at = float("-inf")  # loop.time() of the last end-of-tick write
 
     def write_fields(self, name: str, levelno: int, msg: str, fields: dict[str, Any]) -> None:
         """Write the line of ``logging.getLogger(name).log(levelno, msg, extra=fields)``."""
@@ -221,7 +226,11 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 return
             # Per loop: a loop closed before its end-of-tick write ran must not stop the next one's.
             if self._flush_loop is not loop:
-                loop.call_soon(self._end_of_tick, loop)
+                due = self._written_at + self.window_s
+                if loop.time() < due:
+                    loop.call_at(due, self._end_of_tick, loop)
+                else:  # idle: at the end of this tick
+                    loop.call_soon(self._end_of_tick, loop)
                 self._flush_loop = loop
 
     def _end_of_tick(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -229,6 +238,7 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
             if self._flush_loop is loop:
                 self._flush_loop = None
             self._write_pending()
+            self._written_at = loop.time()
 
     def _write_pending(self) -> None:
         """Write the waiting lines in one call (the caller holds the lock)."""

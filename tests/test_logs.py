@@ -253,6 +253,56 @@ async def test_lines_of_one_tick_go_out_in_one_write_in_order_and_a_flush_loses_
         logger.propagate, logger.level = True, logging.NOTSET
 
 
+class _TimedWrites(io.StringIO):
+    """Remembers the loop time of each write and wakes a waiter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+        self.wrote = asyncio.Event()
+
+    def write(self, text: str) -> int:
+        self.times.append(asyncio.get_running_loop().time())
+        self.wrote.set()
+        return super().write(text)
+
+
+async def test_lines_of_busy_ticks_share_a_write_held_no_longer_than_the_window():
+    """After a write, lines of the next ticks wait for window_s after it (one write for many ticks under
+    load), never longer; a record logged meanwhile writes them first; nothing is lost or reordered."""
+    from gateway.logs import JsonFormatter, JsonLinesHandler, log_event
+
+    stream = _TimedWrites()
+    handler = JsonLinesHandler(stream, JsonFormatter())
+    handler.window_s = 0.05
+    logger = logging.getLogger("rag_sidecar.test_window")
+    logger.addHandler(handler)
+    logger.propagate, logger.level = False, logging.INFO
+    loop = asyncio.get_running_loop()
+    try:
+        log_event(logger, logging.INFO, "request", {"event": "request", "n": 0})
+        await asyncio.sleep(0)  # idle before: written at the end of its tick
+        assert len(stream.times) == 1
+        stream.wrote.clear()
+        made = loop.time()
+        for n in range(1, 6):  # five busy ticks within the window: held, then one write
+            log_event(logger, logging.INFO, "request", {"event": "request", "n": n})
+            await asyncio.sleep(0)
+        assert len(stream.times) == 1
+        await asyncio.wait_for(stream.wrote.wait(), timeout=5)
+        assert len(stream.times) == 2 and stream.times[1] - stream.times[0] >= handler.window_s
+        assert stream.times[1] - made <= handler.window_s + 0.04  # not held past the window (+ loop slack)
+        log_event(logger, logging.INFO, "request", {"event": "request", "n": 6})  # held again...
+        logger.warning("a record meanwhile")  # ...until this record writes it first
+        log_event(logger, logging.INFO, "request", {"event": "request", "n": 7})
+        handler.flush()  # logging.shutdown at exit
+        got = [json.loads(x) for x in stream.getvalue().splitlines()]
+        assert [r.get("n", r["msg"]) for r in got] == [0, 1, 2, 3, 4, 5, 6, "a record meanwhile", 7]
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate, logger.level = True, logging.NOTSET
+
+
 async def test_a_serving_process_writes_every_access_line_before_it_exits(data_dir, tmp_path):
     """A real `serve` (the gateway's handler alone, so the fast path): concurrent requests each get their
     line with their request id, redacted, and the last ones are written before a SIGTERM'd exit."""
