@@ -90,7 +90,10 @@ class Watchdog:
                                                   "exception": exc, "entry": item})
 
 
-_BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Watchdog] = weakref.WeakKeyDictionary()
+# By id(loop), holding the watchdogs weakly: a Watchdog holds its loop, so a WeakKeyDictionary (value -> key) would
+# keep every loop that ever used one alive. A watchdog lives while something uses it (an armed entry's timer
+# handle, an IdleWatch/ClientWatch/Timeout, _last); an id cannot be reused while its loop (held by the dog) lives.
+_BY_LOOP: weakref.WeakValueDictionary[int, Watchdog] = weakref.WeakValueDictionary()
 _last: Watchdog | None = None  # the last loop's, checked first (one loop per process is the common case)
 
 
@@ -101,9 +104,9 @@ def watchdog() -> Watchdog:
     dog = _last
     if dog is not None and dog.loop is loop:
         return dog
-    dog = _BY_LOOP.get(loop)
-    if dog is None:
-        dog = _BY_LOOP[loop] = Watchdog(loop)
+    dog = _BY_LOOP.get(id(loop))
+    if dog is None or dog.loop is not loop:
+        dog = _BY_LOOP[id(loop)] = Watchdog(loop)
     _last = dog
     return dog
 

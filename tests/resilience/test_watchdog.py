@@ -150,3 +150,22 @@ async def test_a_cancel_that_was_not_ours_stays_a_cancel():
 
     with pytest.raises(asyncio.CancelledError):
         await asyncio.create_task(inner_cancelled_first())
+
+
+def test_a_closed_loop_is_not_kept_alive_by_its_watchdog():
+    """The suite runs a loop per test: a registry that held every loop that ever used a watchdog (a
+    WeakKeyDictionary whose values hold their keys) kept each one alive, with whatever was still armed on it."""
+    import gc
+    import weakref
+
+    refs = []
+
+    async def use():
+        refs.append(weakref.ref(asyncio.get_running_loop()))
+        async with Timeout(5.0):
+            await asyncio.sleep(0)
+
+    for _ in range(3):
+        asyncio.run(use())
+    gc.collect()
+    assert sum(r() is not None for r in refs) <= 1  # at most the last loop's (watchdog._last)
