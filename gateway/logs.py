@@ -362,6 +362,7 @@ def setup_logging(level: str = "INFO", fmt: str = "json", stream: Any = None,
     for h in list(root.handlers):
         if getattr(h, "_rag_sidecar", False):
             root.removeHandler(h)
+            h.flush()  # lines still held for the write window go out, not away with the handler
     handler._rag_sidecar = True  # type: ignore[attr-defined,union-attr]
     root.addHandler(handler)
     root.setLevel(level)

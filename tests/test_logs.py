@@ -329,6 +329,24 @@ async def test_a_serving_process_writes_every_access_line_before_it_exits(data_d
     assert ANTHROPIC_KEY[len("sk-ant-"):] not in gw.log_path.read_text()
 
 
+async def test_lines_held_for_the_write_window_survive_a_new_setup_logging():
+    """setup_logging replaces its handler (create_app does it): a line held for the write window (made
+    within window_s of the last write) is written to the old stream, not dropped with the old handler."""
+    from gateway.logs import log_event
+    from gateway.middleware import log as access
+
+    first, second = io.StringIO(), io.StringIO()
+    with only_the_gateway_handler(first) as handler:
+        handler.window_s = 60.0  # whatever comes after the first write waits for the window
+        log_event(access, logging.INFO, "request", {"event": "request", "n": 1})
+        await asyncio.sleep(0)  # written at the end of its tick
+        log_event(access, logging.INFO, "request", {"event": "request", "n": 2})
+        await asyncio.sleep(0)  # held for the window
+        assert [json.loads(x)["n"] for x in first.getvalue().splitlines()] == [1]
+        setup_logging("INFO", "json", stream=second)
+        assert [json.loads(x)["n"] for x in first.getvalue().splitlines()] == [1, 2]
+
+
 def test_a_loop_closed_before_its_end_of_tick_write_does_not_hold_later_lines():
     """A loop stopped and closed with the end-of-tick write still queued: the next loop's line schedules
     its own write, which takes the orphaned line along (nothing waits for a flush at exit)."""
