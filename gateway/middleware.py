@@ -187,10 +187,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(exc.status, type_, exc.reason, headers=headers)
     except Exception as exc:  # noqa: BLE001 - last line of defence; logged with the stack, client gets no internals
         started = request.get(STARTED_RESPONSE)
-        if isinstance(exc, ConnectionError) and (request.transport is None or request.transport.is_closing()):
-            # A write to a client that went away (aiohttp's ClientConnectionResetError): the client's end, a
-            # 499 like a cancelled handler, not an error with a stack trace for anyone to chase. Whatever is
-            # returned cannot reach it (aiohttp ignores that write failing).
+        if isinstance(exc, ConnectionResetError) and (request.transport is None or request.transport.is_closing()):
+            # A write to a client that went away (aiohttp's ClientConnectionResetError, a ConnectionResetError):
+            # the client's end, a 499 like a cancelled handler, not an error with a stack trace for anyone to
+            # chase. Whatever is returned cannot reach it (aiohttp ignores that write failing). Only a reset:
+            # another ConnectionError (a refused connect of ours) stays a 500 even when the client has left.
             request[CLIENT_GONE] = True
             return started if started is not None else web.Response(status=499)
         errlog.exception("unhandled error", extra={"event": "unhandled_error", "path": request.path})

@@ -282,3 +282,48 @@ async def test_a_client_gone_before_the_first_byte_is_client_gone_not_an_error(d
     finally:
         fake_anthropic.clear_faults()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("client_left", [False, True], ids=["client_there", "client_left"])
+async def test_a_connection_error_of_ours_stays_a_500_even_when_the_client_left(data_dir, caplog, client_left):
+    """Only a reset of the client's own connection is its 499: a ConnectionError of ours (a refused connect
+    to something unguarded) is an unhandled error, logged with its stack, also when the client has gone."""
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    caplog.set_level(logging.INFO)
+    app = create_app(make_settings(data_dir), configure_logging=False)
+
+    async def boom(request: web.Request) -> web.StreamResponse:
+        for _ in range(200):  # bounded: until the client's hang-up is seen (<= 10 s)
+            if not client_left or request.transport is None or request.transport.is_closing():
+                break
+            await asyncio.sleep(0.05)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    app.router.add_get("/v1/boom", boom)
+    runner = web.AppRunner(app, handler_cancellation=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", runner.addresses[0][1]))
+        await loop.sock_sendall(sock, b"GET /v1/boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        if client_left:
+            sock.close()
+        else:
+            assert (await asyncio.wait_for(_read(sock), 10)).startswith(b"HTTP/1.1 500")
+            sock.close()
+        for _ in range(200):  # bounded: until the access line is written (<= 10 s)
+            if any(getattr(r, "route", None) == "/v1/boom" for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await runner.cleanup()
+    line = next(r for r in caplog.records if getattr(r, "route", None) == "/v1/boom")
+    assert line.status == 500
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == ["unhandled error"]
