@@ -171,3 +171,24 @@ async def test_a_clients_bad_key_is_relayed_and_trips_nothing(gateway_factory, d
         assert ok.status == 200
     finally:
         await fake.stop()
+
+
+def test_repeated_header_lines_go_upstream_as_one_value_each(data_dir):
+    """Raw duplicate lines (what an HTTP client library would merge before sending): list headers join, a
+    single-value header keeps one value (a joined "2023-06-01, 2023-06-01" is no version)."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from gateway.app import create_app
+    from gateway.routes.messages import GATEWAY
+    from gateway.state import REQUEST_ID
+
+    app = create_app(make_settings(data_dir), configure_logging=False)
+    gw = app[GATEWAY]
+    request = make_mocked_request("POST", "/v1/messages", app=app, headers=CIMultiDict([
+        ("Content-Type", "application/json"), ("content-type", "application/json"),
+        ("Anthropic-Version", "2023-06-01"), ("anthropic-version", "2023-06-01"),
+        ("anthropic-beta", "tools-1"), ("Anthropic-Beta", "cache-2")]))
+    request[REQUEST_ID] = "r1"
+    headers, _ = gw.upstream_headers(request, gw.router.target("claude-sonnet-4-6"))
+    assert headers["anthropic-version"] == "2023-06-01" and headers["content-type"] == "application/json"
+    assert headers["anthropic-beta"] == "tools-1, cache-2"

@@ -58,6 +58,7 @@ from resilience.watchdog import Timeout, slack_for, watchdog
 log = logging.getLogger("rag_sidecar.messages")
 # Headers forwarded from the client (auth is handled separately), each once, under these names.
 _FORWARD = ("anthropic-version", "anthropic-beta", "content-type", "accept")
+_LIST_HEADERS = frozenset({"anthropic-beta", "accept"})  # comma lists: repeated lines join (RFC 9110 5.3)
 _HOP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"})
 
 
@@ -126,14 +127,16 @@ class MessagesGateway:
     def upstream_headers(self, request: web.Request, target: Target) -> tuple[dict[str, str], bool]:
         """Headers for ``target`` and whether the credentials are the client's own."""
         # Looked up by name (~0.4 µs), not by walking every request header (~1.7 µs for an SDK's 17). One line
-        # per name whatever case or how often the client sent it: repeated lines joined by ", " (RFC 9110
-        # 5.3; anthropic-beta takes a comma list), so an "Anthropic-Version" never rides beside the default.
+        # per name whatever case or how often the client sent it, so an "Anthropic-Version" never rides beside
+        # the default: repeated list headers (anthropic-beta, accept) joined by ", " (RFC 9110 5.3), of a
+        # single-value one (anthropic-version, content-type) the last line (a joined "2023-06-01, 2023-06-01"
+        # is no version).
         incoming = request.headers
         headers: dict[str, str] = {}
         for name in _FORWARD:
             values = incoming.getall(name, None)
             if values is not None:
-                headers[name] = values[0] if len(values) == 1 else ", ".join(values)
+                headers[name] = values[-1] if len(values) == 1 or name not in _LIST_HEADERS else ", ".join(values)
         headers.setdefault("anthropic-version", "2023-06-01")
         headers["X-Request-Id"] = request[REQUEST_ID]
         headers.update(outgoing_headers())  # the request span's traceparent (the client's own is not forwarded)
