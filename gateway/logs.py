@@ -14,7 +14,8 @@ import re
 import sys
 import time
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
-from typing import Any, Iterable
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
 
 from gateway.tracing import current_ids, log_fields, service_fields
 
@@ -78,7 +79,8 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self, static: dict[str, str] | None = None) -> None:
         super().__init__()
-        self.static = dict(static or {})
+        # Read-only: the fast path's cached heads and reserved keys are computed from it once, here.
+        self.static: Mapping[str, str] = MappingProxyType(dict(static or {}))
         # One encoder for every line (json.dumps with options builds a new one per call).
         self._encode = json.JSONEncoder(default=str, ensure_ascii=False).encode
         self._second: tuple[int, str] = (-1, "")

@@ -63,6 +63,8 @@ class _Attempt:
         self.expired = False
 
     def expire(self) -> None:
+        """Cancel the attempt now, as ``asyncio.timeout``'s own expiry does: an answer that lands in the same
+        loop iteration as the limit loses (``asyncio.Timeout.reschedule`` gave it one more iteration)."""
         self.expired = True
         self.task.cancel()
 
