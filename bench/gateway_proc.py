@@ -21,12 +21,14 @@ from bench.child import emit, stop_event
 
 
 async def main(overrides: dict, ready_timeout_s: float) -> int:
+    from gateway import heap
     from gateway.app import create_app
     from gateway.config import load_settings
     from gateway.state import STATE
 
     stop = stop_event()
     settings = load_settings(None, env={}, overrides=overrides)
+    heap.enable(settings.server.gc_freeze)  # as `rag-sidecar serve` does
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

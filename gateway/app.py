@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from gateway import connguard, openapi
+from gateway import connguard, heap, openapi
 from gateway.config import Settings
 from gateway.cors import setup_cors
 from gateway.jobs import routes as jobs
@@ -184,6 +184,7 @@ async def _load_kb(state: AppState) -> None:
     if not store.serves_kb_versions and state.kb is None:
         # A Weaviate collection we did not ingest (or whose local versions are all damaged): serve it;
         # the keyword fallback is missing (labelled).
+        heap.settle("started")  # what start-up built stays out of full collections (server.gc_freeze)
         state.ready.set()
         state.startup_stage = "ready (no local KB version: keyword fallback unavailable)"
     state.settled.set()

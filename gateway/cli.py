@@ -26,6 +26,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 # ---- commands -------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway import heap
     from gateway.app import create_app
     from gateway.shutdown import serve
     from gateway.workers import WorkerContext, supervise
@@ -38,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         setup_logging(settings.logging.level, settings.logging.format, service=resource_fields(settings.telemetry))
         return supervise(count=args.workers, host=settings.server.host, port=settings.server.port,
                          config=args.config, grace_s=settings.server.shutdown_grace_s)
+    heap.enable(settings.server.gc_freeze)
     app = create_app(settings)
     if worker is not None:
         worker.attach(app)

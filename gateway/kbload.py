@@ -12,7 +12,7 @@ import logging
 import time
 from functools import partial
 
-from gateway import progressive
+from gateway import heap, progressive
 from gateway.kb import KBError, KBVersion, is_fast_phase
 from gateway.retrieval import check_fast_set, check_vectors_model
 from gateway.state import AppState
@@ -52,8 +52,11 @@ def swap_in(state: AppState, kb: KBVersion | None) -> None:
                 state.store.load(kb.version, kb.path, kb.chunks, kb.vectors_fast, tier="fast")
             else:
                 state.store.load(kb.version, kb.path, kb.chunks, kb.vectors)
-    previous = state.kb.version if state.kb else None
+    old = state.kb
+    previous = old.version if old else None
     state.kb, state.kb_error = kb, None
+    if old is not kb:  # before ready: start-up traffic never meets the pause (server.gc_freeze)
+        heap.settle("kb_loaded" if old is None else "kb_swap")
     state.telemetry.kb_state(kb.version, len(kb.chunks), time.time() - kb.created_at,
                              evaluation=kb.manifest.get("evaluation"))
     state.ready.set()
@@ -85,6 +88,7 @@ async def _run_upgrades(state: AppState) -> None:
         kb = state.kb
         embedder = state.embedder
         if kb is None or embedder is None or kb.vectors_tier != "fast":
+            kb = embedder = None  # not held across the wait: a version swapped out meanwhile is freed at once
             await asyncio.sleep(progressive.POLL_S)
             continue
         status = state.upgrade
