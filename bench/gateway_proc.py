@@ -28,7 +28,7 @@ async def main(overrides: dict, ready_timeout_s: float) -> int:
 
     stop = stop_event()
     settings = load_settings(None, env={}, overrides=overrides)
-    heap.enable(settings.server.gc_freeze)  # as `rag-sidecar serve` does
+    heap.enable(settings.server.gc_freeze, settings.server.gc_gen0_threshold)  # as `rag-sidecar serve` does
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         setup_logging(settings.logging.level, settings.logging.format, service=resource_fields(settings.telemetry))
         return supervise(count=args.workers, host=settings.server.host, port=settings.server.port,
                          config=args.config, grace_s=settings.server.shutdown_grace_s)
-    heap.enable(settings.server.gc_freeze)
+    heap.enable(settings.server.gc_freeze, settings.server.gc_gen0_threshold)
     app = create_app(settings)
     if worker is not None:
         worker.attach(app)

@@ -52,6 +52,10 @@ class ServerConfig(_Section):
         "once the KB is loaded (and after each KB swap) collect once and move what survives out of the garbage "
         "collector's full passes (gc.freeze): on the sample KB those cost ~125 ms every few seconds under load; "
         "applies to `rag-sidecar serve`, not to an app embedded in another process"))
+    gc_gen0_threshold: int = Field(7000, ge=100, description=(
+        "collect the young generation once this many more container objects are alive than at the last "
+        "collection (CPython's default 700 is less than 32 requests in flight hold, so under load it collected "
+        "every few requests); `rag-sidecar serve` only"))
     cors_origins: list[str] = Field(default_factory=list, description=(
         "browser origins (https://chat.example.com) allowed to call /v1/* (CORS, no credentials); empty = none"))
 

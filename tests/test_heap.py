@@ -99,3 +99,4 @@ async def test_rag_sidecar_serve_freezes_its_heap_once_settled(data_dir: Path, t
         gw.stop()
     assert [r["reason"] for r in frozen] == ["kb_loaded"]
     assert frozen[0]["objects"] > 10_000 and frozen[0]["pause_ms"] > 0
+    assert frozen[0]["gen0_threshold"] == 7000  # server.gc_gen0_threshold's default is in force
