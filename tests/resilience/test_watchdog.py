@@ -89,6 +89,96 @@ async def test_one_failing_entry_does_not_keep_the_others_from_firing():
     assert [type(e) for e in errors] == [RuntimeError]
 
 
+class Exact:
+    """An exact limit (no slack) on ``dog``, due at loop time ``due``; records when it fired."""
+
+    def __init__(self, dog: Watchdog, due: float) -> None:
+        self.dog, self.due = dog, due
+        self.fired_at: float | None = None
+        self.done = asyncio.Event()
+        dog.arm_exact(self, due)
+
+    def expire(self) -> None:
+        self.fired_at = self.dog.loop.time()
+        self.done.set()
+
+
+async def test_exact_limits_fire_when_a_plain_timer_would_not_within_a_slack():
+    """The guard's attempt limits: a limit of 0.4 s may fire 40 ms late with slack, never as an exact one. Each
+    is compared with a ``call_at`` handle for the same time (which loop latency delays just as much)."""
+    dog = watchdog()
+    loop = dog.loop
+    coarse = Probe(dog, 2.0)  # armed first, for 2.2 s: each exact limit must pull the timer earlier
+    t0 = loop.time()
+    plain: dict[float, float] = {}
+    exact = []
+    for d in (0.6, 0.4, 0.5):
+        exact.append(Exact(dog, t0 + d))
+        loop.call_at(t0 + d, lambda d=d: plain.setdefault(d, loop.time()))
+    await asyncio.wait_for(asyncio.gather(*(e.done.wait() for e in exact)), 5)
+    for d, e in zip((0.6, 0.4, 0.5), exact):
+        assert e.fired_at is not None and e.fired_at >= e.due  # never early
+        assert e.fired_at - plain[d] < 0.02  # not late (slack would be 40-60 ms)
+    assert not dog.exact and coarse.fired_at is None and dog.armed == coarse.latest
+    dog.disarm(coarse)
+
+
+async def test_a_disarmed_exact_limit_never_fires_and_leaves_nothing_behind():
+    dog = watchdog()
+    loop = dog.loop
+    gone = Exact(dog, loop.time() + 0.02)
+    kept = Exact(dog, loop.time() + 0.05)
+    dog.disarm(gone)
+    await asyncio.wait_for(kept.done.wait(), 5)
+    assert gone.fired_at is None and not dog.exact
+    for _ in range(1000):  # one per guarded attempt
+        dog.disarm(Exact(dog, loop.time() + 30.0))
+    assert not dog.exact
+    dog._tick()  # the 30 s tick finds nothing and stops
+    assert dog._handle is None and dog.armed == float("inf")
+
+
+class CountingWatchdog(Watchdog):
+    __slots__ = ("idle_ticks",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.idle_ticks = 0
+
+    def _tick(self) -> None:
+        armed = len(self.exact)
+        super()._tick()
+        self.idle_ticks += len(self.exact) == armed  # it ran before anything was due
+
+
+def test_on_a_coarse_clock_an_exact_limit_is_neither_early_nor_ticked_for_early():
+    """asyncio runs a timer up to the clock's resolution early (``BaseEventLoop._run_once``: ``when <
+    time() + _clock_resolution``; 15.6 ms on Windows, 50 ms here): that must not fire an exact limit early,
+    nor tick the watchdog before anything is due (re-armed for the same time, such a tick runs again at once
+    until the clock moves on)."""
+    loop = asyncio.new_event_loop()
+    loop._clock_resolution = 0.05  # type: ignore[attr-defined]  # what BaseEventLoop reads from the clock's info
+
+    async def main() -> tuple[CountingWatchdog, list[Exact]]:
+        dog = CountingWatchdog(loop)
+        t0 = loop.time()
+        limits = [Exact(dog, t0 + 0.1), Exact(dog, t0 + 0.16)]
+        # The loop is awake 30 ms before the first limit, and (a timer runs up to 50 ms early, so not before
+        # 0.12) 25 ms after it, 35 ms before the second.
+        loop.call_at(t0 + 0.07, lambda: None)
+        loop.call_at(t0 + 0.125, lambda: None)
+        await asyncio.wait_for(asyncio.gather(*(e.done.wait() for e in limits)), 5)
+        return dog, limits
+
+    try:
+        dog, limits = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    for e in limits:
+        assert e.fired_at is not None and e.due <= e.fired_at < e.due + 0.05 + 0.03  # late by the resolution at most
+    assert dog.idle_ticks == 0 and not dog.exact
+
+
 async def test_timeout_raises_timeout_error_not_before_its_limit():
     loop = asyncio.get_running_loop()
     t0 = loop.time()
