@@ -40,6 +40,7 @@ from resilience.observer import GuardObserver, SafeObserver
 from resilience.priority import PriorityBulkhead
 from resilience.retry import RetryPolicy, Sleep
 from resilience.shared import SharedBreakerState
+from resilience.watchdog import TaskLimit, Watchdog, watchdog
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -47,31 +48,22 @@ Clock = Callable[[], float]
 
 # A timeout counts against the dependency only if it had (all but this share of) its own limit.
 _OWN_LIMIT_SLACK = 0.01
-_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution  # asyncio's loop clock
 
 
-class _Attempt:
-    """One running attempt: the time ``op()`` spent queued in our own queues (:func:`note_queued`) and its
-    timeout, timed by the guard's :class:`_AttemptLimits` the way ``asyncio.timeout_at`` would."""
+class _Attempt(TaskLimit):
+    """One running attempt: its timeout, an exact entry (zero slack) on the loop's watchdog that cancels the
+    attempt's task the way ``asyncio.timeout_at`` would, and the time ``op()`` spent queued in our own queues
+    (:func:`note_queued`). An attempt that ends in time, as nearly all do, costs two dict operations instead of
+    a timer handle pushed on the loop's heap and cancelled (~3 of the ~12 µs of a healthy ``Guard.call``)."""
 
-    __slots__ = ("seconds", "task", "cancelling", "expired")
+    __slots__ = ("seconds",)
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.seconds = 0.0
+        # TaskLimit.__init__ inlined: the super() call cost ~130 ns on every attempt (timeit).
         self.task = task
-        self.cancelling = task.cancelling()  # cancel requests that were not ours (asyncio.Timeout's rule)
-        self.expired = False
-
-    def expire(self) -> None:
-        """Cancel the attempt now, as ``asyncio.timeout``'s own expiry does: an answer that lands in the same
-        loop iteration as the limit loses (``asyncio.Timeout.reschedule`` gave it one more iteration)."""
-        self.expired = True
-        self.task.cancel()
-
-    def timed_out(self, exc: BaseException) -> bool:
-        """After ``op()`` ended with ``exc``: whether our expiry (and no other cancel request) ended it.
-        Like ``asyncio.Timeout.__aexit__``, withdraws our cancel request whenever it was made."""
-        return self.expired and self.task.uncancel() <= self.cancelling and type(exc) is asyncio.CancelledError
+        self.cancelling = task.cancelling()
+        self.fired = False
+        self.seconds = 0.0
 
 
 _QUEUED: ContextVar[_Attempt | None] = ContextVar("rag_guard_queued", default=None)
@@ -88,48 +80,6 @@ def note_queued(seconds: float) -> None:
 
 def _loop_clock_is_monotonic(loop: asyncio.AbstractEventLoop) -> bool:
     return type(loop).time is asyncio.BaseEventLoop.time  # which returns time.monotonic()
-
-
-class _AttemptLimits:
-    """The attempt timeouts of one guard on one event loop with one timer, armed for the earliest limit: an
-    attempt that ends in time, as nearly all do, costs two dict operations instead of a timer handle pushed
-    on the loop's heap and cancelled (~3 of the ~12 µs of a healthy ``Guard.call``). When the timer fires,
-    each attempt past its limit is cancelled and ends in ``TimeoutError`` (:meth:`_Attempt.expire`, as
-    ``asyncio.timeout_at`` would); the rest re-arm it.
-
-    ``same_clock``: the guard's clock is ``time.monotonic`` and so is this loop's, so one reading serves
-    both (the guard reads its clock once per healthy call instead of five times)."""
-
-    __slots__ = ("loop", "same_clock", "live", "_handle", "armed")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
-        self.loop = loop
-        self.same_clock = clock is time.monotonic and _loop_clock_is_monotonic(loop)
-        # Attempts in flight and when each must end; Guard._attempt adds and removes its own (and
-        # calls arm() for a limit earlier than the armed one) inline.
-        self.live: dict[_Attempt, float] = {}
-        self._handle: asyncio.TimerHandle | None = None
-        self.armed = float("inf")
-
-    def arm(self, when: float) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self._handle = self.loop.call_at(when, self._fire)
-        self.armed = when
-
-    def _fire(self) -> None:
-        self._handle = None
-        self.armed = float("inf")
-        due = self.loop.time() + _CLOCK_RESOLUTION  # what call_at itself treats as due
-        nearest = float("inf")
-        for attempt, when in list(self.live.items()):
-            if when <= due:
-                del self.live[attempt]
-                attempt.expire()
-            elif when < nearest:
-                nearest = when
-        if nearest != float("inf"):
-            self.arm(nearest)
 
 
 class _AttemptFailed(Exception):
@@ -185,7 +135,10 @@ class Guard:
                                          max_queue=b.max_queue, name=name)
         self.retry = RetryPolicy(self.config.retry, clock=clock, sleep=sleep, random=random)
         self._on_call = on_call
-        self._limits: _AttemptLimits | None = None
+        self._dog: Watchdog | None = None  # the running loop's, for the attempt limits
+        # The guard's clock is time.monotonic and so is the loop's: one reading serves both (the guard reads its
+        # clock once per healthy call instead of five times).
+        self._same_clock = False
         self.stats: dict[str, Any] = {"calls": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "attempts": 0,
                                       "retries": 0, "short_circuits": 0, "shed": 0, "failures_by_reason": {}}
 
@@ -202,11 +155,12 @@ class Guard:
         if self._on_call is not None:
             self._on_call()
         loop = asyncio.get_running_loop()
-        limits = self._limits
-        if limits is None or limits.loop is not loop:
-            limits = self._limits = _AttemptLimits(loop, self._clock)
+        dog = self._dog
+        if dog is None or dog.loop is not loop:
+            dog = self._dog = watchdog()
+            self._same_clock = self._clock is time.monotonic and _loop_clock_is_monotonic(loop)
         now = loop.time()
-        same_clock = limits.same_clock
+        same_clock = self._same_clock
         start = now if same_clock else self._clock()
         self.stats["calls"] += 1
         self.retry.budget.record_call(start)  # the budget counts on this guard's clock
@@ -241,7 +195,7 @@ class Guard:
                 raise self._fail(Reason.TIMEOUT, start, attempts,
                                  detail=f"{max(left, 0.0):.3f}s left, an attempt needs {min_attempt:.3f}s")
             try:
-                return await self._attempt(op, limits, now, own_limit_s=cap if cap <= stage_left else stage_left,
+                return await self._attempt(op, dog, now, own_limit_s=cap if cap <= stage_left else stage_left,
                                            caller_left_s=caller_left, min_attempt_s=min_attempt, start=start,
                                            attempts=attempts)
             except _AttemptFailed as failed:
@@ -258,10 +212,10 @@ class Guard:
             if decision.delay_s > 0:
                 await self.retry.sleep(decision.delay_s)
 
-    async def _attempt(self, op: Callable[[], Awaitable[T]], limits: _AttemptLimits, now: float, *,
+    async def _attempt(self, op: Callable[[], Awaitable[T]], dog: Watchdog, now: float, *,
                        own_limit_s: float, caller_left_s: float, min_attempt_s: float, start: float,
                        attempts: int) -> T:
-        """One attempt, from ``now`` (``limits.loop.time()``): a breaker permit, a bulkhead slot, then
+        """One attempt, from ``now`` (``dog.loop.time()``): a breaker permit, a bulkhead slot, then
         ``op()`` under ``min(own_limit_s, caller_left_s)`` seconds (the bulkhead wait included).
 
         Returns ``op()``'s result. Raises :class:`DependencyUnavailable` when no attempt could start
@@ -273,7 +227,7 @@ class Guard:
         (``caller_left_s``) nor time queued behind our own bulkhead or scheduler (:func:`note_queued`)
         cut it short; slow-call durations exclude that queueing too.
         """
-        loop = limits.loop
+        loop = dog.loop
         attempt = _Attempt(asyncio.current_task(loop))  # type: ignore[arg-type]  # always in a task
         permit = self.breaker.acquire()
         if permit is None:
@@ -299,25 +253,25 @@ class Guard:
                 permit.ignore()
                 raise
             op_started = loop.time()
-        same_clock = limits.same_clock
+        same_clock = self._same_clock
         t0 = op_started if same_clock else self._clock()
         self.stats["attempts"] += 1
         token = _QUEUED.set(attempt)
         try:
-            live = limits.live  # limits.start/stop inlined: they run on every attempt
+            live = dog.exact  # dog.arm_exact(attempt, ends_at) and dog.disarm inlined: they run on every attempt
             live[attempt] = ends_at
-            if ends_at < limits.armed:
-                limits.arm(ends_at)
+            if ends_at < dog.armed:
+                dog.arm_exact(attempt, ends_at)
             try:
                 result = await op()
             except BaseException as exc:
                 live.pop(attempt, None)
-                if attempt.timed_out(exc):
+                if attempt.timed_out(type(exc)):
                     raise TimeoutError from exc
                 raise
-            live.pop(attempt, None)  # gone if its timer fired
-            if attempt.expired:  # our cancel lost the race with op()'s end: withdraw it
-                attempt.task.uncancel()
+            live.pop(attempt, None)  # gone if its limit fired
+            if attempt.fired:  # our cancel lost the race with op()'s end: withdraw it
+                attempt.timed_out(None)
         except BaseException as exc:
             seconds = max(0.0, (loop.time() if same_clock else self._clock()) - t0 - attempt.seconds)
             bulkhead.release()

@@ -2,7 +2,7 @@
 
 A healthy ``Guard.call`` takes a closed breaker's permit on one state read, a free bulkhead slot without a
 coroutine, reads the loop's clock once for the guard's clock, the retry budget and the deadline (when all
-of them are ``time.monotonic``), and times its attempt on the guard's shared timer instead of an
+of them are ``time.monotonic``), and times its attempt as an exact entry on the loop's watchdog instead of an
 ``asyncio.Timeout``. Each test here fails if one of those shortcuts is taken where it must not be.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import pytest
 
 from resilience import BreakerConfig, BulkheadConfig, Deadline, DependencyUnavailable, Guard, GuardConfig, RetryConfig
+from resilience.watchdog import watchdog
 from tests.resilience.fakes import FakeClock, RecordingObserver
 
 
@@ -131,3 +132,43 @@ async def test_a_timeout_the_op_outlived_leaves_no_cancel_request_behind():
     assert await guard.call(op, Deadline(5), stage_timeout_s=0.05) == "late"
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0  # the timeout withdrew its cancel request
+
+
+async def test_the_attempt_limit_is_exact_and_every_attempt_leaves_the_watchdog():
+    """The attempt timeout is an exact entry on the loop's watchdog: it ends the attempt when a plain timer
+    armed for the same time fires (a coarse one may be 10 % late: 40 ms here, and the breaker would hear it),
+    and no attempt, however it ended, stays registered."""
+    guard = Guard("llm", GuardConfig(timeout_s=0.4, retry=RetryConfig(max_attempts=1)))
+    loop = asyncio.get_running_loop()
+    dog = watchdog()
+    plain: list[float] = []
+    cut_at: list[float] = []
+
+    async def hang() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cut_at.append(loop.time())
+            raise
+
+    t0 = loop.time()
+    loop.call_at(t0 + 0.4, lambda: plain.append(loop.time()))
+    with pytest.raises(DependencyUnavailable) as err:
+        await guard.call(hang, Deadline(5))
+    assert err.value.reason.value == "timeout" and cut_at[0] - t0 >= 0.4 and cut_at[0] - plain[0] < 0.02
+
+    async def ok() -> str:
+        return "ok"
+
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    assert await guard.call(ok, Deadline(5)) == "ok"
+    with pytest.raises(DependencyUnavailable):
+        await guard.call(boom, Deadline(5))
+    caller = asyncio.create_task(guard.call(hang, Deadline(5)))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert not dog.exact and not dog.live
