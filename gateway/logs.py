@@ -13,9 +13,10 @@ import logging
 import re
 import sys
 import time
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
+
+import orjson
 
 from gateway.tracing import current_ids, log_fields, service_fields
 
@@ -69,6 +70,26 @@ def redact(value: Any) -> Any:
     return value
 
 
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+_fallback_encode = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _fast_encode(value: Any) -> str:
+    """Compact JSON (no spaces), non-ASCII as UTF-8, anything else as ``str()`` (NaN and infinities as
+    null). orjson: ~0.4 µs for an access line's fields against the json module's 3.5 µs. Raises
+    orjson.JSONEncodeError for what orjson refuses: a lone surrogate, an int beyond 64 bits, a cycle."""
+    return orjson.dumps(value, default=str, option=_ORJSON_OPTIONS).decode()
+
+
+def _encode(value: Any) -> str:
+    """:func:`_fast_encode`, or for a value it refuses the json module's bytes with the same separators (a
+    cycle raises ValueError there)."""
+    try:
+        return _fast_encode(value)
+    except orjson.JSONEncodeError:
+        return _fallback_encode(value)
+
+
 resource_fields = service_fields  # the log lines' service/env/version (gateway.tracing owns the rule)
 
 
@@ -81,15 +102,9 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         # Read-only: the fast path's cached heads and reserved keys are computed from it once, here.
         self.static: Mapping[str, str] = MappingProxyType(dict(static or {}))
-        # One encoder for every line (json.dumps with options builds a new one per call).
-        self._encode = json.JSONEncoder(default=str, ensure_ascii=False).encode
         self._second: tuple[int, str] = (-1, "")
-        # format_fields' fast path (see there). The C encoder JSONEncoder.encode builds per call, built once:
-        # the same arguments, without the circular-reference check (its shared state would not be
-        # thread-safe); a circular value makes it raise, and the ordinary path then raises as it always did.
-        plain_static = not {"timestamp", "level", "logger", "msg", "request_id"} & set(self.static)  # else they move
-        self._encode_dict = c_make_encoder(None, str, encode_basestring, None, ": ", ", ", False, False, True) \
-            if c_make_encoder is not None and plain_static else None
+        # format_fields' fast path (see there), unless a static field would move a key it splices.
+        self._splice = not {"timestamp", "level", "logger", "msg", "request_id"} & set(self.static)
         self._heads: dict[tuple[str, int, str], str] = {}  # (logger, level, msg) -> '"level": …, <static>', redacted
         self._plain_keys: set[str] = set()  # keys seen that the fast path can splice as they are
         # Keys format_fields' fast path cannot splice (_line puts them in an earlier place), with _STD_ATTRS.
@@ -116,7 +131,7 @@ class JsonFormatter(logging.Formatter):
         record's time (epoch seconds), now by default."""
         if created is None:
             created = time.time()
-        if self._encode_dict is not None and fields and type(msg) is str and current_ids() is None:
+        if self._splice and fields and type(msg) is str and current_ids() is None:
             rid = request_id_var.get()
             if rid is None or type(rid) is str:
                 line = self._spliced(created, name, levelno, msg, rid, fields)
@@ -128,7 +143,7 @@ class JsonFormatter(logging.Formatter):
     def _spliced(self, created: float, name: str, levelno: int, msg: str, rid: str | None,
                  fields: dict[str, Any]) -> str | None:
         """:meth:`_line`'s bytes, spliced from pieces: the constant head (level, logger, msg, static fields)
-        encoded once, the request id, and ``fields`` encoded by the C encoder as they are, without copying
+        encoded once, the request id, and ``fields`` encoded by orjson as they are, without copying
         them into a new dict first. ~5 µs less per access line. None when ``fields`` has a key _line would
         place or drop differently (reserved, a LogRecord attribute, ``_…``, not a str) or a value the
         encoder refuses: the caller takes the ordinary path.
@@ -144,21 +159,22 @@ class JsonFormatter(logging.Formatter):
             self._plain_keys.update(fields)
         head = self._heads.get((name, levelno, msg))
         if head is None:
-            head = redact(self._encode({"level": _level_name(levelno), "logger": name, "msg": msg,
+            head = redact(_encode({"level": _level_name(levelno), "logger": name, "msg": msg,
                                         **self.static})[1:-1])
             if len(self._heads) >= 256:
                 self._heads.clear()
             self._heads[(name, levelno, msg)] = head
         try:
-            body = "".join(self._encode_dict(fields, 0))  # type: ignore[misc]
-        except Exception:  # noqa: BLE001 - e.g. a circular value: _line raises what it always raised
+            body = _fast_encode(fields)
+            if rid:
+                body = f'"request_id":{_fast_encode(rid)},{body[1:]}'
+            else:
+                body = body[1:]
+        except Exception:  # noqa: BLE001 - orjson refused a value (a lone surrogate, an int beyond 64 bits, a
+            # circular value): _line writes, or raises, what the ordinary path does
             return None
         timestamp = self._timestamp(created, (created - int(created)) * 1000)
-        if rid:
-            body = f'"request_id": {encode_basestring(rid)}, {body[1:]}'
-        else:
-            body = body[1:]
-        return f'{{"timestamp": "{timestamp}", {head}, {redact(body)}'
+        return f'{{"timestamp":"{timestamp}",{head},{redact(body)}'
 
     def _line(self, created: float, msecs: float, level: str, name: str, msg: str,
               extras: Iterable[tuple[str, Any]], exc: str | None) -> str:
@@ -180,7 +196,7 @@ class JsonFormatter(logging.Formatter):
             out["exc"] = exc
         # One pass of the patterns over the finished line, not one per field (a request line has ~25
         # fields: walking them cost ~0.3 ms per request, the largest single item of the pass-through).
-        return redact(self._encode(out))
+        return redact(_encode(out))
 
 
 _LEVEL_NAMES: dict[int, str] = {}

@@ -113,7 +113,7 @@ async def test_5xx_sets_the_span_status_and_logs_carry_the_trace(gateway_factory
         access.setLevel(old_level)
     [root] = [s for s in EXPORTER.get_finished_spans() if s.name == "rag.request"]
     assert root.status.status_code.name == "ERROR"
-    [line] = [json.loads(x) for x in stream.getvalue().splitlines() if '"event": "request"' in x]
+    [line] = [json.loads(x) for x in stream.getvalue().splitlines() if '"event":"request"' in x]
     assert line["dd.trace_id"] == str(int(TRACE_ID, 16) & 0xFFFFFFFFFFFFFFFF)
     assert line["dd.span_id"] == str(root.context.span_id) and line["trace_id"] == TRACE_ID
     assert (line["service"], line["env"], line["version"]) == ("rag-sidecar", "prod", "1.2.3")
