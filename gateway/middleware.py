@@ -161,9 +161,11 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
             if ids is not None:
                 fields = {**log_fields(ids), **fields}
             if trace is not None:
-                fields |= {"mode": mode, "degraded": degraded, "degradations": trace.degradations,
-                           "timings_ms": trace.timings_ms, "cache": trace.cache, "retriever": trace.retriever,
-                           "model": trace.model, "retries": retries}
+                # Copies: the line is built up to a millisecond later (log_event), and a task the request
+                # started may still record into these.
+                fields |= {"mode": mode, "degraded": degraded, "degradations": list(trace.degradations),
+                           "timings_ms": dict(trace.timings_ms), "cache": trace.cache, "retriever": trace.retriever,
+                           "model": trace.model, "retries": dict(retries)}
                 if hasattr(trace, "log_fields"):
                     fields |= trace.log_fields()
             if state.settings.logging.log_prompts and QUERY_TEXT in request:

@@ -463,3 +463,41 @@ def test_access_line_fast_encoder_writes_the_logging_lines_bytes(static, rid, mo
             record.created, record.msecs = 1_700_000_000.25, 250.0
             line = fmt.format_fields(logger.name, logging.INFO, "request", fields, created=record.created)
             assert line == fmt.format(record) and json.loads(line)["dd.trace_id"] == trace_id
+
+
+async def test_a_line_built_at_its_write_keeps_its_requests_id_and_time_and_a_bad_one_loses_only_itself(
+        monkeypatch):
+    """Lines are built when they are written (a row of them with warm caches), outside the request's
+    context: each keeps the request id and the time of its call, and one whose fields cannot be encoded is
+    reported and dropped without taking the others along."""
+    from gateway import logs
+    from gateway.logs import log_event, request_id_var
+    from gateway.middleware import log as access
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+    reported: list[str] = []
+    stream = io.StringIO()
+    with only_the_gateway_handler(stream) as handler:
+        monkeypatch.setattr(handler, "handleError", lambda record: reported.append(record.getMessage()))
+        handler.window_s = 60.0
+        log_event(access, logging.INFO, "warm", {"event": "request", "n": 0})
+        await asyncio.sleep(0)  # the first write: what follows waits for the window
+        for n, rid, when in ((1, "rid-one", 1_700_000_000.125), (2, "rid-two", 1_700_000_001.5)):
+            token = request_id_var.set(rid)
+            try:
+                with monkeypatch.context() as m:
+                    m.setattr(logs.time, "time", lambda when=when: when)
+                    log_event(access, logging.INFO, "request", {"event": "request", "n": n})
+                    if n == 1:
+                        log_event(access, logging.INFO, "request", {"event": "request", "bad": Unprintable()})
+            finally:
+                request_id_var.reset(token)
+        assert stream.getvalue().count("\n") == 1  # held, not built yet
+        handler.flush()  # built now, with no request id current and another clock
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()][1:]
+    assert [(x["n"], x["request_id"], x["timestamp"]) for x in lines] == [
+        (1, "rid-one", "2023-11-14T22:13:20.125Z"), (2, "rid-two", "2023-11-14T22:13:21.500Z")]
+    assert reported == ["request"]
