@@ -155,6 +155,34 @@ async def test_chunked_with_trailers_and_close_delimited_bodies(transport):
         assert transport.idle_count(srv.url()) == 0
 
 
+async def test_a_reader_waiting_for_the_body_wakes_at_each_read_of_it(transport):
+    """The body of a read is counted and its reader woken once per read (not per chunk): chunks that arrive
+    in a later read than the headers, one event per read as a real stream runs, wake a reader that waits."""
+    read = asyncio.Event()
+
+    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Server) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for event in (b"a" * 5, b"b" * 6):
+            await read.wait()  # the reader waits for this chunk before it is sent
+            read.clear()
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+        await read.wait()
+        writer.write(b"0\r\n\r\n")
+        await reader.read()
+
+    async with Server(stream) as srv:
+        resp = await transport.request("POST", srv.url(), b"{}", {})
+        got = []
+        for _ in range(3):
+            read.set()
+            async with asyncio.timeout(2):  # a reader nobody wakes waits forever
+                got.append(await resp.readany())
+        assert got == [b"aaaaa", b"bbbbbb", b""] and resp.total_bytes == 11
+        resp.release()
+        assert transport.idle_count() == 1
+
+
 async def test_no_body_statuses_and_interim_answers(transport):
     no_content = b"HTTP/1.1 204 No Content\r\n\r\n"
     interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

@@ -131,7 +131,7 @@ class Response:
     :meth:`read`. ``content`` is the response itself (the shape aiohttp's ``resp.content`` has).
     End it with :meth:`release` (pool the connection if the body was read to its end) or :meth:`close`."""
 
-    __slots__ = ("status", "headers", "total_bytes", "_conn", "_chunks", "_buffered", "_waiter", "_exc", "_done",
+    __slots__ = ("status", "headers", "total_bytes", "_conn", "_loop", "_chunks", "_buffered", "_waiter", "_exc", "_done",
                  "_head_done", "_raw", "_raw_size", "_head_bytes", "_got_bytes", "_interim", "_to_close", "_keep_alive",
                  "_paused", "_high_water", "_drain_left", "_drain_timer")
 
@@ -140,6 +140,7 @@ class Response:
         self.headers: CIMultiDictProxy[str] = _EMPTY
         self.total_bytes = 0  # body bytes that arrived (read or not)
         self._conn: _Conn | None = conn
+        self._loop = conn.loop  # asyncio.get_running_loop() costs a getpid(2) a call on Python 3.11
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -224,7 +225,7 @@ class Response:
             self._chunks.clear()
             self._buffered = 0
             self._drain_left = DRAIN_BYTES
-            self._drain_timer = asyncio.get_running_loop().call_later(conn.pool.drain_s, conn.abort)
+            self._drain_timer = self._loop.call_later(conn.pool.drain_s, conn.abort)
             if self._paused:
                 self._paused = False
                 conn.transport.resume_reading()
@@ -239,7 +240,7 @@ class Response:
             conn.abort()
 
     async def _wait(self) -> None:
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        waiter = self._waiter = self._loop.create_future()
         try:
             await waiter
         finally:
@@ -268,9 +269,10 @@ _EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 class _Conn(asyncio.Protocol):
     """One upstream connection; feeds the answer in progress (:attr:`resp`)."""
 
-    def __init__(self, pool: H1Transport, origin: Origin) -> None:
+    def __init__(self, pool: H1Transport, origin: Origin, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.origin = origin
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.resp: Response | None = None
@@ -290,6 +292,7 @@ class _Conn(asyncio.Protocol):
             self.abort()
             return
         resp._got_bytes = True
+        arrived = resp.total_bytes
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -305,6 +308,16 @@ class _Conn(asyncio.Protocol):
             resp._fail(TransportError(f"malformed HTTP answer: {exc}"))
             self.abort()
             return
+        # The body's bytes of this read are counted and the reader woken once per read, not per chunk: an
+        # SSE stream sends each event as its own chunk, and a read may hold many (13 llhttp on_body calls a
+        # request on the bench's canned stream).
+        arrived = resp.total_bytes - arrived
+        if arrived:
+            resp._buffered += arrived
+            if resp._buffered > resp._high_water and not resp._paused and self.transport is not None:
+                resp._paused = True
+                self.transport.pause_reading()
+            resp._wake()
         if not resp._head_done:
             resp._head_bytes += len(data)  # every byte so far belongs to the status line and headers
             if resp._head_bytes > self.pool.max_header_bytes:
@@ -369,12 +382,7 @@ class _Conn(asyncio.Protocol):
                 self.abort()  # more than a body's tail: not worth keeping the connection for
             return
         resp._chunks.append(body)
-        resp.total_bytes += size
-        resp._buffered += size
-        if resp._buffered > resp._high_water and not resp._paused and self.transport is not None:
-            resp._paused = True
-            self.transport.pause_reading()
-        resp._wake()
+        resp.total_bytes += size  # data_received does the rest of the accounting, once per read
 
     def on_message_complete(self) -> None:
         resp = self.resp
@@ -489,7 +497,7 @@ class H1Transport:
                 # Happy eyeballs as aiohttp does: a host whose IPv6 route drops packets (api.anthropic.com
                 # has AAAA records) costs 0.25 s, not the whole connect limit, before IPv4 is tried.
                 _, conn = await loop.create_connection(
-                    lambda: _Conn(self, origin), host, port, ssl=context,
+                    lambda: _Conn(self, origin, loop), host, port, ssl=context,
                     server_hostname=host if context is not None else None,
                     happy_eyeballs_delay=0.25, interleave=1)
         except TimeoutError as exc:
@@ -509,7 +517,7 @@ class H1Transport:
         idle = self._idle.get(origin)
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        now = idle[-1].loop.time()
         while idle:
             conn = idle.pop()  # LIFO: the most recently used is the least likely to have been closed
             if conn.closed:
@@ -525,7 +533,7 @@ class H1Transport:
         if self._closed or conn.closed or conn.transport is None:
             conn.abort()
             return
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
         idle = self._idle.setdefault(conn.origin, [])
         if len(idle) >= self.max_idle:
             conn.abort()
