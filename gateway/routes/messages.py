@@ -53,7 +53,7 @@ from gateway.state import DEADLINE, REQUEST_ID, STARTED_RESPONSE, STATE, TRACE, 
 from gateway.tracing import outgoing_headers
 from gateway.upstreams.anthropic_http import AnthropicHTTP, OpenStream, UpstreamReply
 from resilience import Bulkhead, BulkheadFull, DependencyUnavailable, Reason
-from resilience.watchdog import Timeout, slack_for, watchdog
+from resilience.watchdog import Timeout, Watchdog, slack_for, watchdog
 
 log = logging.getLogger("rag_sidecar.messages")
 # Headers forwarded from the client (auth is handled separately), each once, under these names.
@@ -226,7 +226,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     if body.get("stream") is not True:
         return await _serve(gw, request, body, raw, trace, streaming=False)
     try:
-        await gw.streams.acquire(max_wait_s=0.0)
+        if not gw.streams.try_acquire():  # the free slot of nearly every stream without a coroutine
+            await gw.streams.acquire(max_wait_s=0.0)
     except BulkheadFull:
         trace.mode = Mode.UNAVAILABLE
         trace.degrade(PRIMARY, Reason.SHED.value, model)
@@ -337,12 +338,12 @@ class ClientWatch:
     does not read cannot read an ``event: error`` either) and :attr:`fired` is set. :attr:`waited_s` is the
     time spent in writes that waited for the client (over :data:`BLOCKED_S`; a write that only copies bytes
     into the socket is our CPU, not the client's): the client's share of the stream's length. A write after
-    the abort raises ConnectionResetError."""
+    the abort raises ConnectionResetError. ``dog``: the loop's watchdog when the caller has it at hand."""
 
     __slots__ = ("_dog", "_loop", "_limit_s", "_slack_s", "_transport", "since", "waited_s", "fired")
 
-    def __init__(self, transport: asyncio.Transport | None, limit_s: float) -> None:
-        dog = self._dog = watchdog()
+    def __init__(self, transport: asyncio.Transport | None, limit_s: float, dog: Watchdog | None = None) -> None:
+        dog = self._dog = dog if dog is not None else watchdog()
         self._loop = dog.loop
         self._limit_s = limit_s
         self._slack_s = slack_for(limit_s)
@@ -416,7 +417,8 @@ async def _relay(gw: MessagesGateway, request: web.Request, opened: OpenStream, 
             out.headers[k] = v
     out.headers.update(_rag_headers(request, trace))
     outcome: StreamOutcome = StreamOutcome.COMPLETE
-    client = ClientWatch(request.transport, gw.config.client_idle_timeout_s)
+    client = ClientWatch(request.transport, gw.config.client_idle_timeout_s,
+                         opened.idle.dog if opened.idle is not None else None)
     try:
         await out.prepare(request)
         request[STARTED_RESPONSE] = out

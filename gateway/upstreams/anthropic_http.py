@@ -91,8 +91,9 @@ class StreamBroken(UpstreamError):
 _DECODE = json.JSONDecoder().raw_decode
 # A data line followed by the blank line that ends its event (group 1: the data; the blank line is only
 # looked at, so a data line right after it still matches); a data line followed by another line of its
-# event matches with an empty group 1. Lines are LF here (SSEEvents makes CR and CRLF LF).
-_DATA_LINES = re.compile(rb"\ndata:(?:([^\n]*)\n(?=\n))?")
+# event matches with an empty group 1. Lines are LF here (SSEEvents makes CR and CRLF LF). "." (no DOTALL) is
+# any byte but LF, as [^\n], and re scans it faster: findall 2.7 -> 2.2 us on the bench's 13-event read.
+_DATA_LINES = re.compile(rb"\ndata:(?:(.*)\n(?=\n))?")
 _JSON_SPACE = " \t\r\n"  # what json.loads skips around a value
 
 
@@ -267,15 +268,15 @@ class IdleWatch:
     ``armed=False`` starts the limit only at :meth:`arm` (timed from creation all the same): a reader whose
     reads never wait, e.g. a stream that arrived with its headers, needs no registration at all."""
 
-    __slots__ = ("_dog", "_idle_s", "_slack_s", "_content", "_armed", "_read", "last")
+    __slots__ = ("dog", "_idle_s", "_slack_s", "_content", "_armed", "_read", "last")
 
     def __init__(self, content: Body, idle_s: float, *, armed: bool = True) -> None:
-        self._dog = watchdog()
+        self.dog = watchdog()  # the loop's, for the stream's other limits too (watchdog() costs a getpid(2))
         self._idle_s = idle_s
         self._slack_s = slack_for(idle_s)
         self._content = content
         self._read = 0  # body bytes handed to us by readany() (made before the first read)
-        self.last = self._dog.loop.time()
+        self.last = self.dog.loop.time()
         self._armed = False
         if armed:
             self.arm()
@@ -284,7 +285,7 @@ class IdleWatch:
         """Start the limit if it is not running; the gap counts from the last read (or creation)."""
         if not self._armed:
             self._armed = True
-            self._dog.arm_at(self, self.last + self._idle_s, self._slack_s)
+            self.dog.arm_at(self, self.last + self._idle_s, self._slack_s)
 
     @property
     def unread(self) -> bool:
@@ -294,15 +295,15 @@ class IdleWatch:
     def touch(self, n: int) -> None:
         """``n`` bytes were read: the gap starts again."""
         self._read += n
-        self.last = self._dog.loop.time()
+        self.last = self.dog.loop.time()
 
     def expire(self) -> None:
-        now = self._dog.loop.time()
+        now = self.dog.loop.time()
         if self._content.total_bytes > self._read:  # arrived and not read yet: we are slow, not the model
             self.last = now
         due = self.last + self._idle_s
         if now < due:
-            self._dog.arm_at(self, due, self._slack_s)
+            self.dog.arm_at(self, due, self._slack_s)
             return
         self._armed = False
         self._content.set_exception(TimeoutError(
@@ -311,10 +312,10 @@ class IdleWatch:
     def cancel(self) -> None:
         if self._armed:
             self._armed = False
-            self._dog.disarm(self)
+            self.dog.disarm(self)
 
 
-@dataclass
+@dataclass(slots=True)
 class OpenStream:
     """A stream whose first content (or, with ``whole``, its end) has arrived; ``held`` is what to send
     first, ``events`` the parser to keep feeding, ``idle`` its idle limit (arm it before reading on; touch it
