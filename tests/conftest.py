@@ -143,6 +143,21 @@ def weaviate_overrides(server: Any, **extra: Any) -> dict[str, Any]:
             "vector_store.weaviate.grpc_port": server.grpc_port, "vector_store.weaviate.collection": "Kb", **extra}
 
 
+async def ingest_octopus_version(data_dir: Path, tmp_path: Path) -> str:
+    """A second KB version in ``data_dir`` (the tiny corpus plus octopus.md), not activated; its name."""
+    from gateway.upstreams.factory import build_local_embedder
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "octopus.md").write_text("# Octopuses\n\nAn octopus has three hearts and blue blood.\n")
+    emb = build_local_embedder(make_settings(data_dir))
+    try:
+        return await KnowledgeBase(data_dir / "kb").ingest([TINY_CORPUS, extra], embedder=emb, chunk_chars=400,
+                                                           overlap=80, activate=False)
+    finally:
+        await emb.close()
+
+
 async def ingest_into(settings: Settings) -> str:
     """Ingest the tiny corpus (new KB version + upsert into the configured store); returns the version."""
     from gateway.ingest import ingest

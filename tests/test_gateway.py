@@ -6,7 +6,7 @@ import json
 import pytest
 
 from gateway.kb import KnowledgeBase
-from tests.conftest import TINY_CORPUS, make_settings, state_of
+from tests.conftest import ingest_octopus_version, make_settings, state_of
 
 
 async def test_query_answers_from_the_kb_with_the_contract(gateway):
@@ -176,19 +176,9 @@ async def test_half_built_version_left_by_a_crash_is_ignored_and_removed(gateway
 
 
 async def test_kb_activate_and_rollback_swap_versions_live(gateway_factory, data_dir, tmp_path):
-    from gateway.upstreams.factory import build_local_embedder
-
     client = await gateway_factory(make_settings(data_dir, **{"auth.admin_token": "t0ken-admin"}))
     old = state_of(client).kb.version
-    extra = tmp_path / "extra"
-    extra.mkdir()
-    (extra / "octopus.md").write_text("# Octopuses\n\nAn octopus has three hearts and blue blood.\n")
-    emb = build_local_embedder(make_settings(data_dir))
-    try:
-        new = await KnowledgeBase(data_dir / "kb").ingest([TINY_CORPUS, extra], embedder=emb, chunk_chars=400,
-                                                          overlap=80, activate=False)
-    finally:
-        await emb.close()
+    new = await ingest_octopus_version(data_dir, tmp_path)
     headers = {"Authorization": "Bearer t0ken-admin"}
     assert (await client.post("/admin/kb/activate", json={"version": new}, headers=headers)).status == 200
     body = await (await client.post("/v1/query", json={"query": "how many hearts does an octopus have"})).json()

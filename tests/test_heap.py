@@ -11,8 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 from gateway import heap
-from gateway.kb import KnowledgeBase
-from tests.conftest import TINY_CORPUS, make_settings, state_of
+from tests.conftest import ingest_octopus_version, make_settings, state_of
 
 
 @pytest.fixture
@@ -62,21 +61,11 @@ def test_settle_does_nothing_unless_enabled() -> None:
 
 async def test_a_served_kb_is_frozen_at_start_up_and_after_a_swap(
         freezing: None, gateway_factory: Any, data_dir: Path, tmp_path: Path, caplog: Any) -> None:
-    from gateway.upstreams.factory import build_local_embedder
-
     caplog.set_level(logging.INFO, logger="rag_sidecar.app")
     client = await gateway_factory(make_settings(data_dir, **{"auth.admin_token": "t0ken-admin"}))
     state = state_of(client)
     assert not _collectable(state.kb)
-    extra = tmp_path / "extra"
-    extra.mkdir()
-    (extra / "octopus.md").write_text("# Octopuses\n\nAn octopus has three hearts and blue blood.\n")
-    emb = build_local_embedder(make_settings(data_dir))
-    try:
-        new = await KnowledgeBase(data_dir / "kb").ingest([TINY_CORPUS, extra], embedder=emb, chunk_chars=400,
-                                                          overlap=80, activate=False)
-    finally:
-        await emb.close()
+    new = await ingest_octopus_version(data_dir, tmp_path)
     old = weakref.ref(state.kb)
     resp = await client.post("/admin/kb/activate", json={"version": new},
                              headers={"Authorization": "Bearer t0ken-admin"})
