@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from bench.child import emit, stop_event
+from resilience.waits import wait_event
 
 SHORT_REPLY = "Use csv.DictReader: it reads the header row and yields one dict per row [1]."
 
@@ -19,10 +20,7 @@ async def _trim(servers: list, stop: asyncio.Event) -> None:
     while not stop.is_set():
         for s in servers:
             s.requests.clear()
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
-        except TimeoutError:
-            pass
+        await wait_event(stop, 1.0)
 
 
 async def main() -> None:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import aiohttp
 
 from chaos.scenario import MODES, Scenario
+from resilience.waits import wait_event
 
 log = logging.getLogger("chaos.drill")
 
@@ -125,12 +126,8 @@ class LoadGenerator:
             if due - start >= max_s or self.stop.is_set():
                 break
             wait = due - self.clock()
-            if wait > 0:
-                try:
-                    await asyncio.wait_for(self.stop.wait(), wait)
-                    break
-                except TimeoutError:
-                    pass
+            if wait > 0 and await wait_event(self.stop, wait):
+                break
             if len(self._in_flight) >= load.concurrency:
                 self.skipped += 1
                 continue

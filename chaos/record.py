@@ -27,6 +27,7 @@ import yaml
 from chaos.drill import Drill
 from chaos.local import LocalStack, StackTimeouts
 from chaos.scenario import parse_scenario
+from resilience.waits import wait_event
 
 
 class _Sink(asyncio.DatagramProtocol):
@@ -58,10 +59,7 @@ async def _junk_worker(url: str, rate_per_s: float, stop: asyncio.Event) -> int:
             except aiohttp.ClientError:
                 pass
             sent += 1
-            try:
-                await asyncio.wait_for(stop.wait(), 1.0 / rate_per_s)
-            except TimeoutError:
-                pass
+            await wait_event(stop, 1.0 / rate_per_s)
     return sent
 
 

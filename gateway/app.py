@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from gateway import connguard, heap, openapi
+from gateway import connguard, heap, lifecycle, openapi
 from gateway.config import Settings
 from gateway.cors import setup_cors
 from gateway.jobs import routes as jobs
@@ -235,19 +235,18 @@ async def _poll_kb(state: AppState) -> None:
 
 
 async def _on_cleanup(app: web.Application) -> None:
+    """Every step bounded (:mod:`gateway.lifecycle`): a close that hangs is logged and left behind."""
     state = app[STATE]
-    for task in state.tasks:
-        task.cancel()
-    await asyncio.gather(*state.tasks, return_exceptions=True)
-    for closer in (state.embedder, state.store, state.llm):
+    await lifecycle.stop_tasks("background tasks", state.tasks)
+    for name, closer in (("embedder", state.embedder), ("store", state.store), ("llm", state.llm)):
         if closer is not None:
-            await closer.close()
+            await lifecycle.bounded(f"close {name}", closer.close())
     if state.cache is not None:
-        await state.cache.aclose()
+        await lifecycle.bounded("close answer cache", state.cache.aclose())
     if state.rate_limiter is not None:
-        await state.rate_limiter.close()
-    await state.guards.close()
-    await state.telemetry.close()
+        await lifecycle.bounded("close rate limiter", state.rate_limiter.close())
+    await lifecycle.bounded("close guards", state.guards.close())
+    await lifecycle.bounded("close telemetry", state.telemetry.close())
     # aiohttp's middleware cache (web_app._build_middlewares, an lru_cache) keeps the Application alive after
     # cleanup: drop what is heavy (models, the KB) so a stopped app costs bytes, not ~100 MB (tests start many).
     if state.kb is not None:

@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway.drain import Drain
 from gateway.errors import error_response
 from gateway.state import STARTED_RESPONSE, STATE
+from resilience.waits import wait_event
 
 log = logging.getLogger("rag_sidecar.shutdown")
 CUT_FLUSH_S = 1.0  # after the grace: time for the cut requests' 503s to be written, then connections close
@@ -92,17 +93,12 @@ async def drain_and_stop(app: web.Application, runner: web.AppRunner, sites: lis
         runner.server.pre_shutdown()  # idle keep-alive connections close; busy ones after their response
     in_flight = len(d.tasks)
     log.warning("shutting down", extra={"event": "shutdown_started", "in_flight": in_flight, "grace_s": grace_s})
-    try:
-        await asyncio.wait_for(d.idle.wait(), timeout=grace_s)
-        cut = 0
-    except TimeoutError:
+    cut = 0
+    if not await wait_event(d.idle, grace_s):
         cut = d.cut()
         log.error("shutdown grace expired; in-flight requests cut with 503",
                   extra={"event": "shutdown_cut", "cut": cut, "grace_s": grace_s,
                          "after_s": round(loop.time() - t0, 3)})
-        try:
-            await asyncio.wait_for(d.idle.wait(), timeout=CUT_FLUSH_S)
-        except TimeoutError:
-            pass
+        await wait_event(d.idle, CUT_FLUSH_S)
     log.warning("drained", extra={"event": "shutdown_drained", "in_flight": in_flight, "cut": cut,
                                   "after_s": round(loop.time() - t0, 3)})

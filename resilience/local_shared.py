@@ -160,8 +160,9 @@ class LocalSharedBreakerState(SharedBreakerState):
                 self._mark_ok()
                 backoff = 0.05
                 while not self._closed:
-                    try:
-                        line = await asyncio.wait_for(reader.readline(), timeout=self.poll_s)
+                    try:  # asyncio.timeout, not wait_for: see resilience/waits.py
+                        async with asyncio.timeout(self.poll_s):
+                            line = await reader.readline()
                     except TimeoutError:
                         self._republish(held_only=True)  # renew held leases
                         continue

@@ -77,7 +77,10 @@ async def gateway_factory() -> AsyncIterator[GatewayFactory]:
     async def start(settings: Settings, clock: Callable[[], float] | None = None, *,
                     wait_ready: bool = True) -> TestClient:
         app = create_app(settings, configure_logging=False, clock=clock)
-        client = TestClient(TestServer(app, host="127.0.0.1"))
+        server = TestServer(app, host="127.0.0.1")
+        # aiohttp waits up to shutdown_timeout (default 60 s) twice for a busy connection at close: bound it
+        await server.start_server(shutdown_timeout=5.0)
+        client = TestClient(server)
         await client.start_server()
         clients.append(client)
         if wait_ready:
@@ -87,7 +90,23 @@ async def gateway_factory() -> AsyncIterator[GatewayFactory]:
     yield start
     for c in clients:
         state_of(c).telemetry.flush()  # fold what is buffered: an undeclared tag value surfaces now
-        await c.close()
+        await close_or_explain(c)
+
+
+async def close_or_explain(client: TestClient, timeout_s: float = 60.0) -> None:
+    """Close a gateway; if that takes over ``timeout_s`` (every step is bounded, so it should not), fail
+    with where each task of the loop is waiting instead of hanging until pytest-timeout's thread dump."""
+    from gateway import lifecycle
+
+    seen = lifecycle.overruns
+    closing = asyncio.ensure_future(client.close())
+    done, _ = await asyncio.wait({closing}, timeout=timeout_s)
+    if not done:
+        stacks = "\n".join(f"  {t.get_name()}: {lifecycle.where(t)}" for t in asyncio.all_tasks())
+        raise AssertionError(f"gateway did not close within {timeout_s:g} s; tasks:\n{stacks}")
+    closing.result()
+    overran = list(lifecycle.stuck)[-(lifecycle.overruns - seen):] if lifecycle.overruns > seen else []
+    assert not overran, f"shutdown steps overran their bound (left behind): {overran}"
 
 
 def state_of(client: TestClient) -> AppState:

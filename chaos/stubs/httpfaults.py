@@ -38,6 +38,7 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from chaos.stubs.faults import Faults
+from resilience.waits import wait_event
 
 CONTROL_PATHS = frozenset({"/__faults__", "/__stats__"})
 # Direct mutation of ``injector.faults`` (without set/clear) is noticed by held requests this often (s).
@@ -243,10 +244,7 @@ class FaultInjector:
             wait_s = _RECHECK_S if until is None else min(_RECHECK_S, until - loop.time())
             if wait_s <= 0:
                 break
-            try:
-                await asyncio.wait_for(self._changed.wait(), wait_s)
-            except TimeoutError:
-                pass
+            await wait_event(self._changed, wait_s)
         return self._closing
 
     # -- drawing and applying ---------------------------------------------------------------------

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from gateway import lifecycle
 from gateway.errors import APIError
 from gateway.http_input import read_json
 from gateway.jobs.store import Job, JobStore, QuotaExceeded
@@ -243,12 +244,18 @@ async def _start(app: web.Application) -> None:
     app[JOBS].store, app[JOBS].worker = store, worker
 
 
-async def _stop(app: web.Application) -> None:
+async def _stop_worker(app: web.Application) -> None:
+    """on_shutdown: before the server's connections and the app's dependencies close (on_cleanup), so a
+    running query is cancelled and given back instead of failing on a closed embedder or store."""
     runtime = app[JOBS]
     if runtime.worker is not None:
         await runtime.worker.stop()
+
+
+async def _close_store(app: web.Application) -> None:
+    runtime = app[JOBS]
     if runtime.store is not None:
-        await runtime.store.close()
+        await lifecycle.bounded("close job store", runtime.store.close())
 
 
 def setup(app: web.Application) -> None:
@@ -259,4 +266,5 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/v1/jobs/{job_id}", status)
     app.router.add_delete("/v1/jobs/{job_id}", cancel)
     app.on_startup.append(_start)
-    app.on_cleanup.append(_stop)
+    app.on_shutdown.append(_stop_worker)
+    app.on_cleanup.append(_close_store)

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import aiohttp
 
+from gateway import lifecycle
 from gateway.jobs.store import Claim, Job, JobStore
 from gateway.jobs.webhook import ATTEMPT_HEADER, SIGNATURE_HEADER, WEBHOOK_ID_HEADER, backoff_s, event_body, sign
 from gateway.upstreams.fair import current_client
 from resilience import Deadline, IdleGate, background_priority
+from resilience.waits import wait_event
 
 if TYPE_CHECKING:
     from gateway.config import JobsConfig
@@ -72,9 +74,7 @@ class JobWorker:
 
     async def stop(self) -> None:
         running = dict(self._running)
-        for task in [*self._tasks, *running]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *running, return_exceptions=True)
+        await lifecycle.stop_tasks("job worker", [*self._tasks, *running])
         # Give interrupted queries back at once (a rolling restart must not park them for a whole
         # visibility timeout); a query whose outcome was recorded is not touched by retry().
         for claim in running.values():
@@ -112,10 +112,7 @@ class JobWorker:
                 self._running[task] = claim
                 task.add_done_callback(lambda t: self._running.pop(t, None))
             if not claims:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.config.poll_interval_s)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, self.config.poll_interval_s)
 
     async def _run(self, claim: Claim) -> None:
         try:

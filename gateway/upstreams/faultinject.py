@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fallback.documents import Chunk
 from gateway.upstreams.base import LLM, Embedder, Generation, VectorStore
 from resilience.errors import UpstreamError
+from resilience.waits import wait_event
 
 DEPENDENCIES = ("embedder", "vector_db", "llm")
 # A hang re-checks its fault this often (s) in case it was changed without a notify (belt and braces).
@@ -167,10 +168,7 @@ class FaultRegistry:
         if spec.hang is not None and self._draw(spec.hang.percentage):
             active.counts["hung"] += 1
             while self._live(dependency) is active:
-                try:
-                    await asyncio.wait_for(self._changed.wait(), _HANG_RECHECK_S)
-                except TimeoutError:
-                    pass
+                await wait_event(self._changed, _HANG_RECHECK_S)
             return
         if spec.abort is not None and self._draw(spec.abort.percentage):
             active.counts["aborted"] += 1
