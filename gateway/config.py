@@ -41,7 +41,10 @@ class ServerConfig(_Section):
     fallback_reserve_s: float = Field(0.25, ge=0, description="budget kept back for the fallback path")
     shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM/SIGINT the listener closes at once and "
                                     "in-flight requests get exactly this long; those still running are "
-                                    "answered and logged as 503")
+                                    "answered and logged as 503. Then the job worker stops (running queries "
+                                    "go back to the queue) before the dependencies close; each teardown step "
+                                    "is bounded to 10 s (an overrun is logged as shutdown_stuck, with where "
+                                    "it waits, and left behind), so the process exits")
     header_timeout_s: float = Field(10.0, gt=0, description=(
         "a new connection must send its request headers within this (slow-header clients are closed)"))
     max_connections: int = Field(2000, ge=1, description=(
