@@ -43,15 +43,16 @@ async def stop_tasks(step: str, tasks: Iterable[asyncio.Task[Any]], timeout_s: f
     """Cancel ``tasks`` and wait at most ``timeout_s`` for them to end. Returns how many did not (logged,
     with where each one waits: a task that swallows its cancellation is a bug worth finding)."""
     timeout_s = STEP_S if timeout_s is None else timeout_s
+    tasks = list(tasks)
     live = [t for t in tasks if not t.done()]
     for t in live:
         t.cancel()
-    if not live:
-        return 0
-    done, pending = await asyncio.wait(live, timeout=timeout_s)
-    for t in done:
-        if not t.cancelled():
-            t.exception()  # retrieved: a task that failed while stopping is not "never retrieved" noise
+    pending: set[asyncio.Task[Any]] = set()
+    if live:
+        _, pending = await asyncio.wait(live, timeout=timeout_s)
+    for t in tasks:
+        if t.done() and not t.cancelled():
+            t.exception()  # retrieved (as gather did): a task that failed earlier is not "never retrieved" noise
     if pending:
         _stuck(step, pending, timeout_s)
     return len(pending)
